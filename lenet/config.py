@@ -1,0 +1,169 @@
+"""Training hyper-parameters, shared by the single-process trainer and the coordinator.
+
+One `TrainConfig` fixes everything that decides the numbers a run produces, so the
+distributed service and the reference trainer can be compared on the same config.
+The command-line flags for it are defined here once, each with an environment
+variable (LENET_<FLAG>) as its default, for containers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
+
+from lenet.model import Params
+from lenet.optim import SGD, Adam, LRSchedule
+
+# The learning rate is quoted for this global batch size and scaled linearly with
+# the actual one (Goyal et al., 2017), unless --lr is given explicitly.
+REFERENCE_BATCH = 128
+REFERENCE_LR = 0.05
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 5
+    batch_size: int = 128
+    lr: float | None = None  # None: REFERENCE_LR * batch_size / REFERENCE_BATCH
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    warmup_steps: int = 100
+    seed: int = 0
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.lr is not None and not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"learning rate must be a positive number, got {self.lr}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "step"):
+            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warm-up steps must be >= 0, got {self.warmup_steps}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max steps must be >= 1, got {self.max_steps}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else REFERENCE_LR * self.batch_size / REFERENCE_BATCH
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def make_optimizer(config: TrainConfig, params: Params) -> SGD | Adam:
+    if config.optimizer == "adam":
+        return Adam(params, weight_decay=config.weight_decay)
+    return SGD(params, momentum=config.momentum, nesterov=config.nesterov, weight_decay=config.weight_decay)
+
+
+def make_schedule(config: TrainConfig, steps_per_epoch: int) -> LRSchedule:
+    """Warm-up then decay over the whole run (step decay: x0.1 at 50% and 75% of it)."""
+    total = config.epochs * steps_per_epoch
+    warmup = min(config.warmup_steps, total - 1)
+    return LRSchedule(
+        base_lr=config.base_lr,
+        total_steps=total,
+        warmup_steps=warmup,
+        kind=config.schedule,
+        gamma=0.1,
+        step_every=max(1, (total - warmup) // 4) if config.schedule == "step" else 1,
+    )
+
+
+# --------------------------------------------------------------------------- command-line flags
+
+
+def env_name(flag: str) -> str:
+    return "LENET_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true/false, got {text!r}")
+
+
+def env_default(flag: str, default: Any, parse: Callable[[str], Any]) -> Any:
+    """The flag's default, overridden by its environment variable if set."""
+    var = env_name(flag)
+    raw = os.environ.get(var)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError as err:
+        raise ValueError(f"environment variable {var}={raw!r} is not valid: {err}") from None
+
+
+def add_flag(parser: argparse.ArgumentParser, flag: str, default: Any, parse: Callable[[str], Any], help: str) -> None:
+    """A flag whose default comes from LENET_<FLAG> when that is set; help shows both."""
+    value = env_default(flag, default, parse)
+    if parse is _bool:
+        parser.add_argument(flag, default=value, action=argparse.BooleanOptionalAction,
+                            help=f"{help} (default: {value}; env {env_name(flag)})")
+    else:
+        parser.add_argument(flag, default=value, type=parse,
+                            help=f"{help} (default: {value}; env {env_name(flag)})")
+
+
+def _optional_int(text: str) -> int | None:
+    return None if text.strip().lower() in ("", "none") else int(text)
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text.strip().lower() in ("", "none", "auto") else float(text)
+
+
+def add_training_flags(parser: argparse.ArgumentParser) -> None:
+    d = TrainConfig()
+    add_flag(parser, "--epochs", d.epochs, int, "passes over the 60,000 training images")
+    add_flag(parser, "--batch-size", d.batch_size, int, "global mini-batch size")
+    add_flag(parser, "--lr", d.lr, _optional_float,
+             f"peak learning rate (default: {REFERENCE_LR} x batch-size / {REFERENCE_BATCH})")
+    add_flag(parser, "--optimizer", d.optimizer, str, "sgd or adam")
+    add_flag(parser, "--momentum", d.momentum, float, "SGD momentum")
+    add_flag(parser, "--nesterov", d.nesterov, _bool, "Nesterov momentum for SGD")
+    add_flag(parser, "--weight-decay", d.weight_decay, float, "L2 weight decay")
+    add_flag(parser, "--schedule", d.schedule, str, "learning-rate decay after warm-up: cosine or step")
+    add_flag(parser, "--warmup-steps", d.warmup_steps, int, "linear learning-rate warm-up steps")
+    add_flag(parser, "--seed", d.seed, int, "seed of initialisation and shuffling")
+    add_flag(parser, "--max-steps", d.max_steps, _optional_int, "stop after this many steps (smoke runs)")
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        momentum=args.momentum,
+        nesterov=args.nesterov,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        warmup_steps=args.warmup_steps,
+        seed=args.seed,
+        max_steps=args.max_steps,
+    )

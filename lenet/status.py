@@ -1,0 +1,56 @@
+"""Exit statuses of every command, and the errors a user can cause, in one place.
+
+Commands raise a `UserError` subclass for anything the user can fix (bad flag, bad
+data, unwritable path); `run_main` prints its message on one line and exits with
+its status.  Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from collections.abc import Callable, Sequence
+
+
+class ExitStatus(enum.IntEnum):
+    OK = 0
+    ERROR = 1  # unexpected failure (a bug): traceback printed
+    USAGE = 2  # bad flag, environment variable or configuration
+    DATA = 3  # MNIST files missing, corrupt or undownloadable
+    STORAGE = 4  # checkpoint or output cannot be read or written
+    NETWORK = 5  # address unusable, port in use, peer unreachable
+    INTERRUPTED = 130  # stopped by SIGINT or SIGTERM after saving state (128 + SIGINT)
+
+
+class UserError(Exception):
+    """An error the user can fix; its message names the problem."""
+
+    status = ExitStatus.ERROR
+
+
+class UsageError(UserError):
+    status = ExitStatus.USAGE
+
+
+class DataError(UserError):
+    status = ExitStatus.DATA
+
+
+class StorageError(UserError):
+    status = ExitStatus.STORAGE
+
+
+class NetworkError(UserError):
+    status = ExitStatus.NETWORK
+
+
+def run_main(main: Callable[[Sequence[str] | None], int], prog: str) -> int:
+    """Run `main(argv)`, turning user errors into one line on stderr and a status."""
+    try:
+        return main(None)
+    except UserError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return int(err.status)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return int(ExitStatus.INTERRUPTED)

@@ -1,0 +1,143 @@
+"""Single-process training: the numerical reference for the distributed service.
+
+    python -m lenet.train --epochs 5 --output lenet5.npz
+
+Each step takes the batch `epoch_batches(seed, epoch, ...)[i]`, computes summed
+gradients, averages them with `average_grads`, and applies the optimizer at the
+scheduled learning rate: exactly the arithmetic the coordinator performs with the
+batch cut into shards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule
+from lenet.data import MNIST, epoch_batches, load_mnist, standardize, steps_per_epoch
+from lenet.model import PARAM_SHAPES, LeNet5, Params, average_grads, check_params
+from lenet.npzfile import read_npz, write_npz
+from lenet.status import ExitStatus, UsageError, run_main
+
+ARCHITECTURE = "LeNet-5 (conv5x5x6-pool-conv5x5x16-pool-fc120-fc84-fc10, ReLU, max pool)"
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    steps: int
+    samples: int
+    loss: float  # mean training cross-entropy over the epoch's samples
+    train_accuracy: float
+    test_accuracy: float
+    seconds: float
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+@dataclass
+class TrainResult:
+    params: Params
+    history: list[EpochStats] = field(default_factory=list)
+    steps: int = 0
+
+
+def evaluate(params: Params, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
+    """Accuracy of `params` on uint8 images (N, 28, 28) with labels (N,)."""
+    model = LeNet5()
+    model.params = params
+    correct = 0
+    for i in range(0, len(labels), batch_size):
+        logits = model.forward(standardize(images[i : i + batch_size]))
+        correct += int((logits.argmax(axis=1) == labels[i : i + batch_size]).sum())
+    return correct / len(labels)
+
+
+def save_model(path: str | Path, params: Params, meta: dict) -> None:
+    """The model file: parameters under their `LeNet5.params` names, plus metadata."""
+    write_npz(path, {k: params[k] for k in PARAM_SHAPES}, {"architecture": ARCHITECTURE, **meta})
+
+
+def load_model(path: str | Path) -> tuple[Params, dict]:
+    arrays, meta = read_npz(path)
+    try:
+        return check_params(arrays, str(path)), meta
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print) -> TrainResult:
+    """Train from scratch; one log line per epoch."""
+    model = LeNet5(seed=config.seed)
+    optimizer = make_optimizer(config, model.params)
+    n = len(data.train_labels)
+    schedule = make_schedule(config, steps_per_epoch(n, config.batch_size))
+    result = TrainResult(params=model.params)
+    for epoch in range(config.epochs):
+        start = time.perf_counter()
+        loss_sum, correct, seen = 0.0, 0, 0
+        for idx in epoch_batches(config.seed, epoch, n, config.batch_size):
+            if config.max_steps is not None and result.steps >= config.max_steps:
+                break
+            sums = model.sum_loss_and_grads(standardize(data.train_images[idx]), data.train_labels[idx])
+            optimizer.step(model.params, average_grads([sums.grads], len(idx)), schedule(result.steps))
+            result.steps += 1
+            loss_sum, correct, seen = loss_sum + sums.loss_sum, correct + sums.correct, seen + len(idx)
+        if seen == 0:
+            break
+        seconds = time.perf_counter() - start
+        test_acc = evaluate(model.params, data.test_images, data.test_labels)
+        stats = EpochStats(epoch + 1, result.steps, seen, loss_sum / seen, correct / seen, test_acc, seconds)
+        result.history.append(stats)
+        log(
+            f"epoch {stats.epoch}/{config.epochs}: loss {stats.loss:.4f}  train acc {stats.train_accuracy:.2%}  "
+            f"test acc {stats.test_accuracy:.2%}  {stats.samples_per_second:,.0f} samples/s  {seconds:.1f} s"
+        )
+    return result
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m lenet.train", description="Train LeNet-5 on MNIST in one process (the reference trainer)."
+    )
+    add_training_flags(parser)
+    parser.add_argument("--data-dir", default=None, help="directory with the MNIST files (default: $MNIST_DIR, "
+                        "else the per-user cache, downloading if needed)")
+    parser.add_argument("--output", default="lenet5.npz", help="where to save the model (default: lenet5.npz)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lenet.runtime import tune_malloc
+
+    try:
+        args = build_parser().parse_args(argv)
+        config = config_from_args(args)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    tune_malloc()
+    data = load_mnist(args.data_dir)
+    start = time.perf_counter()
+    result = train(config, data)
+    if not result.history:
+        raise UsageError("no training step was run")
+    last = result.history[-1]
+    save_model(args.output, result.params, {
+        "epoch": last.epoch, "step": result.steps, "test_accuracy": last.test_accuracy,
+        "data_checksums": data.checksums, "config": config.to_dict(),
+    })
+    print(f"done: test accuracy {last.test_accuracy:.2%} after {last.epoch} epochs, {result.steps} steps, "
+          f"{time.perf_counter() - start:.1f} s; model saved to {args.output}")
+    return int(ExitStatus.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, "lenet.train"))

@@ -1,0 +1,116 @@
+"""The LeNet5 public API and the whole model's gradients."""
+
+import numpy as np
+import pytest
+
+from gradcheck import rel_error
+from lenet import LeNet5
+from lenet.model import PARAM_SHAPES, average_grads, check_params, init_params
+
+
+def test_params_follow_pytorch_names_shapes_and_float32():
+    model = LeNet5(seed=0)
+    assert list(model.params) == list(PARAM_SHAPES)
+    for name, shape in PARAM_SHAPES.items():
+        assert model.params[name].shape == shape
+        assert model.params[name].dtype == np.float32
+
+
+def test_seed_fixes_parameters():
+    a, b, c = init_params(3), init_params(3), init_params(4)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    assert not np.array_equal(a["conv1.weight"], c["conv1.weight"])
+
+
+def test_forward_and_grads_shapes_dtypes():
+    model = LeNet5(seed=0)
+    x = np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32)
+    y = np.arange(5)
+    assert model.forward(x).shape == (5, 10) and model.forward(x).dtype == np.float32
+    loss, grads = model.loss_and_grads(x, y)
+    assert np.isfinite(loss) and loss > 0
+    assert set(grads) == set(model.params)
+    for k, g in grads.items():
+        assert g.shape == model.params[k].shape and g.dtype == np.float32
+
+
+def test_rejects_wrong_input_shape():
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        LeNet5().forward(np.zeros((2, 28, 28), dtype=np.float32))
+
+
+def test_whole_model_gradient_check_every_parameter():
+    """Every parameter of every layer against centred differences in float64."""
+    model = LeNet5(seed=1, dtype=np.float64)
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((4, 1, 28, 28)), rng.integers(0, 10, 4)
+    _, grads = model.loss_and_grads(x, y)
+    h = 1e-6
+    for name, p in model.params.items():
+        flat = p.reshape(-1)
+        idx = rng.choice(flat.size, size=min(flat.size, 12), replace=False)
+        num = np.empty(len(idx))
+        for n, i in enumerate(idx):
+            old = flat[i]
+            flat[i] = old + h
+            plus = model.loss_and_grads(x, y)[0]
+            flat[i] = old - h
+            minus = model.loss_and_grads(x, y)[0]
+            flat[i] = old
+            num[n] = (plus - minus) / (2 * h)
+        assert rel_error(num, grads[name].reshape(-1)[idx]) < 1e-5, name
+
+
+def test_matches_pytorch_reference_semantics():
+    """conv -> ReLU -> pool with a first-maximum tie rule, computed the slow obvious way."""
+    model = LeNet5(seed=5, dtype=np.float64)
+    p = model.params
+    x = np.random.default_rng(1).standard_normal((2, 1, 28, 28))
+
+    def conv(a, w, b):  # a: (N, C, H, W)
+        f, c, k, _ = w.shape
+        n, _, h, wd = a.shape
+        out = np.zeros((n, f, h - k + 1, wd - k + 1))
+        for i in range(h - k + 1):
+            for j in range(wd - k + 1):
+                out[:, :, i, j] = np.tensordot(a[:, :, i : i + k, j : j + k], w, axes=([1, 2, 3], [1, 2, 3])) + b
+        return out
+
+    def pool(a):
+        n, c, h, w = a.shape
+        return a.reshape(n, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+    h = pool(np.maximum(conv(np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))), p["conv1.weight"], p["conv1.bias"]), 0))
+    h = pool(np.maximum(conv(h, p["conv2.weight"], p["conv2.bias"]), 0)).reshape(2, 400)
+    h = np.maximum(h @ p["fc1.weight"].T + p["fc1.bias"], 0)
+    h = np.maximum(h @ p["fc2.weight"].T + p["fc2.bias"], 0)
+    np.testing.assert_allclose(model.forward(x), h @ p["fc3.weight"].T + p["fc3.bias"], rtol=1e-10)
+
+
+def test_sum_of_shards_equals_batch_gradient():
+    model = LeNet5(seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 12)
+    _, full = model.loss_and_grads(x, y)
+    shards = [model.sum_loss_and_grads(x[i : i + 4], y[i : i + 4]).grads for i in range(0, 12, 4)]
+    averaged = average_grads(shards, 12)
+    for k in full:
+        np.testing.assert_allclose(averaged[k], full[k], rtol=1e-4, atol=1e-6)
+
+
+def test_assigning_params_changes_the_model():
+    model = LeNet5(seed=0)
+    x = np.zeros((1, 1, 28, 28), dtype=np.float32)
+    model.params["fc3.bias"] = np.arange(10, dtype=np.float32)
+    model.params["fc3.weight"] = np.zeros((10, 84), dtype=np.float32)
+    assert model.forward(x).argmax() == 9
+
+
+def test_check_params_names_the_problem():
+    params = init_params(0)
+    params["fc1.weight"] = params["fc1.weight"].astype(np.float64)
+    with pytest.raises(ValueError, match="fc1.weight is float64"):
+        check_params(params, "file.npz")
+    del params["fc2.bias"]
+    with pytest.raises(ValueError, match=r"missing \['fc2.bias'\]"):
+        check_params(params, "file.npz")
