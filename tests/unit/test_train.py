@@ -1,0 +1,64 @@
+"""The reference trainer: reproducible, learning, and its command's errors."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from lenet.config import TrainConfig
+from lenet.train import evaluate, load_model, main, save_model, train
+
+
+@pytest.fixture(scope="module")
+def small(mnist):
+    """2,000 training and 500 test images: enough to see learning in seconds."""
+    return dataclasses.replace(mnist, train_images=mnist.train_images[:2000], train_labels=mnist.train_labels[:2000],
+                               test_images=mnist.test_images[:500], test_labels=mnist.test_labels[:500])
+
+
+def test_same_seed_gives_bit_identical_parameters(small):
+    config = TrainConfig(epochs=1, batch_size=64, max_steps=8, seed=3)
+    a = train(config, small, log=lambda s: None)
+    b = train(config, small, log=lambda s: None)
+    assert all(np.array_equal(a.params[k], b.params[k]) for k in a.params)
+    c = train(dataclasses.replace(config, seed=4), small, log=lambda s: None)
+    assert not np.array_equal(a.params["fc3.weight"], c.params["fc3.weight"])
+
+
+def test_learns_on_a_small_subset(small):
+    result = train(TrainConfig(epochs=2, batch_size=32), small, log=lambda s: None)
+    assert result.history[0].loss > result.history[1].loss
+    assert result.history[-1].test_accuracy > 0.85
+    assert result.steps == 2 * 63  # ceil(2000 / 32): the partial last batch is a step
+    assert result.history[0].samples == 2000
+
+
+def test_model_file_round_trip(tmp_path, small):
+    result = train(TrainConfig(epochs=1, max_steps=2), small, log=lambda s: None)
+    save_model(tmp_path / "m.npz", result.params, {"epoch": 1})
+    params, meta = load_model(tmp_path / "m.npz")
+    assert meta["epoch"] == 1 and "LeNet-5" in meta["architecture"]
+    assert evaluate(params, small.test_images, small.test_labels) == evaluate(
+        result.params, small.test_images, small.test_labels)
+
+
+@pytest.mark.parametrize("argv, status, message", [
+    (["--epochs", "0"], 2, "epochs must be >= 1, got 0"),
+    (["--optimizer", "rmsprop"], 2, "optimizer must be 'sgd' or 'adam'"),
+    (["--data-dir", "/nonexistent/mnist"], 3, "/nonexistent/mnist: not a directory"),
+])
+def test_cli_errors_are_one_line_with_status(argv, status, message, capsys):
+    from lenet.status import run_main
+
+    code = run_main(lambda _: main(argv), "lenet.train")
+    err = capsys.readouterr().err
+    assert code == status
+    assert message in err and "Traceback" not in err
+
+
+def test_bad_environment_value_is_named(monkeypatch, capsys):
+    from lenet.status import run_main
+
+    monkeypatch.setenv("LENET_BATCH_SIZE", "lots")
+    assert run_main(lambda _: main([]), "lenet.train") == 2
+    assert "LENET_BATCH_SIZE='lots'" in capsys.readouterr().err
