@@ -97,7 +97,7 @@ def env_name(flag: str) -> str:
     return "LENET_" + flag.lstrip("-").replace("-", "_").upper()
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     lowered = text.strip().lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
@@ -121,7 +121,7 @@ def env_default(flag: str, default: Any, parse: Callable[[str], Any]) -> Any:
 def add_flag(parser: argparse.ArgumentParser, flag: str, default: Any, parse: Callable[[str], Any], help: str) -> None:
     """A flag whose default comes from LENET_<FLAG> when that is set; help shows both."""
     value = env_default(flag, default, parse)
-    if parse is _bool:
+    if parse is parse_bool:
         parser.add_argument(flag, default=value, action=argparse.BooleanOptionalAction,
                             help=f"{help} (default: {value}; env {env_name(flag)})")
     else:
@@ -145,7 +145,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
              f"peak learning rate (default: {REFERENCE_LR} x batch-size / {REFERENCE_BATCH})")
     add_flag(parser, "--optimizer", d.optimizer, str, "sgd or adam")
     add_flag(parser, "--momentum", d.momentum, float, "SGD momentum")
-    add_flag(parser, "--nesterov", d.nesterov, _bool, "Nesterov momentum for SGD")
+    add_flag(parser, "--nesterov", d.nesterov, parse_bool, "Nesterov momentum for SGD")
     add_flag(parser, "--weight-decay", d.weight_decay, float, "L2 weight decay")
     add_flag(parser, "--schedule", d.schedule, str, "learning-rate decay after warm-up: cosine or step")
     add_flag(parser, "--warmup-steps", d.warmup_steps, int, "linear learning-rate warm-up steps")

@@ -1,0 +1,1 @@
+"""The training coordinator.  Deliberately empty: workers import coordinator.protocol alone."""

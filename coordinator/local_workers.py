@@ -1,0 +1,59 @@
+"""Worker processes the coordinator starts on its own machine, and keeps running.
+
+Each is `python -m worker` with BLAS pinned to one thread.  A local worker that
+dies while training goes on is replaced; at the end they are told to shut down,
+then terminated, then killed, each after a short grace period.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+
+from lenet.runtime import single_thread_blas_env
+
+log = logging.getLogger("coordinator")
+
+
+class LocalWorkers:
+    def __init__(self, count: int, endpoint: str, extra_args: list[str] | None = None):
+        self.endpoint = endpoint
+        self.extra_args = extra_args or []
+        self.procs: list[subprocess.Popen] = [self._spawn(i) for i in range(count)]
+        self._last_check = 0.0
+
+    def _spawn(self, index: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "worker", "--connect", self.endpoint, "--name", f"local-{index}",
+             *self.extra_args],
+            env=single_thread_blas_env(), stdin=subprocess.DEVNULL,
+        )
+
+    def supervise(self) -> None:
+        """Replace local workers that died (checked at most once a second)."""
+        now = time.monotonic()
+        if now - self._last_check < 1.0:
+            return
+        self._last_check = now
+        for i, proc in enumerate(self.procs):
+            code = proc.poll()
+            if code is not None:
+                log.warning("local worker %d (pid %d) exited with status %d: starting a replacement", i, proc.pid, code)
+                self.procs[i] = self._spawn(i)
+
+    def stop(self, grace: float = 3.0) -> None:
+        """Wait for the workers to exit after Shutdown; terminate, then kill, stragglers."""
+        deadline = time.monotonic() + grace
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

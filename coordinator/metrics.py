@@ -1,0 +1,59 @@
+"""The coordinator's Prometheus metrics, on a registry it is given (tests use a fresh one).
+
+All names start with `lenet_`, are in base units, and counters end in `_total`.
+The only per-worker label is the worker's name, and a departed worker's series
+are removed, so label sets stay bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REJECT_REASONS = (
+    "too_large", "malformed", "version", "unknown_type", "bad_field", "bad_array", "unexpected",
+    "unregistered", "stale_step", "future_step", "unknown_shard", "duplicate", "late", "wrong_count", "non_finite",
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.samples = Counter("lenet_samples", "Training samples whose gradients were applied", registry=registry)
+        self.steps = Counter("lenet_steps", "Optimizer steps applied", registry=registry)
+        self.epoch = Gauge("lenet_epoch", "Current epoch (1-based)", registry=registry)
+        self.epoch_samples = Gauge("lenet_epoch_samples", "Samples applied so far in the current epoch",
+                                   registry=registry)
+        self.learning_rate = Gauge("lenet_learning_rate", "Learning rate of the last step", registry=registry)
+        self.train_loss = Gauge("lenet_train_loss", "Mean cross-entropy of the last step's batch", registry=registry)
+        self.train_accuracy = Gauge("lenet_train_accuracy", "Training accuracy over the last finished epoch (0-1)",
+                                    registry=registry)
+        self.test_accuracy = Gauge("lenet_test_accuracy", "Test accuracy after the last finished epoch (0-1)",
+                                   registry=registry)
+        self.workers_alive = Gauge("lenet_workers_alive", "Registered, live workers", registry=registry)
+        self.step_duration = Histogram(
+            "lenet_step_duration_seconds", "Wall time of one synchronous step", registry=registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.worker_compute = Counter("lenet_worker_compute_seconds", "Seconds a worker spent computing accepted "
+                                      "shards", ["worker"], registry=registry)
+        self.sent_bytes = Counter("lenet_sent_bytes", "Bytes sent to workers", registry=registry)
+        self.received_bytes = Counter("lenet_received_bytes", "Bytes received from workers", registry=registry)
+        self.redispatched = Counter("lenet_shards_redispatched", "Shards taken back from a worker and queued again",
+                                    registry=registry)
+        self.workers_lost = Counter("lenet_workers_lost", "Workers declared dead (no heartbeat)", registry=registry)
+        self.rejected = Counter("lenet_rejected_messages", "Messages refused, by reason", ["reason"],
+                                registry=registry)
+        self.checkpoint_duration = Histogram(
+            "lenet_checkpoint_duration_seconds", "Time to write one checkpoint", registry=registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self.checkpoint_failures = Counter("lenet_checkpoint_failures", "Checkpoint writes that failed",
+                                           registry=registry)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason)  # every reason exported from the start, at 0
+
+    def forget_worker(self, name: str) -> None:
+        try:
+            self.worker_compute.remove(name)
+        except KeyError:
+            pass  # it never completed a shard

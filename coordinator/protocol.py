@@ -1,0 +1,238 @@
+"""The wire protocol between coordinator and workers: every message, defined once.
+
+Transport: the coordinator binds a ZeroMQ ROUTER socket, each worker connects a
+DEALER whose routing id names it.  A message is one frame: a msgpack map
+{"v": PROTOCOL_VERSION, "type": ..., <fields>}.  An array travels as a map
+{"dtype": "<f4", "shape": [...], "data": <raw little-endian bytes>} and is rebuilt
+with `np.frombuffer` only after its dtype and shape are checked against what that
+field must hold.  Nothing is pickled.
+
+Conversation (W = worker, C = coordinator):
+    W -> C  Register            C -> W  Heartbeat (ack: registered; repeated as keep-alive)
+    W -> C  Heartbeat           C -> W  Heartbeat
+    C -> W  Params(step)        once per step, before the worker's first task of that step
+    C -> W  Task(step, shard)   W -> C  Result(step, shard): summed gradients of the shard
+    W -> C  Leave               on SIGTERM / shutdown
+    C -> W  Shutdown            training is over (or the coordinator is stopping)
+    C -> W  Error               e.g. "unregistered": register again
+`decode` raises ProtocolError with a short `reason` (a bounded metric label) for
+anything that is not exactly one of these messages.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, ClassVar, Union
+
+import msgpack
+import numpy as np
+
+from lenet.model import PARAM_SHAPES
+
+PROTOCOL_VERSION = 1
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # also set as the sockets' ZMQ_MAXMSGSIZE
+MAX_SHARD_SAMPLES = 16384
+MAX_TEXT = 256
+
+
+class ProtocolError(Exception):
+    """A frame that is not a valid message; `reason` is a short, bounded label."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------- field codecs
+
+
+def _int(value: Any, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
+        raise ProtocolError("bad_field", f"{name} must be a non-negative integer, got {value!r:.40}")
+    return value
+
+
+def _float(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ProtocolError("bad_field", f"{name} must be a finite number, got {value!r:.40}")
+    return float(value)
+
+
+def _str(value: Any, name: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ProtocolError("bad_field", f"{name} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def encode_array(a: np.ndarray) -> dict[str, Any]:
+    a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<"))
+    return {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}
+
+
+def decode_array(value: Any, name: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
+    """Rebuild an array, insisting on `dtype` and `shape` (None: any length, checked later)."""
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
+        raise ProtocolError("bad_array", f"{name} must be a map of dtype, shape and data")
+    if value["dtype"] != dtype:
+        raise ProtocolError("bad_array", f"{name} must have dtype {dtype}, got {value['dtype']!r:.20}")
+    got = value["shape"]
+    if (not isinstance(got, list) or len(got) != len(shape)
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in got)
+            or any(want is not None and d != want for d, want in zip(got, shape))):
+        raise ProtocolError("bad_array", f"{name} must have shape {shape}, got {got!r:.40}")
+    data = value["data"]
+    itemsize = np.dtype(dtype).itemsize
+    if not isinstance(data, bytes) or len(data) != math.prod(got) * itemsize:
+        raise ProtocolError("bad_array", f"{name}: data length does not match shape {tuple(got)}")
+    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(got)
+
+
+def _params(value: Any, name: str) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict) or set(value) != set(PARAM_SHAPES):
+        raise ProtocolError("bad_field", f"{name} must hold exactly the LeNet-5 parameter names")
+    return {k: decode_array(value[k], f"{name}.{k}", "<f4", shape) for k, shape in PARAM_SHAPES.items()}
+
+
+def _pixels(value: Any, name: str) -> np.ndarray:
+    a = decode_array(value, name, "|u1", (None, 28, 28))
+    if not 1 <= a.shape[0] <= MAX_SHARD_SAMPLES:
+        raise ProtocolError("bad_array", f"{name} must hold 1 to {MAX_SHARD_SAMPLES} images, got {a.shape[0]}")
+    return a
+
+
+def _labels(value: Any, name: str) -> np.ndarray:
+    a = decode_array(value, name, "|u1", (None,))
+    if a.size and a.max() > 9:
+        raise ProtocolError("bad_array", f"{name} must hold digits 0-9")
+    return a
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, np.ndarray):
+        return encode_array(value)
+    if isinstance(value, dict):
+        return {k: encode_array(v) for k, v in value.items()}
+    return value
+
+
+def _f(decoder: Callable[[Any, str], Any]) -> Any:
+    return field(metadata={"decode": decoder})
+
+
+# --------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Register:
+    """A worker asks to join; `name` is for logs and metrics (host:pid by default)."""
+
+    TYPE: ClassVar[str] = "register"
+    name: str = _f(_str)
+    pid: int = _f(_int)
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Keep-alive in both directions; the coordinator's also acknowledges Register."""
+
+    TYPE: ClassVar[str] = "heartbeat"
+
+
+@dataclass(frozen=True)
+class Params:
+    """The parameters every task of `step` must be computed with."""
+
+    TYPE: ClassVar[str] = "params"
+    step: int = _f(_int)
+    params: dict[str, np.ndarray] = _f(_params)
+
+
+@dataclass(frozen=True)
+class Task:
+    """Compute the summed gradient of one shard (raw uint8 pixels and labels)."""
+
+    TYPE: ClassVar[str] = "task"
+    step: int = _f(_int)
+    shard: int = _f(_int)
+    pixels: np.ndarray = _f(_pixels)
+    labels: np.ndarray = _f(_labels)
+
+    def __post_init__(self) -> None:
+        if self.labels.shape[0] != self.pixels.shape[0]:
+            raise ProtocolError("bad_array", f"{self.pixels.shape[0]} images but {self.labels.shape[0]} labels")
+
+
+@dataclass(frozen=True)
+class Result:
+    """Summed loss, correct count and summed gradients of one shard."""
+
+    TYPE: ClassVar[str] = "result"
+    step: int = _f(_int)
+    shard: int = _f(_int)
+    count: int = _f(_int)
+    loss_sum: float = _f(_float)
+    correct: int = _f(_int)
+    compute_seconds: float = _f(_float)
+    grads: dict[str, np.ndarray] = _f(_params)
+
+
+@dataclass(frozen=True)
+class Leave:
+    """The worker is going away (SIGTERM or shutdown): re-dispatch its shards now."""
+
+    TYPE: ClassVar[str] = "leave"
+
+
+@dataclass(frozen=True)
+class Shutdown:
+    """Training is over or the coordinator is stopping: the worker should exit."""
+
+    TYPE: ClassVar[str] = "shutdown"
+    reason: str = _f(_str)
+
+
+@dataclass(frozen=True)
+class Error:
+    """The coordinator refused a message; code "unregistered" means: register again."""
+
+    TYPE: ClassVar[str] = "error"
+    code: str = _f(_str)
+    message: str = _f(_str)
+
+
+Message = Union[Register, Heartbeat, Params, Task, Result, Leave, Shutdown, Error]
+_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Register, Heartbeat, Params, Task, Result, Leave, Shutdown, Error)}
+
+
+def encode(msg: Message) -> bytes:
+    body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
+    for f in fields(msg):
+        body[f.name] = _encode_value(getattr(msg, f.name))
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(frame: bytes) -> Message:
+    """Parse and validate one frame, or raise ProtocolError."""
+    if len(frame) > MAX_MESSAGE_BYTES:
+        raise ProtocolError("too_large", f"{len(frame)} bytes, limit {MAX_MESSAGE_BYTES}")
+    try:
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0)
+    except Exception as err:  # msgpack raises many types for hostile input; all mean the same
+        raise ProtocolError("malformed", f"not msgpack: {type(err).__name__}") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("malformed", f"expected a map, got {type(body).__name__}")
+    if body.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError("version", f"protocol version {body.get('v')!r:.20}, expected {PROTOCOL_VERSION}")
+    cls = _TYPES.get(body.get("type")) if isinstance(body.get("type"), str) else None
+    if cls is None:
+        raise ProtocolError("unknown_type", f"message type {body.get('type')!r:.40}")
+    names = [f.name for f in fields(cls)]
+    if set(body) != {"v", "type", *names}:
+        raise ProtocolError("bad_field", f"{cls.TYPE} must have exactly the fields {names}")
+    return cls(**{f.name: f.metadata["decode"](body[f.name], f.name) for f in fields(cls)})
+
+
+def all_finite(arrays: dict[str, np.ndarray]) -> bool:
+    return all(bool(np.isfinite(a).all()) for a in arrays.values())

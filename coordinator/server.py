@@ -1,0 +1,449 @@
+"""The coordinator's event loop: membership, dispatch, reduction, optimizer, checkpoints.
+
+One thread, one ROUTER socket, every wait bounded.  Each step:
+  1. the batch `epoch_batches(seed, epoch)[i]` is cut into fixed shards (`split_batch`);
+  2. shards go to live workers (parameters first, once per worker per step);
+  3. the first valid result of each shard is kept (`StepScheduler`); dead, departed or
+     overdue workers' shards are queued again;
+  4. when every shard is in, the summed gradients are added in shard order, divided by
+     the batch size (`average_grads`), and the optimizer steps at `schedule(step)`.
+The arithmetic of 4 never depends on who computed what, so the parameters are
+bit-identical whatever the number, order or failures of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from coordinator import checkpoint as ckpt
+from coordinator import protocol as P
+from coordinator.metrics import Metrics
+from coordinator.scheduler import StepScheduler, split_batch
+from lenet.config import TrainConfig, make_optimizer, make_schedule
+from lenet.data import MNIST, epoch_batches, steps_per_epoch
+from lenet.model import LeNet5, Params, average_grads, check_params
+from lenet.status import NetworkError, StorageError, UsageError
+from lenet.train import EpochStats, evaluate
+
+log = logging.getLogger("coordinator")
+
+PREFETCH = 2  # tasks a worker may hold at once: hides the round trip between shards
+MAX_NONFINITE_PER_STEP = 8  # NaN/Inf results for one step before the run is declared diverged
+
+
+class TrainingDiverged(Exception):
+    """Every worker returns non-finite gradients: the model itself has diverged."""
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    bind: str = "tcp://127.0.0.1:*"
+    num_shards: int = 8
+    min_workers: int = 1
+    heartbeat_timeout: float = 10.0
+    task_timeout: float = 30.0
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 0  # steps; 0: only at epoch ends
+
+    def __post_init__(self) -> None:
+        if self.num_shards < 1:
+            raise ValueError(f"shards must be >= 1, got {self.num_shards}")
+        if self.min_workers < 1:
+            raise ValueError(f"min workers must be >= 1, got {self.min_workers}")
+        if not self.heartbeat_timeout > 0 or not self.task_timeout > 0:
+            raise ValueError(f"timeouts must be > 0, got {self.heartbeat_timeout} and {self.task_timeout}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint interval must be >= 0, got {self.checkpoint_every}")
+
+
+@dataclass
+class WorkerInfo:
+    name: str
+    last_seen: float
+    params_step: int = -1
+    suspect_since: float | None = None  # missed a task deadline; no new work until it speaks
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint must restore; the rest is derived."""
+
+    step: int = 0  # optimizer steps done
+    epoch_loss_sum: float = 0.0
+    epoch_correct: int = 0
+    epoch_samples: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class RunOutcome:
+    params: Params
+    state: RunState
+    finished: bool  # False: stopped early by a signal
+
+
+class Coordinator:
+    def __init__(self, train: TrainConfig, service: ServiceConfig, data: MNIST, metrics: Metrics,
+                 context: zmq.Context | None = None):
+        self.train, self.service, self.data, self.metrics = train, service, data, metrics
+        self.context = context or zmq.Context.instance()
+        self.model = LeNet5(seed=train.seed)
+        self.optimizer = make_optimizer(train, self.model.params)
+        self.n_train = len(data.train_labels)
+        self.steps_per_epoch = steps_per_epoch(self.n_train, train.batch_size)
+        self.total_steps = train.epochs * self.steps_per_epoch
+        if train.max_steps is not None:
+            self.total_steps = min(self.total_steps, train.max_steps)
+        self.schedule = make_schedule(train, self.steps_per_epoch)
+        self.state = RunState()
+        self.workers: dict[bytes, WorkerInfo] = {}
+        self.sched: StepScheduler[bytes, P.Result] | None = None
+        self.shards: list[np.ndarray] = []
+        self.params_frame = b""
+        self.step_started = 0.0
+        self.nonfinite = 0
+        self.last_loss = float("nan")
+        self.last_step_samples = 0
+        self._batches: tuple[int, list[np.ndarray]] = (-1, [])
+        self._reject_log: dict[str, tuple[float, int]] = {}
+        self.sock = self._bind(service.bind)
+        self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    # ------------------------------------------------------------------ setup
+
+    def _bind(self, endpoint: str) -> zmq.Socket:
+        sock = self.context.socket(zmq.ROUTER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a worker reconnecting under its id takes over
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as err:
+            sock.close()
+            raise NetworkError(f"cannot bind {endpoint}: {err.strerror}") from None
+        return sock
+
+    def restore(self, c: ckpt.Checkpoint) -> None:
+        """Continue from a checkpoint of the same configuration and data."""
+        saved = TrainConfig.from_dict(c.meta.get("config", {}))
+        ours = self.train.to_dict()
+        diffs = [f"{k}={v!r} (this run: {ours[k]!r})" for k, v in saved.to_dict().items()
+                 if k != "max_steps" and ours.get(k) != v]
+        if diffs:
+            raise UsageError("checkpoint was made with " + ", ".join(diffs) + ": pass the same flags to resume")
+        if c.meta.get("num_shards") != self.service.num_shards:
+            raise UsageError(f"checkpoint was made with --shards {c.meta.get('num_shards')}, "
+                             f"this run has {self.service.num_shards}")
+        if c.meta.get("data_checksums") != self.data.checksums:
+            raise UsageError("checkpoint was made with different MNIST files (checksums differ)")
+        try:
+            self.model.params = dict(check_params(c.params, "checkpoint"))
+            self.optimizer.load_state_dict(c.optimizer)
+        except ValueError as err:
+            raise StorageError(f"checkpoint does not fit this model: {err}") from None
+        run = c.meta.get("run", {})
+        self.state = RunState(step=c.step, epoch_loss_sum=run.get("epoch_loss_sum", 0.0),
+                              epoch_correct=run.get("epoch_correct", 0), epoch_samples=run.get("epoch_samples", 0),
+                              history=list(run.get("history", [])))
+        self.metrics.steps.inc(c.step)
+        self.metrics.epoch.set(c.step // self.steps_per_epoch + 1)
+        self.metrics.epoch_samples.set(self.state.epoch_samples)
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, identity: bytes, frame: bytes) -> None:
+        try:
+            self.sock.send_multipart([identity, frame], zmq.NOBLOCK)
+            self.metrics.sent_bytes.inc(len(frame))
+        except zmq.Again:
+            log.warning("send buffer to worker %s full: message dropped", self._name(identity))
+
+    def _name(self, identity: bytes) -> str:
+        info = self.workers.get(identity)
+        return info.name if info else identity.hex()[:8]
+
+    def broadcast_shutdown(self, reason: str) -> None:
+        frame = P.encode(P.Shutdown(reason=reason))
+        for identity in list(self.workers):
+            self._send(identity, frame)
+
+    # ------------------------------------------------------------------ membership
+
+    def _add_worker(self, identity: bytes, msg: P.Register, now: float) -> None:
+        if identity not in self.workers:
+            self.workers[identity] = WorkerInfo(name=msg.name, last_seen=now)
+            log.info("worker %s joined (%d live)", msg.name, len(self.workers))
+        self.workers[identity].last_seen = now
+        self.metrics.workers_alive.set(len(self.workers))
+        self._send(identity, P.encode(P.Heartbeat()))
+
+    def _remove_worker(self, identity: bytes, why: str) -> None:
+        info = self.workers.pop(identity)
+        released = self.sched.release_worker(identity) if self.sched else 0
+        self.metrics.redispatched.inc(released)
+        self.metrics.forget_worker(info.name)
+        self.metrics.workers_alive.set(len(self.workers))
+        log.info("worker %s %s (%d live; %d shards re-dispatched)", info.name, why, len(self.workers), released)
+
+    def _check_liveness(self, now: float) -> None:
+        for identity, info in list(self.workers.items()):
+            silent = now - info.last_seen
+            if silent > self.service.heartbeat_timeout:
+                self.metrics.workers_lost.inc()
+                self._remove_worker(identity, f"lost: silent for {silent:.1f} s")
+        if self.sched is None:
+            return
+        for shard, identity in self.sched.expire(now):
+            self.metrics.redispatched.inc()
+            info = self.workers.get(identity)
+            if info is not None:
+                info.suspect_since = now
+            log.warning("shard %d of step %d missed its %.0f s deadline on %s: re-dispatched", shard,
+                        self.sched.step, self.service.task_timeout, self._name(identity))
+
+    # ------------------------------------------------------------------ receiving
+
+    def _reject(self, reason: str, identity: bytes | None, detail: str) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        now = time.monotonic()
+        last, suppressed = self._reject_log.get(reason, (-1e9, 0))
+        if now - last >= 10.0:  # one line per reason per 10 s, whatever the flood
+            more = f" (+{suppressed} more since last report)" if suppressed else ""
+            who = self._name(identity) if identity else "?"
+            log.warning("rejected message from %s: %s: %s%s", who, reason, detail[:200], more)
+            self._reject_log[reason] = (now, 0)
+        else:
+            self._reject_log[reason] = (last, suppressed + 1)
+
+    def _drain(self, budget: int = 256) -> None:
+        """Handle the messages already queued, at most `budget` of them."""
+        for _ in range(budget):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.metrics.received_bytes.inc(sum(len(f) for f in frames))
+            if len(frames) != 2:
+                self._reject("malformed", frames[0] if frames else None, f"{len(frames)} frames, expected 2")
+                continue
+            self._handle(frames[0], frames[1], time.monotonic())
+
+    def _handle(self, identity: bytes, frame: bytes, now: float) -> None:
+        try:
+            msg = P.decode(frame)
+        except P.ProtocolError as err:
+            self._reject(err.reason, identity, err.detail)
+            return
+        if isinstance(msg, P.Register):
+            self._add_worker(identity, msg, now)
+            return
+        info = self.workers.get(identity)
+        if info is None:
+            self._reject("unregistered", identity, f"{msg.TYPE} from an unknown worker")
+            if not isinstance(msg, P.Leave):
+                self._send(identity, P.encode(P.Error(code="unregistered", message="register first")))
+            return
+        info.last_seen = now
+        info.suspect_since = None
+        if isinstance(msg, P.Heartbeat):
+            self._send(identity, P.encode(P.Heartbeat()))
+        elif isinstance(msg, P.Leave):
+            self._remove_worker(identity, "left")
+        elif isinstance(msg, P.Result):
+            self._handle_result(identity, info, msg)
+        else:
+            self._reject("unexpected", identity, f"a worker may not send {msg.TYPE}")
+
+    def _handle_result(self, identity: bytes, info: WorkerInfo, msg: P.Result) -> None:
+        if self.sched is None:
+            self._reject("stale_step", identity, f"result for step {msg.step} between steps")
+            return
+        reason = self.sched.check(identity, msg.step, msg.shard, msg.count)
+        if reason:
+            self._reject(reason, identity, f"step {msg.step} shard {msg.shard}")
+            return
+        if not P.all_finite(msg.grads):
+            self._reject("non_finite", identity, f"NaN/Inf gradient for step {msg.step} shard {msg.shard}")
+            self.sched.reject_result(msg.shard)
+            self.metrics.redispatched.inc()
+            self.nonfinite += 1
+            if self.nonfinite >= MAX_NONFINITE_PER_STEP:
+                raise TrainingDiverged(f"step {msg.step}: {self.nonfinite} results with NaN/Inf gradients")
+            return
+        self.sched.accept(msg.shard, msg)
+        self.metrics.worker_compute.labels(info.name).inc(msg.compute_seconds)
+
+    # ------------------------------------------------------------------ steps
+
+    def _epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        if self._batches[0] != epoch:
+            self._batches = (epoch, epoch_batches(self.train.seed, epoch, self.n_train, self.train.batch_size))
+        return self._batches[1]
+
+    def _start_step(self) -> None:
+        step = self.state.step
+        epoch, index = divmod(step, self.steps_per_epoch)
+        self.shards = split_batch(self._epoch_batches(epoch)[index], self.service.num_shards)
+        self.sched = StepScheduler(step, [len(s) for s in self.shards], self.service.task_timeout)
+        self.params_frame = P.encode(P.Params(step=step, params=self.model.params))
+        self.step_started = time.monotonic()
+        self.nonfinite = 0
+
+    def _dispatch(self, now: float) -> None:
+        """Hand out pending shards round-robin, up to PREFETCH per worker."""
+        sched = self.sched
+        assert sched is not None
+        eligible = [(i, w) for i, w in self.workers.items() if w.suspect_since is None]
+        progress = True
+        while sched.pending and progress:
+            progress = False
+            for identity, info in eligible:
+                if not sched.pending or len(sched.held_by(identity)) >= PREFETCH:
+                    continue
+                shard = sched.next_shard(identity, now)
+                assert shard is not None
+                if info.params_step != sched.step:
+                    self._send(identity, self.params_frame)
+                    info.params_step = sched.step
+                idx = self.shards[shard]
+                task = P.Task(step=sched.step, shard=shard, pixels=self.data.train_images[idx],
+                              labels=self.data.train_labels[idx])
+                self._send(identity, P.encode(task))
+                progress = True
+
+    def _finish_step(self) -> None:
+        sched = self.sched
+        assert sched is not None
+        results = sched.ordered_results()
+        n = sum(r.count for r in results)
+        grads = average_grads([r.grads for r in results], n)
+        lr = self.schedule(self.state.step)
+        self.optimizer.step(self.model.params, grads, lr)
+        loss_sum = sum(r.loss_sum for r in results)
+        st = self.state
+        st.step += 1
+        st.epoch_loss_sum += loss_sum
+        st.epoch_correct += sum(r.correct for r in results)
+        st.epoch_samples += n
+        m = self.metrics
+        m.samples.inc(n)
+        m.steps.inc()
+        self.last_loss, self.last_step_samples = loss_sum / n, n
+        m.train_loss.set(self.last_loss)
+        m.learning_rate.set(lr)
+        m.epoch_samples.set(st.epoch_samples)
+        m.step_duration.observe(time.monotonic() - self.step_started)
+        self.sched = None
+        if st.step % self.steps_per_epoch == 0:
+            self._end_epoch()
+        elif self.service.checkpoint_every and st.step % self.service.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _end_epoch(self) -> None:
+        st = self.state
+        epoch = st.step // self.steps_per_epoch
+        started = self._epoch_started
+        test_acc = evaluate(self.model.params, self.data.test_images, self.data.test_labels)
+        stats = EpochStats(epoch=epoch, steps=st.step, samples=st.epoch_samples,
+                           loss=st.epoch_loss_sum / st.epoch_samples, train_accuracy=st.epoch_correct / st.epoch_samples,
+                           test_accuracy=test_acc, seconds=time.monotonic() - started)
+        st.history.append({"epoch": epoch, "samples": stats.samples, "loss": stats.loss,
+                           "train_accuracy": stats.train_accuracy, "test_accuracy": test_acc})
+        self.metrics.train_accuracy.set(stats.train_accuracy)
+        self.metrics.test_accuracy.set(test_acc)
+        self.metrics.epoch.set(min(epoch + 1, self.train.epochs))
+        log.info("epoch %d/%d: loss %.4f  train acc %.2f%%  test acc %.2f%%  %d samples  %.0f samples/s  %d workers",
+                 epoch, self.train.epochs, stats.loss, 100 * stats.train_accuracy, 100 * test_acc, stats.samples,
+                 stats.samples_per_second, len(self.workers))
+        st.epoch_loss_sum, st.epoch_correct, st.epoch_samples = 0.0, 0, 0
+        self.metrics.epoch_samples.set(0)
+        self._epoch_started = time.monotonic()
+        self.save_checkpoint()
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the last completed step; a failure is logged, not fatal."""
+        directory = self.service.checkpoint_dir
+        if directory is None:
+            return None
+        st = self.state
+        meta = {"config": self.train.to_dict(), "num_shards": self.service.num_shards,
+                "data_checksums": self.data.checksums,
+                "run": {"epoch_loss_sum": st.epoch_loss_sum, "epoch_correct": st.epoch_correct,
+                        "epoch_samples": st.epoch_samples, "history": st.history}}
+        start = time.monotonic()
+        try:
+            path = ckpt.save(directory, ckpt.Checkpoint(st.step, self.model.params, self.optimizer.state_dict(), meta))
+        except StorageError as err:
+            self.metrics.checkpoint_failures.inc()
+            log.error("checkpoint at step %d failed, training continues (previous checkpoints intact): %s",
+                      st.step, err)
+            return None
+        self.metrics.checkpoint_duration.observe(time.monotonic() - start)
+        return path
+
+    # ------------------------------------------------------------------ the loop
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    def wait_for_workers(self, stop: Callable[[], bool], tick: Callable[[], None] = lambda: None) -> bool:
+        """Block until min_workers have registered; False if stopped first."""
+        announced = False
+        while len(self.workers) < self.service.min_workers:
+            if stop():
+                return False
+            if not announced:
+                log.info("waiting for %d workers at %s (have %d)", self.service.min_workers, self.endpoint,
+                         len(self.workers))
+                announced = True
+            self.sock.poll(100)
+            self._drain()
+            self._check_liveness(time.monotonic())
+            tick()
+        return True
+
+    def run(self, stop: Callable[[], bool], tick: Callable[[], None] = lambda: None,
+            progress: Callable[["Coordinator"], None] = lambda c: None) -> RunOutcome:
+        """Train until done or `stop()` is true; `tick` runs every loop, `progress` after each step."""
+        self.metrics.epoch.set(self.state.step // self.steps_per_epoch + 1)
+        if not self.wait_for_workers(stop, tick):
+            return RunOutcome(self.model.params, self.state, finished=False)
+        log.info("training: %d steps of batch %d in %d shards, %d workers", self.total_steps - self.state.step,
+                 self.train.batch_size, self.service.num_shards, len(self.workers))
+        self._epoch_started = time.monotonic()
+        idle_since: float | None = None
+        while not self.done:
+            if stop():
+                return RunOutcome(self.model.params, self.state, finished=False)
+            if self.sched is None:
+                self._start_step()
+            now = time.monotonic()
+            self._dispatch(now)
+            deadline = self.sched.next_deadline()
+            wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - now))
+            if self.sock.poll(int(wait * 1000)):
+                self._drain()
+            now = time.monotonic()
+            self._check_liveness(now)
+            tick()
+            if not self.workers:
+                if idle_since is None:
+                    idle_since = now
+                    log.warning("no live workers: training paused until one registers")
+            else:
+                idle_since = None
+            if self.sched.complete:
+                self._finish_step()
+                progress(self)
+        return RunOutcome(self.model.params, self.state, finished=True)
+
+    def close(self) -> None:
+        self.sock.close(linger=0)

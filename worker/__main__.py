@@ -1,0 +1,69 @@
+"""`python -m worker --connect tcp://HOST:5555`: one training worker process.
+
+BLAS is pinned to one thread before NumPy is imported: workers run one per core.
+SIGTERM and SIGINT make the worker tell the coordinator it leaves, then exit 0.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import logging  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
+
+from lenet.config import add_flag  # noqa: E402
+from lenet.status import ExitStatus, NetworkError, UsageError, run_main  # noqa: E402
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker", description="Run one LeNet-5 training worker.")
+    add_flag(parser, "--connect", "tcp://127.0.0.1:5555", str, "coordinator endpoint")
+    add_flag(parser, "--name", None, str, "name in the coordinator's logs and metrics (default: host:pid)")
+    add_flag(parser, "--heartbeat-interval", 1.0, float, "seconds between heartbeats")
+    add_flag(parser, "--coordinator-timeout", 10.0, float, "seconds of coordinator silence before reconnecting")
+    add_flag(parser, "--metrics-port", 0, int, "serve this worker's Prometheus metrics on this port (0: off)")
+    add_flag(parser, "--metrics-addr", "127.0.0.1", str, "address for the worker's metrics")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from lenet.runtime import tune_malloc
+    from worker.client import Worker, WorkerConfig
+    from worker.metrics import serve_worker_metrics
+
+    try:
+        args = build_parser().parse_args(argv)
+        kwargs = {"name": args.name} if args.name else {}
+        config = WorkerConfig(connect=args.connect, heartbeat_interval=args.heartbeat_interval,
+                              coordinator_timeout=args.coordinator_timeout, **kwargs)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {config.name} %(message)s")
+    tune_malloc()
+    on_shard = None
+    if args.metrics_port:
+        try:
+            on_shard = serve_worker_metrics(args.metrics_addr, args.metrics_port)
+        except OSError as err:
+            raise NetworkError(f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: "
+                               f"{err.strerror or err}") from None
+    worker = Worker(config, on_shard=on_shard)
+
+    def stop(signum, frame):
+        worker.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    outcome = worker.run()
+    logging.getLogger("worker").info("exiting (%s)", outcome)
+    return int(ExitStatus.OK)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(main, "worker"))

@@ -1,0 +1,168 @@
+"""The worker's life: register, keep the coordinator informed, compute shard gradients.
+
+The worker holds no data and no training state: each step the coordinator sends the
+parameters once, then tasks carrying raw uint8 pixels and labels; the worker
+answers each with the summed loss and gradients of that shard.  If the coordinator
+is unreachable or falls silent, the worker re-registers with capped exponential
+back-off, so it survives coordinator restarts without help.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import zmq
+
+from coordinator import protocol as P
+from lenet.data import standardize
+from lenet.model import LeNet5
+
+log = logging.getLogger("worker")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    connect: str
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}")
+    heartbeat_interval: float = 1.0
+    coordinator_timeout: float = 10.0  # silence after which the coordinator is presumed gone
+    max_backoff: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not self.connect.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ValueError(f"--connect must be a ZeroMQ endpoint such as tcp://host:5555, got {self.connect!r}")
+        for name in ("heartbeat_interval", "coordinator_timeout", "max_backoff"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be > 0, got {getattr(self, name)}")
+
+
+class Worker:
+    def __init__(self, config: WorkerConfig, context: zmq.Context | None = None, on_shard=None):
+        self.config = config
+        self.context = context or zmq.Context.instance()
+        self.identity = uuid.uuid4().bytes
+        self.model = LeNet5()
+        self.params_step = -1
+        self.stopping = False
+        self.on_shard = on_shard  # optional callback(samples, seconds), e.g. for metrics
+        self.sock: zmq.Socket | None = None
+
+    # ------------------------------------------------------------------ socket
+
+    def _open(self) -> zmq.Socket:
+        sock = self.context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self.identity)
+        sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        sock.connect(self.config.connect)
+        return sock
+
+    def _close(self) -> None:
+        if self.sock is not None:
+            self.sock.close(linger=0)
+            self.sock = None
+
+    def _send(self, msg: P.Message) -> None:
+        assert self.sock is not None
+        try:
+            self.sock.send(P.encode(msg), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("send queue to the coordinator is full: dropped a %s message", msg.TYPE)
+
+    def _recv(self, timeout: float) -> P.Message | None:
+        assert self.sock is not None
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        frame = self.sock.recv()
+        try:
+            return P.decode(frame)
+        except P.ProtocolError as err:
+            log.warning("ignored a bad message from the coordinator: %s", err)
+            return None
+
+    # ------------------------------------------------------------------ life cycle
+
+    def run(self) -> str:
+        """Work until shut down or stopped; returns why: 'shutdown' or 'stopped'."""
+        try:
+            while not self.stopping:
+                if not self._register():
+                    break
+                outcome = self._serve()
+                if outcome in ("shutdown", "stopped"):
+                    return outcome
+            return "stopped"
+        finally:
+            self._close()
+
+    def _register(self) -> bool:
+        """(Re)connect until the coordinator acknowledges; False if stopped meanwhile."""
+        wait, attempt = 0.25, 0
+        while not self.stopping:
+            self._close()
+            self.sock = self._open()
+            self._send(P.Register(name=self.config.name, pid=os.getpid()))
+            deadline = time.monotonic() + wait
+            while not self.stopping and time.monotonic() < deadline:
+                msg = self._recv(min(0.2, max(0.0, deadline - time.monotonic())))
+                if isinstance(msg, P.Heartbeat):
+                    log.info("registered with %s as %s", self.config.connect, self.config.name)
+                    return True
+                if isinstance(msg, P.Shutdown):
+                    self.stopping = True
+                    return False
+            attempt += 1
+            if attempt == 1:
+                log.info("coordinator at %s not answering; retrying with back-off up to %.0f s",
+                         self.config.connect, self.config.max_backoff)
+            wait = min(wait * 2, self.config.max_backoff)
+        return False
+
+    def _serve(self) -> str:
+        cfg = self.config
+        last_heard = last_beat = time.monotonic()
+        while True:
+            if self.stopping:
+                self._send(P.Leave())
+                log.info("leaving: told the coordinator")
+                return "stopped"
+            msg = self._recv(min(0.2, cfg.heartbeat_interval))
+            now = time.monotonic()
+            if msg is not None:
+                last_heard = now
+                if isinstance(msg, P.Params):
+                    self.model.params = dict(msg.params)
+                    self.params_step = msg.step
+                elif isinstance(msg, P.Task):
+                    self._compute(msg)
+                elif isinstance(msg, P.Shutdown):
+                    log.info("coordinator ended the run: %s", msg.reason)
+                    return "shutdown"
+                elif isinstance(msg, P.Error):
+                    log.info("coordinator says %s (%s): registering again", msg.code, msg.message)
+                    return "reregister"
+            if now - last_beat >= cfg.heartbeat_interval:
+                self._send(P.Heartbeat())
+                last_beat = now
+            if now - last_heard > cfg.coordinator_timeout:
+                log.warning("coordinator silent for %.1f s: reconnecting", now - last_heard)
+                self.params_step = -1
+                return "reconnect"
+
+    def _compute(self, task: P.Task) -> None:
+        if task.step != self.params_step:
+            log.warning("task for step %d without its parameters (have step %d): skipped",
+                        task.step, self.params_step)
+            return
+        start = time.perf_counter()
+        result = self.model.sum_loss_and_grads(standardize(task.pixels), task.labels)
+        seconds = time.perf_counter() - start
+        self._send(P.Result(step=task.step, shard=task.shard, count=len(task.labels), loss_sum=result.loss_sum,
+                            correct=result.correct, compute_seconds=seconds, grads=result.grads))
+        if self.on_shard is not None:
+            self.on_shard(len(task.labels), seconds)
