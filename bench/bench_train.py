@@ -9,10 +9,9 @@ The product never imports torch.  Random inputs: speed does not depend on values
 
 from __future__ import annotations
 
-import os
+from lenet.runtime import pin_blas_threads, tune_malloc
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ[_var] = "1"  # before NumPy (and torch) load their BLAS
+pin_blas_threads()  # before NumPy (and torch) load their BLAS
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -21,7 +20,6 @@ import numpy as np  # noqa: E402
 
 from lenet.config import TrainConfig, make_optimizer  # noqa: E402
 from lenet.model import LeNet5, average_grads  # noqa: E402
-from lenet.runtime import tune_malloc  # noqa: E402
 
 
 def rate(step, batch: int, seconds: float) -> float:

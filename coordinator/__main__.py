@@ -10,14 +10,13 @@ value; 3 MNIST unusable; 4 checkpoint/output unusable; 5 address or port unusabl
 
 from __future__ import annotations
 
-import os
+from lenet.runtime import pin_blas_threads
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    # The coordinator's own maths (reduction, optimizer, evaluation) must not take
-    # the cores its workers run on.
-    os.environ.setdefault(_var, "1")
+# Before NumPy loads: the coordinator's own maths must not take its workers' cores.
+pin_blas_threads()
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402

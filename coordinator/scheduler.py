@@ -1,7 +1,7 @@
 """Which shard goes to which worker, and which result counts: pure logic, no sockets.
 
 A step's global batch is cut into a fixed number of shards that does not depend on
-the workers (`split_batch`).  The scheduler hands shards to workers, takes each
+the workers (`lenet.data.split_batch`).  The scheduler hands shards to workers, takes each
 shard back when its worker dies, leaves, or misses the task deadline, and accepts
 exactly one result per shard: the first from a worker that currently holds it.
 Anything else (a duplicate, a result from a worker whose task was revoked, a shard
@@ -14,20 +14,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, Hashable, TypeVar
 
-import numpy as np
-
 W = TypeVar("W", bound=Hashable)  # a worker's identity
 R = TypeVar("R")  # an accepted result
-
-
-def split_batch(indices: np.ndarray, num_shards: int) -> list[np.ndarray]:
-    """Cut a batch into at most `num_shards` contiguous, non-empty shards, sizes differing by <= 1.
-
-    Depends only on the batch and `num_shards`: never on how many workers exist.
-    """
-    if num_shards < 1:
-        raise ValueError(f"number of shards must be >= 1, got {num_shards}")
-    return [s for s in np.array_split(indices, min(num_shards, len(indices))) if len(s)]
 
 
 @dataclass

@@ -25,9 +25,9 @@ import zmq
 from coordinator import checkpoint as ckpt
 from coordinator import protocol as P
 from coordinator.metrics import Metrics
-from coordinator.scheduler import StepScheduler, split_batch
+from coordinator.scheduler import StepScheduler
 from lenet.config import TrainConfig, make_optimizer, make_schedule
-from lenet.data import MNIST, epoch_batches, steps_per_epoch
+from lenet.data import MNIST, epoch_batches, split_batch, steps_per_epoch
 from lenet.model import LeNet5, Params, average_grads, check_params
 from lenet.status import NetworkError, StorageError, UsageError
 from lenet.train import EpochStats, evaluate

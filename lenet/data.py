@@ -79,6 +79,16 @@ def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[np.nda
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
+def split_batch(indices: np.ndarray, num_shards: int) -> list[np.ndarray]:
+    """Cut a batch into at most `num_shards` contiguous, non-empty shards, sizes differing by <= 1.
+
+    Depends only on the batch and `num_shards`: never on how many workers exist.
+    """
+    if num_shards < 1:
+        raise ValueError(f"number of shards must be >= 1, got {num_shards}")
+    return [s for s in np.array_split(indices, min(num_shards, len(indices))) if len(s)]
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 
@@ -179,7 +189,7 @@ def _fetch(url: str, timeout: float, progress: bool) -> bytes:
 def download(directory: Path, name: str, retries: int = 3, timeout: float = 30.0, progress: bool = True) -> None:
     """Fetch `name.gz` from the mirrors into `directory`, verified, written atomically."""
     directory.mkdir(parents=True, exist_ok=True)
-    problems = []
+    problems: dict[str, str] = {}  # mirror -> its last problem
     for base in mirrors():
         url = f"{base}{name}.gz"
         for attempt in range(retries):
@@ -187,15 +197,15 @@ def download(directory: Path, name: str, retries: int = 3, timeout: float = 30.0
                 blob = _fetch(url, timeout, progress)
                 parse_idx(_decompress(blob, url), name)
             except (OSError, urllib.error.URLError, ValueError) as err:
-                problems.append(f"{url}: {err}")
+                problems[base] = f"{url}: {err}"
                 time.sleep(min(4.0, 0.5 * 2**attempt))
                 continue
             except DataError as err:
-                problems.append(str(err))  # a wrong file will not get better on retry
+                problems[base] = f"{url}: {err}"  # a wrong file will not get better on retry
                 break
             _write_atomically(directory / f"{name}.gz", blob)
             return
-    raise DataError(f"could not download {name}: " + "; ".join(problems[-3:]))
+    raise DataError(f"could not download {name}: " + "; ".join(problems.values()))
 
 
 def _write_atomically(path: Path, blob: bytes) -> None:

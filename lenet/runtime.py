@@ -1,6 +1,12 @@
-"""Process-level settings that make the NumPy hot path fast: one place, called by entry points.
+"""Process-level settings, called first thing by every entry point.
 
-Training allocates the same large temporaries (im2col matrices of several MB) every
+BLAS threads: pinned to one, before NumPy is imported (this module imports no
+NumPy, and `lenet/__init__` is lazy, so `from lenet.runtime import ...` is safe
+first).  The thread count changes matmul rounding, so one thread everywhere is what
+makes runs bit-reproducible; and workers run one per core, so more would only
+oversubscribe the cores.
+
+malloc: training allocates the same large temporaries (im2col matrices of several MB) every
 step.  glibc's malloc serves blocks that large with fresh `mmap`s and returns them on
 free, so every step page-faults and zero-fills megabytes again: measured here, that
 halved throughput.  Raising the mmap and trim thresholds lets freed blocks be reused.
@@ -34,14 +40,15 @@ def tune_malloc() -> bool:
     return mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1 and ok
 
 
-def single_thread_blas_env(env: dict[str, str] | None = None) -> dict[str, str]:
-    """A copy of `env` (default: os.environ) with BLAS pinned to one thread.
+def pin_blas_threads() -> None:
+    """One BLAS thread for this process, unless the variables are already set.
 
-    Worker processes run side by side, one per core: a BLAS pool in each would
-    oversubscribe the cores.  These variables only act before NumPy is imported, so
-    they are set for child processes, and at the top of each entry point.
+    Only effective before NumPy is first imported.
     """
-    out = dict(os.environ if env is None else env)
     for var in BLAS_THREAD_VARIABLES:
-        out[var] = "1"
-    return out
+        os.environ.setdefault(var, "1")
+
+
+def single_thread_blas_env() -> dict[str, str]:
+    """A copy of os.environ with BLAS pinned to one thread, for child processes."""
+    return {**os.environ, **{var: "1" for var in BLAS_THREAD_VARIABLES}}

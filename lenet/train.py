@@ -4,26 +4,32 @@
 
 Each step takes the batch `epoch_batches(seed, epoch, ...)[i]`, computes summed
 gradients, averages them with `average_grads`, and applies the optimizer at the
-scheduled learning rate: exactly the arithmetic the coordinator performs with the
-batch cut into shards.
+scheduled learning rate.  With `shards=S` the batch is cut by `split_batch` and the
+shard sums are added in order: exactly the coordinator's arithmetic, so the result
+is bit-identical to the distributed service run with `--shards S`.
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from lenet.runtime import pin_blas_threads
 
-import numpy as np
+# Before NumPy loads: this trainer is the bit-exact reference for the service.
+pin_blas_threads()
 
-from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule
-from lenet.data import MNIST, epoch_batches, load_mnist, standardize, steps_per_epoch
-from lenet.model import PARAM_SHAPES, LeNet5, Params, average_grads, check_params
-from lenet.npzfile import read_npz, write_npz
-from lenet.status import ExitStatus, UsageError, run_main
+import argparse  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
+from lenet.data import MNIST, epoch_batches, load_mnist, split_batch, standardize, steps_per_epoch  # noqa: E402
+from lenet.model import PARAM_SHAPES, LeNet5, Params, average_grads, check_params  # noqa: E402
+from lenet.npzfile import read_npz, write_npz  # noqa: E402
+from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
 ARCHITECTURE = "LeNet-5 (conv5x5x6-pool-conv5x5x16-pool-fc120-fc84-fc10, ReLU, max pool)"
 
@@ -74,8 +80,8 @@ def load_model(path: str | Path) -> tuple[Params, dict]:
         raise UsageError(str(err)) from None
 
 
-def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print) -> TrainResult:
-    """Train from scratch; one log line per epoch."""
+def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print, shards: int = 1) -> TrainResult:
+    """Train from scratch; one log line per epoch.  `shards`: see the module docstring."""
     model = LeNet5(seed=config.seed)
     optimizer = make_optimizer(config, model.params)
     n = len(data.train_labels)
@@ -87,10 +93,13 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print) 
         for idx in epoch_batches(config.seed, epoch, n, config.batch_size):
             if config.max_steps is not None and result.steps >= config.max_steps:
                 break
-            sums = model.sum_loss_and_grads(standardize(data.train_images[idx]), data.train_labels[idx])
-            optimizer.step(model.params, average_grads([sums.grads], len(idx)), schedule(result.steps))
+            parts = [model.sum_loss_and_grads(standardize(data.train_images[s]), data.train_labels[s])
+                     for s in split_batch(idx, shards)]
+            optimizer.step(model.params, average_grads([p.grads for p in parts], len(idx)), schedule(result.steps))
             result.steps += 1
-            loss_sum, correct, seen = loss_sum + sums.loss_sum, correct + sums.correct, seen + len(idx)
+            loss_sum += sum(p.loss_sum for p in parts)
+            correct += sum(p.correct for p in parts)
+            seen += len(idx)
         if seen == 0:
             break
         seconds = time.perf_counter() - start
@@ -112,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="directory with the MNIST files (default: $MNIST_DIR, "
                         "else the per-user cache, downloading if needed)")
     parser.add_argument("--output", default="lenet5.npz", help="where to save the model (default: lenet5.npz)")
+    parser.add_argument("--shards", type=int, default=1, help="sum each batch's gradient over this many shards, "
+                        "as the coordinator's --shards does: the result is then bit-identical to the service's "
+                        "(default: 1, one gradient per batch)")
     return parser
 
 
@@ -121,12 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         config = config_from_args(args)
+        if args.shards < 1:
+            raise ValueError(f"--shards must be >= 1, got {args.shards}")
     except ValueError as err:
         raise UsageError(str(err)) from None
     tune_malloc()
     data = load_mnist(args.data_dir)
     start = time.perf_counter()
-    result = train(config, data)
+    result = train(config, data, shards=args.shards)
     if not result.history:
         raise UsageError("no training step was run")
     last = result.history[-1]

@@ -1,8 +1,13 @@
 import os
-import sys
-from pathlib import Path
 
-import pytest
+from lenet.runtime import pin_blas_threads
+
+pin_blas_threads()  # as every entry point does: bit-exact comparisons need it
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -14,6 +19,7 @@ def mnist_dir() -> Path:
     path = Path(os.environ.get("MNIST_DIR") or ROOT.parent / "shared" / "mnist")
     if not path.is_dir():
         pytest.skip(f"MNIST not found at {path}: set MNIST_DIR")
+    os.environ["MNIST_DIR"] = str(path)  # inherited by the processes tests start
     return path
 
 
@@ -22,3 +28,12 @@ def mnist(mnist_dir):
     from lenet.data import load_mnist
 
     return load_mnist(mnist_dir)
+
+
+@pytest.fixture
+def procs():
+    """Processes started by a test; all killed at its end, whatever happens."""
+    started = []
+    yield started
+    for p in started:
+        p.stop()

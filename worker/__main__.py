@@ -6,10 +6,9 @@ SIGTERM and SIGINT make the worker tell the coordinator it leaves, then exit 0.
 
 from __future__ import annotations
 
-import os
+from lenet.runtime import pin_blas_threads
 
-for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, "1")
+pin_blas_threads()  # before NumPy loads: workers run one per core
 
 import argparse  # noqa: E402
 import logging  # noqa: E402

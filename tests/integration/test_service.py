@@ -1,0 +1,175 @@
+"""The training service with real processes and sockets on loopback.
+
+The central promise: after a fixed number of steps the parameters are bit-identical
+whatever the number of workers, their arrival order, their failures, and whether
+the coordinator was stopped and resumed; and they match the single-process trainer
+to float32 rounding.
+"""
+
+import signal
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from procs import Proc, coordinator, free_port, identical, params, worker
+
+STEPS = 150  # 19,200 samples at the default batch of 128: a few seconds per run
+FAST_FAILURE = ("--heartbeat-timeout", "2", "--task-timeout", "5")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, mnist_dir):
+    """A one-worker run: the parameters every other run must reproduce exactly."""
+    tmp = tmp_path_factory.mktemp("reference")
+    proc = coordinator(tmp, "--workers", "1", "--max-steps", str(STEPS), "--checkpoint-dir", "off",
+                       "--output", str(tmp / "ref.npz"))
+    try:
+        assert proc.wait() == 0, proc.log()
+    finally:
+        proc.stop()
+    return params(tmp / "ref.npz")
+
+
+@pytest.mark.parametrize("workers", [2, 3, 8])
+def test_bit_identical_for_any_worker_count(workers, reference, tmp_path, procs):
+    proc = coordinator(tmp_path, "--workers", str(workers), "--max-steps", str(STEPS), "--checkpoint-dir", "off",
+                       "--output", str(tmp_path / "m.npz"))
+    procs.append(proc)
+    assert proc.wait() == 0, proc.log()
+    assert f"{workers} workers" in proc.log()
+    assert identical(params(tmp_path / "m.npz"), reference)
+
+
+def test_bit_identical_to_single_process_trainer_with_same_shards(reference, tmp_path, procs):
+    proc = Proc(["-m", "lenet.train", "--max-steps", str(STEPS), "--shards", "8", "--output", str(tmp_path / "s.npz")],
+                tmp_path / "train.log")
+    procs.append(proc)
+    assert proc.wait() == 0, proc.log()
+    assert identical(params(tmp_path / "s.npz"), reference)
+
+
+def test_agrees_with_whole_batch_trainer_to_float32_rounding(mnist, tmp_path, procs):
+    """One gradient per batch differs from a sum of 8 shard gradients only by rounding.
+
+    Compared after a few steps: over hundreds of steps SGD amplifies any rounding
+    difference chaotically, which says nothing about correctness.
+    """
+    from lenet.config import TrainConfig
+    from lenet.model import init_params
+    from lenet.train import train
+
+    proc = coordinator(tmp_path, "--workers", "2", "--max-steps", "10", "--checkpoint-dir", "off",
+                       "--output", str(tmp_path / "m.npz"))
+    procs.append(proc)
+    assert proc.wait() == 0, proc.log()
+    dist, single = params(tmp_path / "m.npz"), train(TrainConfig(max_steps=10), mnist, log=lambda s: None).params
+    init = init_params(0)
+    for k in dist:
+        moved = np.abs(single[k] - init[k]).max()
+        assert np.abs(dist[k] - single[k]).max() <= 1e-4 * moved, k
+
+
+def external(tmp_path, procs, *extra, workers=3, min_workers=3):
+    port = free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--min-workers", str(min_workers),
+                        "--max-steps", str(STEPS), "--output", str(tmp_path / "m.npz"), *FAST_FAILURE, *extra)
+    procs.append(coord)
+    started = [worker(tmp_path, endpoint, f"w{i}") for i in range(workers)]
+    procs.extend(started)
+    return coord, endpoint, started
+
+
+def test_worker_killed_mid_run_changes_nothing(reference, tmp_path, procs):
+    coord, _, workers = external(tmp_path, procs, "--checkpoint-dir", "off")
+    coord.wait_for("training:")
+    time.sleep(0.5)
+    workers[1].signal(signal.SIGKILL)
+    assert coord.wait() == 0, coord.log()
+    assert "worker w1 lost" in coord.log()
+    assert identical(params(tmp_path / "m.npz"), reference)
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return values
+
+
+def test_join_mid_training_and_metrics_over_http(reference, tmp_path, procs):
+    port = free_port()
+    coord, endpoint, _ = external(tmp_path, procs, "--checkpoint-dir", "off", "--metrics-port", str(port),
+                                  workers=1, min_workers=1)
+    coord.wait_for("training:")
+    first = scrape(port)
+    late = worker(tmp_path, endpoint, "late")
+    procs.append(late)
+    coord.wait_for("worker late joined (2 live)")
+    deadline, seen = time.monotonic() + 30, {}
+    while time.monotonic() < deadline and seen.get("lenet_worker_compute_seconds_total{worker=late}", 0) == 0:
+        seen = scrape(port)
+        time.sleep(0.05)
+    assert seen["lenet_worker_compute_seconds_total{worker=late}"] > 0  # the late joiner was put to work
+    assert seen["lenet_workers_alive"] == 2
+    assert seen["lenet_samples_total"] > first["lenet_samples_total"]
+    assert abs(seen["lenet_samples_total"] - 128 * seen["lenet_steps_total"]) <= 128
+    assert seen["lenet_sent_bytes_total"] > 0 and seen["lenet_received_bytes_total"] > 0
+    assert seen["lenet_step_duration_seconds_count"] >= seen["lenet_steps_total"] - 1
+    assert seen["lenet_epoch"] == 1
+    assert coord.wait() == 0, coord.log()
+    assert identical(params(tmp_path / "m.npz"), reference)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(reference, tmp_path, procs):
+    ckpt = tmp_path / "ckpt"
+    first = coordinator(tmp_path, "--workers", "2", "--max-steps", "60", "--checkpoint-dir", str(ckpt),
+                        "--output", str(tmp_path / "part.npz"), log_name="first.log")
+    procs.append(first)
+    assert first.wait() == 0, first.log()
+    assert (ckpt / "ckpt-000000060.npz").is_file()
+    second = coordinator(tmp_path, "--workers", "2", "--max-steps", str(STEPS), "--checkpoint-dir", str(ckpt),
+                         "--resume", "--output", str(tmp_path / "m.npz"), log_name="second.log")
+    procs.append(second)
+    assert second.wait() == 0, second.log()
+    assert "resuming from" in second.log() and "step 60" in second.log()
+    assert identical(params(tmp_path / "m.npz"), reference)
+
+
+def test_sigterm_checkpoints_and_resume_finishes_identically(reference, tmp_path, procs):
+    ckpt = tmp_path / "ckpt"
+    args = ("--workers", "2", "--max-steps", str(STEPS), "--checkpoint-dir", str(ckpt),
+            "--output", str(tmp_path / "m.npz"))
+    first = coordinator(tmp_path, *args, log_name="first.log")
+    procs.append(first)
+    first.wait_for("training:")
+    time.sleep(1.0)
+    stopped_at = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 130, first.log()
+    assert time.monotonic() - stopped_at < 10
+    assert "stopped by signal" in first.log()
+    assert not (tmp_path / "m.npz").exists()
+    second = coordinator(tmp_path, *args, "--resume", log_name="second.log")
+    procs.append(second)
+    assert second.wait() == 0, second.log()
+    assert identical(params(tmp_path / "m.npz"), reference)
+
+
+def test_resume_with_other_hyperparameters_is_refused(tmp_path, procs):
+    ckpt = tmp_path / "ckpt"
+    first = coordinator(tmp_path, "--workers", "1", "--max-steps", "5", "--checkpoint-dir", str(ckpt),
+                        "--output", str(tmp_path / "m.npz"), log_name="first.log")
+    procs.append(first)
+    assert first.wait() == 0, first.log()
+    second = coordinator(tmp_path, "--workers", "1", "--max-steps", "10", "--batch-size", "64", "--checkpoint-dir",
+                         str(ckpt), "--resume", log_name="second.log")
+    procs.append(second)
+    assert second.wait() == 2
+    assert "batch_size=128 (this run: 64)" in second.log() and "Traceback" not in second.log()

@@ -1,0 +1,90 @@
+"""Real coordinator and worker processes for integration tests: ports, logs, clean-up."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = dict(os.environ)
+    out["PYTHONPATH"] = str(ROOT) + os.pathsep + out.get("PYTHONPATH", "")
+    out.update({k: str(v) for k, v in extra.items()})
+    return out
+
+
+class Proc:
+    """A child process whose combined output goes to a log file the test can read."""
+
+    def __init__(self, args: list[str], log: Path, **extra_env: str):
+        self.log_path = log
+        self.log_file = open(log, "ab")
+        self.popen = subprocess.Popen([sys.executable, *args], stdout=self.log_file, stderr=subprocess.STDOUT,
+                                      stdin=subprocess.DEVNULL, env=env(**extra_env), cwd=str(log.parent))
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.popen.poll() is not None and text not in self.log():
+                raise AssertionError(f"process exited ({self.popen.returncode}) before {text!r}:\n{self.log()[-3000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} within {timeout} s:\n{self.log()[-3000:]}")
+
+    def wait(self, timeout: float = 300.0) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            raise AssertionError(f"still running after {timeout} s:\n{self.log()[-3000:]}") from None
+
+    def signal(self, sig: int) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGKILL)
+            self.popen.wait()
+        self.log_file.close()
+
+
+def coordinator(tmp: Path, *args: str, log_name: str = "coordinator.log", **extra_env: str) -> Proc:
+    return Proc(["-m", "coordinator", "--metrics-port", "0", *args], tmp / log_name, **extra_env)
+
+
+def worker(tmp: Path, endpoint: str, name: str, *args: str) -> Proc:
+    return Proc(["-m", "worker", "--connect", endpoint, "--name", name, *args], tmp / f"{name}.log")
+
+
+def params(path: Path) -> dict[str, np.ndarray]:
+    from lenet.train import load_model
+
+    return load_model(path)[0]
+
+
+def identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)

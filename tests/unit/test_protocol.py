@@ -1,0 +1,97 @@
+"""Every message round-trips; anything else is refused with a bounded reason."""
+
+import msgpack
+import numpy as np
+import pytest
+
+from coordinator import protocol as P
+from lenet.model import init_params
+
+
+def grads():
+    return init_params(0)
+
+
+MESSAGES = [
+    P.Register(name="host:1", pid=1),
+    P.Heartbeat(),
+    P.Params(step=3, params=grads()),
+    P.Task(step=3, shard=1, pixels=np.zeros((4, 28, 28), np.uint8), labels=np.array([0, 1, 2, 9], np.uint8)),
+    P.Result(step=3, shard=1, count=4, loss_sum=1.5, correct=2, compute_seconds=0.01, grads=grads()),
+    P.Leave(),
+    P.Shutdown(reason="done"),
+    P.Error(code="unregistered", message="register first"),
+]
+
+
+@pytest.mark.parametrize("msg", MESSAGES, ids=lambda m: m.TYPE)
+def test_round_trip(msg):
+    got = P.decode(P.encode(msg))
+    assert type(got) is type(msg)
+    for name, value in vars(msg).items():
+        if isinstance(value, dict):
+            assert all(np.array_equal(value[k], getattr(got, name)[k]) for k in value)
+        elif isinstance(value, np.ndarray):
+            assert np.array_equal(value, getattr(got, name)) and value.dtype == getattr(got, name).dtype
+        else:
+            assert getattr(got, name) == value
+
+
+def body(msg):
+    return msgpack.unpackb(P.encode(msg), raw=False)
+
+
+def reason_of(obj_or_bytes):
+    frame = obj_or_bytes if isinstance(obj_or_bytes, bytes) else msgpack.packb(obj_or_bytes, use_bin_type=True)
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(frame)
+    return err.value.reason
+
+
+def test_rejections_name_their_reason():
+    result = body(MESSAGES[4])
+    assert reason_of(b"\xc1garbage") == "malformed"
+    assert reason_of(P.encode(MESSAGES[4])[:-10]) == "malformed"
+    assert reason_of([1, 2, 3]) == "malformed"
+    assert reason_of({**result, "v": 99}) == "version"
+    assert reason_of({**result, "type": "reboot"}) == "unknown_type"
+    assert reason_of({**result, "extra": 1}) == "bad_field"
+    assert reason_of({**result, "step": -1}) == "bad_field"
+    assert reason_of({**result, "loss_sum": float("nan")}) == "bad_field"
+    assert reason_of({**result, "count": True}) == "bad_field"
+    g = dict(result["grads"])
+    g["fc1.bias"] = {**g["fc1.bias"], "dtype": "<f8"}
+    assert reason_of({**result, "grads": g}) == "bad_array"
+    g["fc1.bias"] = {**result["grads"]["fc1.bias"], "shape": [121]}
+    assert reason_of({**result, "grads": g}) == "bad_array"
+    g["fc1.bias"] = {**result["grads"]["fc1.bias"], "data": b"\0" * 7}
+    assert reason_of({**result, "grads": g}) == "bad_array"
+    assert reason_of(b"\0" * (P.MAX_MESSAGE_BYTES + 1)) == "too_large"
+
+
+def test_task_with_mismatched_labels_or_bad_digits_is_refused():
+    task = body(MESSAGES[3])
+    task["labels"] = P.encode_array(np.array([1, 2], np.uint8))
+    assert reason_of(task) == "bad_array"
+    task["labels"] = P.encode_array(np.array([1, 2, 3, 10], np.uint8))
+    assert reason_of(task) == "bad_array"
+
+
+def test_deep_nesting_and_huge_length_prefix():
+    deep = b"\x91" * 100_000 + b"\x00"  # 100k nested one-element arrays
+    assert reason_of(deep) == "malformed"
+    huge_bin = b"\xc6\xff\xff\xff\xf0" + b"\0" * 10  # bin32 claiming ~4 GB
+    assert reason_of(huge_bin) == "malformed"
+
+
+def test_arrays_are_little_endian_raw_bytes():
+    wire = P.encode_array(np.arange(3, dtype=">f4"))
+    assert wire["dtype"] == "<f4" and wire["data"] == np.arange(3, dtype="<f4").tobytes()
+
+
+def test_all_finite():
+    g = grads()
+    assert P.all_finite(g)
+    g["fc3.bias"] = g["fc3.bias"].copy()
+    g["fc3.bias"][0] = np.inf
+    assert not P.all_finite(g)
