@@ -19,7 +19,8 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lenet.config import TrainConfig, make_optimizer  # noqa: E402
-from lenet.model import LeNet5, average_grads  # noqa: E402
+from lenet.model import LeNet5  # noqa: E402
+from lenet.reduction import mean_gradient  # noqa: E402
 
 
 def rate(step, batch: int, seconds: float) -> float:
@@ -40,7 +41,7 @@ def numpy_steps(batch: int):
 
     def train_step():
         sums = model.sum_loss_and_grads(x, y)
-        opt.step(model.params, average_grads([sums.grads], batch), 0.01)
+        opt.step(model.params, mean_gradient({(0, 1): sums.grads}, 1, batch), 0.01)
 
     return train_step, lambda: model.forward(x)
 

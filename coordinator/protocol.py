@@ -11,7 +11,8 @@ Conversation (W = worker, C = coordinator):
     W -> C  Register            C -> W  Heartbeat (ack: registered; repeated as keep-alive)
     W -> C  Heartbeat           C -> W  Heartbeat
     C -> W  Params(step)        once per step, before the worker's first task of that step
-    C -> W  Task(step, shard)   W -> C  Result(step, shard): summed gradients of the shard
+    C -> W  Task(step, first, sizes)      a subtree of consecutive shards (lenet.reduction)
+    W -> C  Result(step, first, shards)   the subtree's summed gradients, added in the tree
     W -> C  Leave               on SIGTERM / shutdown
     C -> W  Shutdown            training is over (or the coordinator is stopping)
     C -> W  Error               e.g. "unregistered": register again
@@ -32,7 +33,8 @@ from lenet.model import PARAM_SHAPES
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # also set as the sockets' ZMQ_MAXMSGSIZE
-MAX_SHARD_SAMPLES = 16384
+MAX_SHARD_SAMPLES = 16384  # samples in one task
+MAX_SHARDS = 1024
 MAX_TEXT = 256
 
 
@@ -63,6 +65,13 @@ def _float(value: Any, name: str) -> float:
 def _str(value: Any, name: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_TEXT:
         raise ProtocolError("bad_field", f"{name} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+def _sizes(value: Any, name: str) -> list[int]:
+    if (not isinstance(value, list) or not 1 <= len(value) <= MAX_SHARDS
+            or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SHARD_SAMPLES for v in value)):
+        raise ProtocolError("bad_field", f"{name} must be a list of 1 to {MAX_SHARDS} positive shard sizes")
     return value
 
 
@@ -151,26 +160,33 @@ class Params:
 
 @dataclass(frozen=True)
 class Task:
-    """Compute the summed gradient of one shard (raw uint8 pixels and labels)."""
+    """Shards first .. first+len(sizes)-1 of a step: a subtree of the reduction tree.
+
+    `pixels` and `labels` hold the shards back to back, `sizes[i]` samples each.
+    """
 
     TYPE: ClassVar[str] = "task"
     step: int = _f(_int)
-    shard: int = _f(_int)
+    first: int = _f(_int)
+    sizes: list[int] = _f(_sizes)
     pixels: np.ndarray = _f(_pixels)
     labels: np.ndarray = _f(_labels)
 
     def __post_init__(self) -> None:
         if self.labels.shape[0] != self.pixels.shape[0]:
             raise ProtocolError("bad_array", f"{self.pixels.shape[0]} images but {self.labels.shape[0]} labels")
+        if sum(self.sizes) != self.labels.shape[0]:
+            raise ProtocolError("bad_field", f"shard sizes add up to {sum(self.sizes)}, not {self.labels.shape[0]}")
 
 
 @dataclass(frozen=True)
 class Result:
-    """Summed loss, correct count and summed gradients of one shard."""
+    """Summed loss, correct count and tree-summed gradients of a task's shards."""
 
     TYPE: ClassVar[str] = "result"
     step: int = _f(_int)
-    shard: int = _f(_int)
+    first: int = _f(_int)
+    shards: int = _f(_int)
     count: int = _f(_int)
     loss_sum: float = _f(_float)
     correct: int = _f(_int)
@@ -213,7 +229,7 @@ def encode(msg: Message) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(frame: bytes) -> Message:
+def decode(frame: bytes | memoryview) -> Message:
     """Parse and validate one frame, or raise ProtocolError."""
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"{len(frame)} bytes, limit {MAX_MESSAGE_BYTES}")

@@ -1,14 +1,17 @@
 """The coordinator's event loop: membership, dispatch, reduction, optimizer, checkpoints.
 
 One thread, one ROUTER socket, every wait bounded.  Each step:
-  1. the batch `epoch_batches(seed, epoch)[i]` is cut into fixed shards (`split_batch`);
-  2. shards go to live workers (parameters first, once per worker per step);
-  3. the first valid result of each shard is kept (`StepScheduler`); dead, departed or
-     overdue workers' shards are queued again;
-  4. when every shard is in, the summed gradients are added in shard order, divided by
-     the batch size (`average_grads`), and the optimizer steps at `schedule(step)`.
-The arithmetic of 4 never depends on who computed what, so the parameters are
-bit-identical whatever the number, order or failures of workers.
+  1. the batch `epoch_batches(seed, epoch)[i]` is cut into fixed shards (`split_batch`),
+     grouped into units, subtrees of the reduction tree sized to the live workers
+     (`work_units`): one unit per worker when it divides evenly, so few messages;
+  2. units go to live workers (parameters first, once per worker per step);
+  3. the first valid result of each unit is kept (`StepScheduler`); dead, departed or
+     overdue workers' units are queued again;
+  4. when every unit is in, the subtree sums are added up the rest of the fixed tree,
+     divided by the batch size (`mean_gradient`), and the optimizer steps at
+     `schedule(step)`.
+Every node of the tree is the same float32 addition wherever it is done, so the
+parameters are bit-identical whatever the number, order or failures of workers.
 """
 
 from __future__ import annotations
@@ -28,13 +31,14 @@ from coordinator.metrics import Metrics
 from coordinator.scheduler import StepScheduler
 from lenet.config import TrainConfig, make_optimizer, make_schedule
 from lenet.data import MNIST, epoch_batches, split_batch, steps_per_epoch
-from lenet.model import LeNet5, Params, average_grads, check_params
+from lenet.model import LeNet5, Params, check_params
+from lenet.reduction import mean_gradient, work_units
 from lenet.status import NetworkError, StorageError, UsageError
 from lenet.train import EpochStats, evaluate
 
 log = logging.getLogger("coordinator")
 
-PREFETCH = 2  # tasks a worker may hold at once: hides the round trip between shards
+PREFETCH = 2  # tasks a worker may hold at once: hides the round trip between units
 MAX_NONFINITE_PER_STEP = 8  # NaN/Inf results for one step before the run is declared diverged
 
 
@@ -105,6 +109,7 @@ class Coordinator:
         self.state = RunState()
         self.workers: dict[bytes, WorkerInfo] = {}
         self.sched: StepScheduler[bytes, P.Result] | None = None
+        self.num_shards = 0  # shards of the current step (fewer than --shards if the batch is tiny)
         self.shards: list[np.ndarray] = []
         self.params_frame = b""
         self.step_started = 0.0
@@ -160,7 +165,8 @@ class Coordinator:
 
     def _send(self, identity: bytes, frame: bytes) -> None:
         try:
-            self.sock.send_multipart([identity, frame], zmq.NOBLOCK)
+            # copy=False: the frame is immutable bytes, so ZeroMQ may send it in place.
+            self.sock.send_multipart([identity, frame], zmq.NOBLOCK, copy=False)
             self.metrics.sent_bytes.inc(len(frame))
         except zmq.Again:
             log.warning("send buffer to worker %s full: message dropped", self._name(identity))
@@ -200,12 +206,13 @@ class Coordinator:
                 self._remove_worker(identity, f"lost: silent for {silent:.1f} s")
         if self.sched is None:
             return
-        for shard, identity in self.sched.expire(now):
-            self.metrics.redispatched.inc()
+        for unit, identity in self.sched.expire(now):
+            lo, hi = self.sched.units[unit]
+            self.metrics.redispatched.inc(hi - lo)
             info = self.workers.get(identity)
             if info is not None:
                 info.suspect_since = now
-            log.warning("shard %d of step %d missed its %.0f s deadline on %s: re-dispatched", shard,
+            log.warning("shards %d-%d of step %d missed their %.0f s deadline on %s: re-dispatched", lo, hi - 1,
                         self.sched.step, self.service.task_timeout, self._name(identity))
 
     # ------------------------------------------------------------------ receiving
@@ -226,16 +233,17 @@ class Coordinator:
         """Handle the messages already queued, at most `budget` of them."""
         for _ in range(budget):
             try:
-                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+                # copy=False: gradients are unpacked straight from ZeroMQ's buffer.
+                frames = self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
-            self.metrics.received_bytes.inc(sum(len(f) for f in frames))
+            self.metrics.received_bytes.inc(sum(len(f.buffer) for f in frames))
             if len(frames) != 2:
-                self._reject("malformed", frames[0] if frames else None, f"{len(frames)} frames, expected 2")
+                self._reject("malformed", frames[0].bytes if frames else None, f"{len(frames)} frames, expected 2")
                 continue
-            self._handle(frames[0], frames[1], time.monotonic())
+            self._handle(frames[0].bytes, frames[1].buffer, time.monotonic())
 
-    def _handle(self, identity: bytes, frame: bytes, now: float) -> None:
+    def _handle(self, identity: bytes, frame: bytes | memoryview, now: float) -> None:
         try:
             msg = P.decode(frame)
         except P.ProtocolError as err:
@@ -265,19 +273,19 @@ class Coordinator:
         if self.sched is None:
             self._reject("stale_step", identity, f"result for step {msg.step} between steps")
             return
-        reason = self.sched.check(identity, msg.step, msg.shard, msg.count)
+        where = f"step {msg.step} shards {msg.first}-{msg.first + msg.shards - 1}"
+        reason = self.sched.check(identity, msg.step, msg.first, msg.shards, msg.count)
         if reason:
-            self._reject(reason, identity, f"step {msg.step} shard {msg.shard}")
+            self._reject(reason, identity, where)
             return
         if not P.all_finite(msg.grads):
-            self._reject("non_finite", identity, f"NaN/Inf gradient for step {msg.step} shard {msg.shard}")
-            self.sched.reject_result(msg.shard)
-            self.metrics.redispatched.inc()
+            self._reject("non_finite", identity, f"NaN/Inf gradient for {where}")
+            self.metrics.redispatched.inc(self.sched.reject_result(msg.first))
             self.nonfinite += 1
             if self.nonfinite >= MAX_NONFINITE_PER_STEP:
                 raise TrainingDiverged(f"step {msg.step}: {self.nonfinite} results with NaN/Inf gradients")
             return
-        self.sched.accept(msg.shard, msg)
+        self.sched.accept(msg.first, msg)
         self.metrics.worker_compute.labels(info.name).inc(msg.compute_seconds)
 
     # ------------------------------------------------------------------ steps
@@ -291,13 +299,17 @@ class Coordinator:
         step = self.state.step
         epoch, index = divmod(step, self.steps_per_epoch)
         self.shards = split_batch(self._epoch_batches(epoch)[index], self.service.num_shards)
-        self.sched = StepScheduler(step, [len(s) for s in self.shards], self.service.task_timeout)
+        self.num_shards = len(self.shards)
+        live = sum(1 for w in self.workers.values() if w.suspect_since is None)
+        units = work_units(self.num_shards, max(1, live))
+        samples = [sum(len(self.shards[s]) for s in range(lo, hi)) for lo, hi in units]
+        self.sched = StepScheduler(step, units, samples, self.service.task_timeout)
         self.params_frame = P.encode(P.Params(step=step, params=self.model.params))
         self.step_started = time.monotonic()
         self.nonfinite = 0
 
     def _dispatch(self, now: float) -> None:
-        """Hand out pending shards round-robin, up to PREFETCH per worker."""
+        """Hand out pending units round-robin, up to PREFETCH per worker."""
         sched = self.sched
         assert sched is not None
         eligible = [(i, w) for i, w in self.workers.items() if w.suspect_since is None]
@@ -307,23 +319,25 @@ class Coordinator:
             for identity, info in eligible:
                 if not sched.pending or len(sched.held_by(identity)) >= PREFETCH:
                     continue
-                shard = sched.next_shard(identity, now)
-                assert shard is not None
+                unit = sched.next_unit(identity, now)
+                assert unit is not None
                 if info.params_step != sched.step:
                     self._send(identity, self.params_frame)
                     info.params_step = sched.step
-                idx = self.shards[shard]
-                task = P.Task(step=sched.step, shard=shard, pixels=self.data.train_images[idx],
-                              labels=self.data.train_labels[idx])
+                lo, hi = sched.units[unit]
+                idx = np.concatenate(self.shards[lo:hi])
+                task = P.Task(step=sched.step, first=lo, sizes=[len(s) for s in self.shards[lo:hi]],
+                              pixels=self.data.train_images[idx], labels=self.data.train_labels[idx])
                 self._send(identity, P.encode(task))
                 progress = True
 
     def _finish_step(self) -> None:
         sched = self.sched
         assert sched is not None
-        results = sched.ordered_results()
+        by_node = sched.results_by_node()
+        results = [by_node[unit] for unit in sched.units]
         n = sum(r.count for r in results)
-        grads = average_grads([r.grads for r in results], n)
+        grads = mean_gradient({node: r.grads for node, r in by_node.items()}, self.num_shards, n)
         lr = self.schedule(self.state.step)
         self.optimizer.step(self.model.params, grads, lr)
         loss_sum = sum(r.loss_sum for r in results)

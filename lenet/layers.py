@@ -17,6 +17,7 @@ the float dtype they are given (float32 in training, float64 in gradient checks)
 from __future__ import annotations
 
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 
 Array = np.ndarray
 
@@ -49,19 +50,28 @@ def im2col(xp: Array, kh: int, kw: int) -> Array:
     return cols.reshape(c * kh * kw, n * oh * ow)
 
 
-def col2im(dcols: Array, xp_shape: tuple[int, ...], kh: int, kw: int) -> Array:
-    """Adjoint of `im2col`: scatter-add column gradients back onto the padded input.
+def col2im_wide(dcols: Array, xp_shape: tuple[int, ...], kh: int, kw: int) -> Array:
+    """Adjoint of `im2col`, for column gradients laid out on the *wide* output grid.
 
-    dcols: (C*KH*KW, N*OH*OW) -> (C, N, H, W).
+    dcols: (C*KH*KW, N*OH*W), where each output row is W (the input width) long and
+    its last W-OW entries are zero.  Returns (C, N, H, W).  On the wide grid the
+    patch gradient of kernel offset (i, j) lands on the flattened input as one
+    contiguous run of OH*W values per sample, starting at i*W + j: each of the
+    KH*KW scatter-adds moves long runs instead of rows of OW values.  The zero
+    entries that run past a row's end add nothing wherever they land; `slack`
+    keeps the last sample's inside the buffer.
     """
     c, n, h, w = xp_shape
-    oh, ow = h - kh + 1, w - kw + 1
-    d = dcols.reshape(c, kh, kw, n, oh, ow)
-    dxp = np.zeros(xp_shape, dtype=dcols.dtype)
+    oh = h - kh + 1
+    d = dcols.reshape(c, kh, kw, n, oh * w)
+    slack = kw
+    flat = np.zeros((c, n * h * w + slack), dtype=dcols.dtype)
+    s_c, s_x = flat.strides
     for i in range(kh):
         for j in range(kw):
-            dxp[:, :, i : i + oh, j : j + ow] += d[:, i, j]
-    return dxp
+            dst = as_strided(flat[:, i * w + j :], shape=(c, n, oh * w), strides=(s_c, h * w * s_x, s_x))
+            dst += d[:, i, j]
+    return flat[:, : n * h * w].reshape(xp_shape)
 
 
 def conv_forward(x: Array, w: Array, b: Array, pad: int) -> tuple[Array, tuple]:
@@ -92,7 +102,10 @@ def conv_backward(dout: Array, cache: tuple, need_dx: bool = True) -> tuple[Arra
     db = dout2.sum(axis=1)
     if not need_dx:
         return None, dw, db
-    dxp = col2im(wmat.T @ dout2, xp_shape, w_shape[2], w_shape[3])
+    f, n, oh, ow = dout.shape
+    wide = np.zeros((f, n, oh, xp_shape[3]), dtype=dout.dtype)  # output rows padded to the input width
+    wide[..., :ow] = dout
+    dxp = col2im_wide(wmat.T @ wide.reshape(f, -1), xp_shape, w_shape[2], w_shape[3])
     h, w = xp_shape[2] - 2 * pad, xp_shape[3] - 2 * pad
     return dxp[:, :, pad : pad + h, pad : pad + w], dw, db
 

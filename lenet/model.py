@@ -20,6 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from lenet import layers
+from lenet.reduction import add, mean_gradient
 
 Params = dict[str, np.ndarray]
 
@@ -36,6 +37,8 @@ PARAM_SHAPES: dict[str, tuple[int, ...]] = {
     "fc3.weight": (10, 84),
     "fc3.bias": (10,),
 }
+
+CHUNK = 256  # largest batch computed in one pass (see sum_loss_and_grads)
 
 # Fan-in of each weight, for initialisation.
 _FAN_IN = {"conv1.weight": 25, "conv2.weight": 150, "fc1.weight": 400, "fc2.weight": 120, "fc3.weight": 84}
@@ -127,39 +130,34 @@ class LeNet5:
         """Cross-entropy and gradients summed (not averaged) over the batch.
 
         The distributed service adds these up shard by shard and divides once by the
-        batch size, so the result cannot depend on how the batch was cut.
+        batch size.  Batches above CHUNK samples are computed CHUNK at a time and
+        summed in order: conv1's im2col matrix takes 78 KB per sample, and past
+        glibc's mmap threshold every step would page-fault it afresh.
         """
+        y = np.asarray(y, dtype=np.intp)
+        parts = [self._chunk_sums(x[i : i + CHUNK], y[i : i + CHUNK]) for i in range(0, max(1, len(y)), CHUNK)]
+        if len(parts) == 1:
+            return parts[0]
+        grads = parts[0].grads
+        for part in parts[1:]:
+            grads = add(grads, part.grads)
+        return SumLossGrads(sum(p.loss_sum for p in parts), sum(p.correct for p in parts), grads)
+
+    def _chunk_sums(self, x: np.ndarray, y: np.ndarray) -> SumLossGrads:
         logits, caches = self._forward(x)
-        loss_sum, correct, dlogits = layers.softmax_cross_entropy(logits, np.asarray(y, dtype=np.intp))
+        loss_sum, correct, dlogits = layers.softmax_cross_entropy(logits, y)
         grads = self._backward(dlogits, caches)
         return SumLossGrads(float(loss_sum), int(correct.sum()), grads)
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
         """Mean cross-entropy over the batch and its gradients (same keys as params)."""
         result = self.sum_loss_and_grads(x, y)
-        return result.loss_sum / x.shape[0], average_grads([result.grads], x.shape[0])
+        return result.loss_sum / x.shape[0], mean_gradient({(0, 1): result.grads}, 1, x.shape[0])
 
     def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
         """Predicted classes (N,), evaluated in batches to bound memory."""
         out = [self.forward(x[i : i + batch_size]).argmax(axis=1) for i in range(0, x.shape[0], batch_size)]
         return np.concatenate(out) if out else np.empty(0, dtype=np.intp)
-
-
-def average_grads(grad_sums: list[Params], n: int) -> Params:
-    """Mean gradient of a batch of n samples from per-shard summed gradients.
-
-    The shards are added in the order given, then scaled once: the same arithmetic
-    whichever process computed each shard, so the result is bit-reproducible.
-    """
-    if not grad_sums or n < 1:
-        raise ValueError(f"need at least one shard and one sample, got {len(grad_sums)} shards, n={n}")
-    total = {k: g.copy() for k, g in grad_sums[0].items()}
-    for sums in grad_sums[1:]:
-        for k, g in sums.items():
-            total[k] += g
-    for k, g in total.items():
-        g *= g.dtype.type(1.0 / n)
-    return total
 
 
 def check_params(params: dict[str, np.ndarray], origin: str) -> Params:

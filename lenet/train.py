@@ -3,10 +3,10 @@
     python -m lenet.train --epochs 5 --output lenet5.npz
 
 Each step takes the batch `epoch_batches(seed, epoch, ...)[i]`, computes summed
-gradients, averages them with `average_grads`, and applies the optimizer at the
+gradients, averages them with `mean_gradient`, and applies the optimizer at the
 scheduled learning rate.  With `shards=S` the batch is cut by `split_batch` and the
-shard sums are added in order: exactly the coordinator's arithmetic, so the result
-is bit-identical to the distributed service run with `--shards S`.
+shard sums are added in the fixed tree of `lenet.reduction`: exactly the service's
+arithmetic, so the result is bit-identical to the coordinator run with `--shards S`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import numpy as np  # noqa: E402
 
 from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
 from lenet.data import MNIST, epoch_batches, load_mnist, split_batch, standardize, steps_per_epoch  # noqa: E402
-from lenet.model import PARAM_SHAPES, LeNet5, Params, average_grads, check_params  # noqa: E402
+from lenet.model import PARAM_SHAPES, LeNet5, Params, check_params  # noqa: E402
+from lenet.reduction import mean_gradient  # noqa: E402
 from lenet.npzfile import read_npz, write_npz  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
@@ -95,7 +96,8 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print, 
                 break
             parts = [model.sum_loss_and_grads(standardize(data.train_images[s]), data.train_labels[s])
                      for s in split_batch(idx, shards)]
-            optimizer.step(model.params, average_grads([p.grads for p in parts], len(idx)), schedule(result.steps))
+            leaves = {(i, i + 1): p.grads for i, p in enumerate(parts)}
+            optimizer.step(model.params, mean_gradient(leaves, len(parts), len(idx)), schedule(result.steps))
             result.steps += 1
             loss_sum += sum(p.loss_sum for p in parts)
             correct += sum(p.correct for p in parts)

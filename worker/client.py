@@ -1,8 +1,9 @@
 """The worker's life: register, keep the coordinator informed, compute shard gradients.
 
 The worker holds no data and no training state: each step the coordinator sends the
-parameters once, then tasks carrying raw uint8 pixels and labels; the worker
-answers each with the summed loss and gradients of that shard.  If the coordinator
+parameters once, then tasks carrying raw uint8 pixels and labels of a run of
+shards; the worker computes each shard's summed gradient, adds them up in the
+fixed tree of `lenet.reduction`, and answers with one result.  If the coordinator
 is unreachable or falls silent, the worker re-registers with capped exponential
 back-off, so it survives coordinator restarts without help.
 """
@@ -21,6 +22,7 @@ import zmq
 from coordinator import protocol as P
 from lenet.data import standardize
 from lenet.model import LeNet5
+from lenet.reduction import tree_sum
 
 log = logging.getLogger("worker")
 
@@ -160,9 +162,17 @@ class Worker:
                         task.step, self.params_step)
             return
         start = time.perf_counter()
-        result = self.model.sum_loss_and_grads(standardize(task.pixels), task.labels)
+        leaves, loss_sum, correct, offset = {}, 0.0, 0, 0
+        for i, size in enumerate(task.sizes):
+            part = self.model.sum_loss_and_grads(standardize(task.pixels[offset : offset + size]),
+                                                 task.labels[offset : offset + size])
+            leaves[(i, i + 1)] = part.grads
+            loss_sum += part.loss_sum
+            correct += part.correct
+            offset += size
+        grads = tree_sum(leaves, 0, len(task.sizes))  # split points depend on size only: same as the full tree
         seconds = time.perf_counter() - start
-        self._send(P.Result(step=task.step, shard=task.shard, count=len(task.labels), loss_sum=result.loss_sum,
-                            correct=result.correct, compute_seconds=seconds, grads=result.grads))
+        self._send(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
+                            loss_sum=loss_sum, correct=correct, compute_seconds=seconds, grads=grads))
         if self.on_shard is not None:
             self.on_shard(len(task.labels), seconds)

@@ -5,7 +5,8 @@ import pytest
 
 from gradcheck import rel_error
 from lenet import LeNet5
-from lenet.model import PARAM_SHAPES, average_grads, check_params, init_params
+from lenet.model import PARAM_SHAPES, check_params, init_params
+from lenet.reduction import mean_gradient
 
 
 def test_params_follow_pytorch_names_shapes_and_float32():
@@ -92,8 +93,8 @@ def test_sum_of_shards_equals_batch_gradient():
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((12, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 12)
     _, full = model.loss_and_grads(x, y)
-    shards = [model.sum_loss_and_grads(x[i : i + 4], y[i : i + 4]).grads for i in range(0, 12, 4)]
-    averaged = average_grads(shards, 12)
+    shards = {(i, i + 1): model.sum_loss_and_grads(x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4]).grads for i in range(3)}
+    averaged = mean_gradient(shards, 3, 12)
     for k in full:
         np.testing.assert_allclose(averaged[k], full[k], rtol=1e-4, atol=1e-6)
 
@@ -114,3 +115,22 @@ def test_check_params_names_the_problem():
     del params["fc2.bias"]
     with pytest.raises(ValueError, match=r"missing \['fc2.bias'\]"):
         check_params(params, "file.npz")
+
+
+def test_large_batches_are_computed_in_chunks_with_the_same_result():
+    from lenet import model as model_module
+
+    model = LeNet5(seed=0, dtype=np.float64)
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((10, 1, 28, 28)), rng.integers(0, 10, 10)
+    whole = model.sum_loss_and_grads(x, y)
+    original = model_module.CHUNK
+    model_module.CHUNK = 4  # 10 samples: chunks of 4, 4 and 2
+    try:
+        chunked = model.sum_loss_and_grads(x, y)
+    finally:
+        model_module.CHUNK = original
+    assert chunked.correct == whole.correct
+    assert chunked.loss_sum == pytest.approx(whole.loss_sum, rel=1e-12)
+    for k in whole.grads:
+        np.testing.assert_allclose(chunked.grads[k], whole.grads[k], rtol=1e-10, atol=1e-12)

@@ -16,8 +16,9 @@ MESSAGES = [
     P.Register(name="host:1", pid=1),
     P.Heartbeat(),
     P.Params(step=3, params=grads()),
-    P.Task(step=3, shard=1, pixels=np.zeros((4, 28, 28), np.uint8), labels=np.array([0, 1, 2, 9], np.uint8)),
-    P.Result(step=3, shard=1, count=4, loss_sum=1.5, correct=2, compute_seconds=0.01, grads=grads()),
+    P.Task(step=3, first=2, sizes=[3, 1], pixels=np.zeros((4, 28, 28), np.uint8),
+           labels=np.array([0, 1, 2, 9], np.uint8)),
+    P.Result(step=3, first=2, shards=2, count=4, loss_sum=1.5, correct=2, compute_seconds=0.01, grads=grads()),
     P.Leave(),
     P.Shutdown(reason="done"),
     P.Error(code="unregistered", message="register first"),
@@ -75,6 +76,11 @@ def test_task_with_mismatched_labels_or_bad_digits_is_refused():
     assert reason_of(task) == "bad_array"
     task["labels"] = P.encode_array(np.array([1, 2, 3, 10], np.uint8))
     assert reason_of(task) == "bad_array"
+    task = body(MESSAGES[3])
+    task["sizes"] = [3, 2]
+    assert reason_of(task) == "bad_field"
+    task["sizes"] = [4, 0]
+    assert reason_of(task) == "bad_field"
 
 
 def test_deep_nesting_and_huge_length_prefix():

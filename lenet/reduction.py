@@ -1,0 +1,88 @@
+"""How shard gradients add up: one fixed binary tree, whoever does the adding.
+
+A batch is cut into S shards (`lenet.data.split_batch`).  Their summed gradients
+are added pairwise in the tree over the shard range [0, S) in which a node
+[lo, hi) splits at lo + (largest power of two below hi - lo).  Every node is
+`left + right`, elementwise in float32, so a node's value does not depend on
+where it was computed: a worker may add up the subtree it was given and send one
+message, and the coordinator adds the rest of the tree.  The parameters are then
+bit-identical whether one worker computed everything or S workers one shard each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
+Node = tuple[int, int]  # a shard range [lo, hi)
+
+
+def split_point(lo: int, hi: int) -> int:
+    """Where node [lo, hi) splits: depends only on its size, so subtrees agree with the tree."""
+    size = hi - lo
+    if size < 2:
+        raise ValueError(f"a leaf [{lo}, {hi}) has no split point")
+    return lo + (1 << ((size - 1).bit_length() - 1))
+
+
+def nodes_at_depth(num_shards: int, depth: int) -> list[Node]:
+    """The tree's nodes `depth` levels below the root (leaves above that depth stand for themselves)."""
+    if num_shards < 1 or depth < 0:
+        raise ValueError(f"need num_shards >= 1 and depth >= 0, got {num_shards} and {depth}")
+    level = [(0, num_shards)]
+    for _ in range(depth):
+        nxt: list[Node] = []
+        for lo, hi in level:
+            if hi - lo < 2:
+                nxt.append((lo, hi))
+            else:
+                mid = split_point(lo, hi)
+                nxt += [(lo, mid), (mid, hi)]
+        level = nxt
+    return level
+
+
+def work_units(num_shards: int, workers: int) -> list[Node]:
+    """The coarsest cut of the tree that keeps `workers` workers about equally busy.
+
+    Fewer, larger units mean fewer messages; the step takes as long as the busiest
+    worker's shards.  Among the cuts with the least busiest-worker load, take the
+    coarsest.
+    """
+    best: tuple[int, list[Node]] | None = None
+    depth = 0
+    while True:
+        units = nodes_at_depth(num_shards, depth)
+        sizes = sorted((hi - lo for lo, hi in units), reverse=True)
+        loads = [0] * max(1, workers)
+        for size in sizes:  # largest first onto the least-loaded worker
+            loads[loads.index(min(loads))] += size
+        if best is None or max(loads) < best[0]:
+            best = (max(loads), units)
+        if len(units) == num_shards:
+            return best[1]
+        depth += 1
+
+
+def add(a: Params, b: Params) -> Params:
+    return {k: a[k] + b[k] for k in a}
+
+
+def tree_sum(values: Mapping[Node, Params], lo: int, hi: int) -> Params:
+    """Sum of node [lo, hi) from the values known for it or for nodes below it."""
+    if (lo, hi) in values:
+        return values[(lo, hi)]
+    if hi - lo < 2:
+        raise KeyError(f"no value for shard {lo}")
+    mid = split_point(lo, hi)
+    return add(tree_sum(values, lo, mid), tree_sum(values, mid, hi))
+
+
+def mean_gradient(values: Mapping[Node, Params], num_shards: int, n: int) -> Params:
+    """The batch's mean gradient: the whole tree's sum divided by the n samples."""
+    if n < 1:
+        raise ValueError(f"need at least one sample, got n={n}")
+    total = tree_sum(values, 0, num_shards)
+    return {k: g * g.dtype.type(1.0 / n) for k, g in total.items()}

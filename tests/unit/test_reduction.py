@@ -1,0 +1,51 @@
+"""The fixed reduction tree: where work is cut cannot change a single bit."""
+
+import numpy as np
+import pytest
+
+from lenet.data import split_batch
+from lenet.reduction import mean_gradient, nodes_at_depth, split_point, tree_sum, work_units
+
+
+def test_split_is_fixed_and_independent_of_workers():
+    shards = split_batch(np.arange(100), 8)
+    assert [len(s) for s in shards] == [13, 13, 13, 13, 12, 12, 12, 12]
+    assert np.array_equal(np.concatenate(shards), np.arange(100))
+    assert [len(s) for s in split_batch(np.arange(3), 8)] == [1, 1, 1]
+    with pytest.raises(ValueError, match="shards must be >= 1, got 0"):
+        split_batch(np.arange(4), 0)
+
+
+def test_tree_shape():
+    assert split_point(0, 8) == 4 and split_point(4, 6) == 5 and split_point(0, 6) == 4 and split_point(2, 5) == 4
+    assert nodes_at_depth(8, 1) == [(0, 4), (4, 8)]
+    assert nodes_at_depth(6, 2) == [(0, 2), (2, 4), (4, 5), (5, 6)]
+    assert nodes_at_depth(3, 5) == [(0, 1), (1, 2), (2, 3)]
+
+
+@pytest.mark.parametrize("workers, expected", [
+    (1, [(0, 8)]), (2, [(0, 4), (4, 8)]), (4, [(0, 2), (2, 4), (4, 6), (6, 8)]),
+    (3, [(i, i + 1) for i in range(8)]), (8, [(i, i + 1) for i in range(8)]), (32, [(i, i + 1) for i in range(8)]),
+])
+def test_work_units_balance_with_fewest_messages(workers, expected):
+    assert work_units(8, workers) == expected
+
+
+def test_any_cut_of_the_tree_gives_bit_identical_sums():
+    rng = np.random.default_rng(0)
+    leaves = {(i, i + 1): {"w": rng.standard_normal(1000).astype(np.float32) * np.float32(10.0 ** rng.integers(-3, 3))}
+              for i in range(8)}
+    reference = tree_sum(leaves, 0, 8)["w"]
+    for workers in (1, 2, 3, 4, 8):
+        # Workers sum their units' leaves; the coordinator sums the units.
+        units = {node: tree_sum(leaves, *node) for node in work_units(8, workers)}
+        assert np.array_equal(tree_sum(units, 0, 8)["w"], reference)
+    sequential = sum(leaves[(i, i + 1)]["w"] for i in range(8))
+    assert not np.array_equal(sequential, reference)  # the order really matters in float32
+
+
+def test_mean_gradient_divides_once():
+    leaves = {(0, 1): {"w": np.array([1.0, 2.0], np.float32)}, (1, 2): {"w": np.array([3.0, 4.0], np.float32)}}
+    assert mean_gradient(leaves, 2, 4)["w"].tolist() == [1.0, 1.5]
+    with pytest.raises(KeyError, match="shard 1"):
+        tree_sum({(0, 1): leaves[(0, 1)]}, 0, 2)
