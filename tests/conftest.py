@@ -15,10 +15,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
-    """The shared MNIST copy: $MNIST_DIR, else ../shared/mnist beside the checkout."""
-    path = Path(os.environ.get("MNIST_DIR") or ROOT.parent / "shared" / "mnist")
-    if not path.is_dir():
-        pytest.skip(f"MNIST not found at {path}: set MNIST_DIR")
+    """MNIST for the tests: $MNIST_DIR, else ../shared/mnist beside the checkout, else
+    the per-user cache (downloaded once from the public mirrors)."""
+    from lenet.data import resolve_data_dir
+
+    shared = ROOT.parent / "shared" / "mnist"
+    path = resolve_data_dir(os.environ.get("MNIST_DIR") or (shared if shared.is_dir() else None))
     os.environ["MNIST_DIR"] = str(path)  # inherited by the processes tests start
     return path
 
