@@ -1,0 +1,152 @@
+"""The real stack: `docker compose up --scale worker=8`, a worker killed, a real Prometheus.
+
+Needs a Docker engine (`.ci/run` starts one) and, for promtool, Debian's `prometheus`
+package. Without an engine the module is skipped, unless LENET_REQUIRE_SYSTEM=1
+(set by CI), where that is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from procs import ROOT, free_port, identical, params
+
+pytestmark = pytest.mark.system
+
+PROJECT = "lenet5systest"
+STEPS = 1200  # long enough for Prometheus to find all workers and a kill mid-run; ~30 s
+
+
+def sh(*cmd: str, timeout: float = 600, check: bool = True, env: dict | None = None) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    return proc.stdout
+
+
+def docker_ready() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True, timeout=30).returncode == 0
+
+
+def compose_v2() -> bool:
+    return subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=30).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def engine():
+    if not docker_ready():
+        if os.environ.get("LENET_REQUIRE_SYSTEM") == "1":
+            pytest.fail("no Docker engine answers, but LENET_REQUIRE_SYSTEM=1")
+        pytest.skip("no Docker engine")
+    if not compose_v2():
+        pytest.fail("the `docker compose` v2 plugin is missing (start-dockerd.sh with COMPOSE_V2=1)")
+
+
+def metrics(port: int) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+
+def wait_until(what: str, predicate, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except OSError as err:  # not listening yet
+            last = err
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+
+
+def promql(port: int, query: str) -> list[dict]:
+    url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": query})
+    body = json.loads(urllib.request.urlopen(url, timeout=5).read())
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_prometheus_config_is_valid():
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        if os.environ.get("LENET_REQUIRE_SYSTEM") == "1":
+            pytest.fail("promtool missing (apt-get install prometheus)")
+        pytest.skip("promtool missing")
+    out = sh(promtool, "check", "config", str(ROOT / "deploy" / "prometheus.yml"))
+    assert "SUCCESS" in out
+
+
+def test_compose_file_parses_with_compose_v1(engine):
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose v1 not installed")
+    sh("docker-compose", "-p", PROJECT, "config", "-q")
+
+
+def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
+    metrics_port, prom_port = free_port(), free_port()
+    env = {**os.environ, "DOCKER_BUILDKIT": "0", "MNIST_HOST_DIR": str(mnist_dir), "LENET_MAX_STEPS": str(STEPS),
+           "LENET_MIN_WORKERS": "8", "LENET_HEARTBEAT_TIMEOUT": "3", "LENET_RESUME": "false",
+           "LENET_METRICS_HOST_PORT": str(metrics_port), "PROMETHEUS_HOST_PORT": str(prom_port)}
+    compose = ("docker", "compose", "-p", PROJECT)
+    sh(*compose, "down", "-v", "-t", "2", env=env, check=False)
+    sh(*compose, "build", env=env, timeout=900)
+
+    # The same configuration, undisturbed, in the same image: the single-process
+    # trainer with the service's 8 shards is bit-identical to an undisturbed run.
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", "lenet5:latest",
+       "python", "-m", "lenet.train", "--max-steps", str(STEPS), "--shards", "8", "--output", "/out/ref.npz",
+       timeout=900)
+    reference = params(out / "ref.npz")
+
+    try:
+        sh(*compose, "up", "-d", "--scale", "worker=8", env=env, timeout=300)
+        wait_until("8 live workers and training under way", lambda: (m := metrics(metrics_port))
+                   and m["lenet_workers_alive"] == 8 and m["lenet_samples_total"] > 0, timeout=120)
+        # The real Prometheus finds and scrapes every replica (DNS service discovery).
+        wait_until("Prometheus to scrape 8 workers and the coordinator", lambda: (
+            (w := promql(prom_port, 'count(up{job="workers"} == 1)')) and float(w[0]["value"][1]) == 8
+            and promql(prom_port, 'lenet_samples_total{job="coordinator"} > 0')), timeout=60)
+        before = metrics(metrics_port)["lenet_samples_total"]
+        workers = sh(*compose, "ps", "-q", "worker", env=env).split()
+        assert len(workers) == 8
+        sh("docker", "kill", workers[3])
+        wait_until("the killed worker to be declared lost",
+                   lambda: metrics(metrics_port)["lenet_workers_lost_total"] >= 1, timeout=60)
+        assert metrics(metrics_port)["lenet_samples_total"] > before  # the values move
+
+        coordinator = sh(*compose, "ps", "-q", "coordinator", env=env).strip()
+        assert sh("docker", "wait", coordinator, timeout=600).strip() == "0"
+        logs = subprocess.run(["docker", "logs", coordinator], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=60).stdout
+        assert "done: test accuracy" in logs and "lost" in logs, logs[-3000:]
+        sh("docker", "cp", f"{coordinator}:/runs/lenet5.npz", str(tmp_path / "final.npz"))
+        assert identical(params(tmp_path / "final.npz"), reference)
+
+        # Prometheus kept the run's series: samples up to the last scrape, the lost worker.
+        samples = promql(prom_port, 'max_over_time(lenet_samples_total{job="coordinator"}[10m])')
+        assert float(samples[0]["value"][1]) > before
+        lost = promql(prom_port, 'max_over_time(lenet_workers_lost_total{job="coordinator"}[10m])')
+        assert float(lost[0]["value"][1]) >= 1
+    finally:
+        start = time.monotonic()
+        sh(*compose, "down", "-v", "-t", "5", env=env, check=False)
+        took = time.monotonic() - start
+    left = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}")
+    assert left.strip() == ""
+    assert took < 10, f"docker compose down took {took:.1f} s"
