@@ -49,7 +49,7 @@ def distributed(data, workers: int, batch: int, steps: int) -> dict[str, float]:
             marks["bytes"] = counter(metrics, "lenet_sent_bytes_total") + counter(metrics, "lenet_received_bytes_total")
 
     try:
-        coord.run(stop=lambda: False, tick=local.supervise, progress=progress)
+        coord.run(stop=lambda: False, tick=lambda: coord.forget_exited(local.supervise()), progress=progress)
         wall, cpu = time.perf_counter() - marks["wall"], time.process_time() - marks["cpu"]
         moved = counter(metrics, "lenet_sent_bytes_total") + counter(metrics, "lenet_received_bytes_total")
         coord.broadcast_shutdown("benchmark done")

@@ -123,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s", stream=sys.stderr)
     tune_malloc()
+    if args.checkpoint_dir is not None:
+        ckpt.check_writable(args.checkpoint_dir)
     data = load_mnist(args.data_dir)
     resume_from = ckpt.load_latest(args.checkpoint_dir) if args.resume else None
     if args.resume and resume_from is None:
@@ -154,8 +156,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workers:
             local = LocalWorkers(args.workers, endpoint)
         start = time.monotonic()
+
+        def tick() -> None:
+            if local is not None:
+                coordinator.forget_exited(local.supervise())
+
         try:
-            outcome = coordinator.run(stop=lambda: bool(stop_signal), tick=local.supervise if local else lambda: None,
+            outcome = coordinator.run(stop=lambda: bool(stop_signal), tick=tick,
                                       progress=Progress() if args.progress else lambda c: None)
         except TrainingDiverged as err:
             coordinator.save_checkpoint()
@@ -183,6 +190,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  args.output)
         return int(ExitStatus.OK)
     finally:
+        rejected = metrics.rejected_by_reason()
+        if rejected:
+            log.info("rejected %d messages during the run: %s", sum(rejected.values()),
+                     ", ".join(f"{reason} {n}" for reason, n in sorted(rejected.items())))
         if local is not None:
             local.stop()
         coordinator.close()

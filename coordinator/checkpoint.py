@@ -11,6 +11,7 @@ epoch's order is a pure function of (seed, epoch).  The newest few are kept.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,17 @@ class Checkpoint:
     params: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+
+
+def check_writable(directory: Path) -> None:
+    """Fail at start, not at the first checkpoint, if `directory` cannot hold checkpoints."""
+    probe = directory / f".write-test-{os.getpid()}"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise StorageError(f"checkpoint directory {directory} is not writable: {err.strerror or err}") from None
 
 
 def path_for(directory: Path, step: int) -> Path:
@@ -78,7 +90,12 @@ def load_latest(directory: Path) -> Checkpoint | None:
         try:
             ckpt = load(path)
         except StorageError as err:
-            log.warning("skipping damaged checkpoint: %s", err)
+            aside = path.with_name(path.name + ".damaged")
+            try:
+                path.rename(aside)  # keep it for inspection, out of the way of newer checkpoints
+            except OSError:
+                aside = path
+            log.warning("skipping damaged checkpoint (kept as %s): %s", aside.name, err)
             continue
         log.info("resuming from %s (step %d)", path, ckpt.step)
         return ckpt

@@ -31,17 +31,20 @@ class LocalWorkers:
             env=single_thread_blas_env(), stdin=subprocess.DEVNULL,
         )
 
-    def supervise(self) -> None:
-        """Replace local workers that died (checked at most once a second)."""
+    def supervise(self) -> list[int]:
+        """Replace local workers that died (checked at most 4 times a second); returns their pids."""
         now = time.monotonic()
-        if now - self._last_check < 1.0:
-            return
+        if now - self._last_check < 0.25:
+            return []
         self._last_check = now
+        exited = []
         for i, proc in enumerate(self.procs):
             code = proc.poll()
             if code is not None:
                 log.warning("local worker %d (pid %d) exited with status %d: starting a replacement", i, proc.pid, code)
+                exited.append(proc.pid)
                 self.procs[i] = self._spawn(i)
+        return exited
 
     def stop(self, grace: float = 3.0) -> None:
         """Wait for the workers to exit after Shutdown; terminate, then kill, stragglers."""

@@ -52,6 +52,12 @@ class Metrics:
         for reason in REJECT_REASONS:
             self.rejected.labels(reason)  # every reason exported from the start, at 0
 
+    def rejected_by_reason(self) -> dict[str, int]:
+        """Messages refused so far, per reason (zeros left out)."""
+        counts = {r: int(self.registry.get_sample_value("lenet_rejected_messages_total", {"reason": r}) or 0)
+                  for r in REJECT_REASONS}
+        return {r: n for r, n in counts.items() if n}
+
     def forget_worker(self, name: str) -> None:
         try:
             self.worker_compute.remove(name)

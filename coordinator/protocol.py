@@ -234,7 +234,9 @@ def decode(frame: bytes | memoryview) -> Message:
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError("too_large", f"{len(frame)} bytes, limit {MAX_MESSAGE_BYTES}")
     try:
-        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0)
+        # Explicit limits: no container or string may claim more than a message can hold.
+        body = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0, max_bin_len=MAX_MESSAGE_BYTES,
+                               max_str_len=MAX_TEXT, max_array_len=MAX_SHARDS, max_map_len=64)
     except Exception as err:  # msgpack raises many types for hostile input; all mean the same
         raise ProtocolError("malformed", f"not msgpack: {type(err).__name__}") from None
     if not isinstance(body, dict):

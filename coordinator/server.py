@@ -30,7 +30,7 @@ from coordinator import protocol as P
 from coordinator.metrics import Metrics
 from coordinator.scheduler import StepScheduler
 from lenet.config import TrainConfig, make_optimizer, make_schedule
-from lenet.data import MNIST, epoch_batches, split_batch, steps_per_epoch
+from lenet.data import MNIST, epoch_batches, split_batch, steps_per_epoch, training_subset
 from lenet.model import LeNet5, Params, check_params
 from lenet.reduction import mean_gradient, work_units
 from lenet.status import NetworkError, StorageError, UsageError
@@ -39,7 +39,9 @@ from lenet.train import EpochStats, evaluate
 log = logging.getLogger("coordinator")
 
 PREFETCH = 2  # tasks a worker may hold at once: hides the round trip between units
-MAX_NONFINITE_PER_STEP = 8  # NaN/Inf results for one step before the run is declared diverged
+# A step has diverged (rather than met one broken worker) when this many distinct
+# workers, or every live worker if fewer, returned NaN/Inf gradients for it.
+DIVERGED_AFTER_WORKERS = 3
 
 
 class TrainingDiverged(Exception):
@@ -70,6 +72,7 @@ class ServiceConfig:
 @dataclass
 class WorkerInfo:
     name: str
+    pid: int
     last_seen: float
     params_step: int = -1
     suspect_since: float | None = None  # missed a task deadline; no new work until it speaks
@@ -96,11 +99,12 @@ class RunOutcome:
 class Coordinator:
     def __init__(self, train: TrainConfig, service: ServiceConfig, data: MNIST, metrics: Metrics,
                  context: zmq.Context | None = None):
-        self.train, self.service, self.data, self.metrics = train, service, data, metrics
+        self.train, self.service, self.metrics = train, service, metrics
+        self.data = training_subset(data, train.train_subset)
         self.context = context or zmq.Context.instance()
         self.model = LeNet5(seed=train.seed)
         self.optimizer = make_optimizer(train, self.model.params)
-        self.n_train = len(data.train_labels)
+        self.n_train = len(self.data.train_labels)
         self.steps_per_epoch = steps_per_epoch(self.n_train, train.batch_size)
         self.total_steps = train.epochs * self.steps_per_epoch
         if train.max_steps is not None:
@@ -113,7 +117,7 @@ class Coordinator:
         self.shards: list[np.ndarray] = []
         self.params_frame = b""
         self.step_started = 0.0
-        self.nonfinite = 0
+        self.nonfinite: set[bytes] = set()  # workers that returned NaN/Inf this step: no more work for them
         self.last_loss = float("nan")
         self.last_step_samples = 0
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])
@@ -184,7 +188,7 @@ class Coordinator:
 
     def _add_worker(self, identity: bytes, msg: P.Register, now: float) -> None:
         if identity not in self.workers:
-            self.workers[identity] = WorkerInfo(name=msg.name, last_seen=now)
+            self.workers[identity] = WorkerInfo(name=msg.name, pid=msg.pid, last_seen=now)
             log.info("worker %s joined (%d live)", msg.name, len(self.workers))
         self.workers[identity].last_seen = now
         self.metrics.workers_alive.set(len(self.workers))
@@ -197,6 +201,13 @@ class Coordinator:
         self.metrics.forget_worker(info.name)
         self.metrics.workers_alive.set(len(self.workers))
         log.info("worker %s %s (%d live; %d shards re-dispatched)", info.name, why, len(self.workers), released)
+
+    def forget_exited(self, pids: list[int]) -> None:
+        """Local worker processes seen to exit: drop them now rather than at the heartbeat timeout."""
+        for identity, info in list(self.workers.items()):
+            if info.pid in pids:
+                self.metrics.workers_lost.inc()
+                self._remove_worker(identity, "exited")
 
     def _check_liveness(self, now: float) -> None:
         for identity, info in list(self.workers.items()):
@@ -280,10 +291,10 @@ class Coordinator:
             return
         if not P.all_finite(msg.grads):
             self._reject("non_finite", identity, f"NaN/Inf gradient for {where}")
-            self.metrics.redispatched.inc(self.sched.reject_result(msg.first))
-            self.nonfinite += 1
-            if self.nonfinite >= MAX_NONFINITE_PER_STEP:
-                raise TrainingDiverged(f"step {msg.step}: {self.nonfinite} results with NaN/Inf gradients")
+            self.nonfinite.add(identity)
+            self.metrics.redispatched.inc(self.sched.reject_result(msg.first) + self.sched.release_worker(identity))
+            if len(self.nonfinite) >= min(DIVERGED_AFTER_WORKERS, len(self.workers)):
+                raise TrainingDiverged(f"step {msg.step}: {len(self.nonfinite)} workers returned NaN/Inf gradients")
             return
         self.sched.accept(msg.first, msg)
         self.metrics.worker_compute.labels(info.name).inc(msg.compute_seconds)
@@ -306,13 +317,13 @@ class Coordinator:
         self.sched = StepScheduler(step, units, samples, self.service.task_timeout)
         self.params_frame = P.encode(P.Params(step=step, params=self.model.params))
         self.step_started = time.monotonic()
-        self.nonfinite = 0
+        self.nonfinite = set()
 
     def _dispatch(self, now: float) -> None:
         """Hand out pending units round-robin, up to PREFETCH per worker."""
         sched = self.sched
         assert sched is not None
-        eligible = [(i, w) for i, w in self.workers.items() if w.suspect_since is None]
+        eligible = [(i, w) for i, w in self.workers.items() if w.suspect_since is None and i not in self.nonfinite]
         progress = True
         while sched.pending and progress:
             progress = False

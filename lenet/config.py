@@ -36,6 +36,7 @@ class TrainConfig:
     warmup_steps: int = 100
     seed: int = 0
     max_steps: int | None = None
+    train_subset: int | None = None  # train on the first N images only (smoke runs, tests)
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -52,6 +53,8 @@ class TrainConfig:
             raise ValueError(f"warm-up steps must be >= 0, got {self.warmup_steps}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max steps must be >= 1, got {self.max_steps}")
+        if self.train_subset is not None and not 1 <= self.train_subset <= 60000:
+            raise ValueError(f"train subset must be 1-60000 images, got {self.train_subset}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
@@ -151,6 +154,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--warmup-steps", d.warmup_steps, int, "linear learning-rate warm-up steps")
     add_flag(parser, "--seed", d.seed, int, "seed of initialisation and shuffling")
     add_flag(parser, "--max-steps", d.max_steps, _optional_int, "stop after this many steps (smoke runs)")
+    add_flag(parser, "--train-subset", d.train_subset, _optional_int,
+             "train on the first N training images only (smoke runs); the test set is always whole")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -166,4 +171,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         warmup_steps=args.warmup_steps,
         seed=args.seed,
         max_steps=args.max_steps,
+        train_subset=args.train_subset,
     )

@@ -12,6 +12,7 @@ and a download only lands in the cache (by atomic rename) once verified.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import os
@@ -55,6 +56,13 @@ class MNIST:
     test_labels: np.ndarray  # uint8 (10000,)
     checksums: dict[str, str]  # file name -> SHA-256 of its decompressed bytes
     source: Path
+
+
+def training_subset(data: MNIST, n: int | None) -> MNIST:
+    """The first n training images (all of them for None); the test set is unchanged."""
+    if n is None:
+        return data
+    return dataclasses.replace(data, train_images=data.train_images[:n], train_labels=data.train_labels[:n])
 
 
 def standardize(images: np.ndarray) -> np.ndarray:

@@ -26,7 +26,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
-from lenet.data import MNIST, epoch_batches, load_mnist, split_batch, standardize, steps_per_epoch  # noqa: E402
+from lenet.data import (  # noqa: E402
+    MNIST, epoch_batches, load_mnist, split_batch, standardize, steps_per_epoch, training_subset)
 from lenet.model import PARAM_SHAPES, LeNet5, Params, check_params  # noqa: E402
 from lenet.reduction import mean_gradient  # noqa: E402
 from lenet.npzfile import read_npz, write_npz  # noqa: E402
@@ -83,6 +84,7 @@ def load_model(path: str | Path) -> tuple[Params, dict]:
 
 def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print, shards: int = 1) -> TrainResult:
     """Train from scratch; one log line per epoch.  `shards`: see the module docstring."""
+    data = training_subset(data, config.train_subset)
     model = LeNet5(seed=config.seed)
     optimizer = make_optimizer(config, model.params)
     n = len(data.train_labels)

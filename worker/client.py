@@ -43,6 +43,18 @@ class WorkerConfig:
                 raise ValueError(f"{name.replace('_', ' ')} must be > 0, got {getattr(self, name)}")
 
 
+def _resolution_problem(endpoint: str) -> str:
+    """' (cannot resolve HOST)' when a tcp endpoint's host has no address (yet), else ''."""
+    if not endpoint.startswith("tcp://"):
+        return ""
+    host = endpoint[len("tcp://"):].rsplit(":", 1)[0].strip("[]")
+    try:
+        socket.getaddrinfo(host, None)
+    except OSError:
+        return f" (cannot resolve {host})"
+    return ""
+
+
 class Worker:
     def __init__(self, config: WorkerConfig, context: zmq.Context | None = None, on_shard=None):
         self.config = config
@@ -120,8 +132,8 @@ class Worker:
                     return False
             attempt += 1
             if attempt == 1:
-                log.info("coordinator at %s not answering; retrying with back-off up to %.0f s",
-                         self.config.connect, self.config.max_backoff)
+                log.info("coordinator at %s not answering%s; retrying with back-off up to %.0f s",
+                         self.config.connect, _resolution_problem(self.config.connect), self.config.max_backoff)
             wait = min(wait * 2, self.config.max_backoff)
         return False
 
