@@ -122,6 +122,7 @@ class Coordinator:
         self.last_step_samples = 0
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])
         self._reject_log: dict[str, tuple[float, int]] = {}
+        self._answered: dict[bytes, float] = {}  # unknown peers told to register, and when
         self.sock = self._bind(service.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -173,7 +174,7 @@ class Coordinator:
             self.sock.send_multipart([identity, frame], zmq.NOBLOCK, copy=False)
             self.metrics.sent_bytes.inc(len(frame))
         except zmq.Again:
-            log.warning("send buffer to worker %s full: message dropped", self._name(identity))
+            self._warn_limited("send_full", f"send buffer to {self._name(identity)} full: message dropped")
 
     def _name(self, identity: bytes) -> str:
         info = self.workers.get(identity)
@@ -228,17 +229,30 @@ class Coordinator:
 
     # ------------------------------------------------------------------ receiving
 
+    def _warn_limited(self, key: str, text: str) -> None:
+        """One log line per key per 10 s, whatever the flood, saying how many were held back."""
+        now = time.monotonic()
+        last, suppressed = self._reject_log.get(key, (-1e9, 0))
+        if now - last >= 10.0:
+            more = f" (+{suppressed} more like it since the last report)" if suppressed else ""
+            log.warning("%s%s", text, more)
+            self._reject_log[key] = (now, 0)
+        else:
+            self._reject_log[key] = (last, suppressed + 1)
+
     def _reject(self, reason: str, identity: bytes | None, detail: str) -> None:
         self.metrics.rejected.labels(reason).inc()
-        now = time.monotonic()
-        last, suppressed = self._reject_log.get(reason, (-1e9, 0))
-        if now - last >= 10.0:  # one line per reason per 10 s, whatever the flood
-            more = f" (+{suppressed} more since last report)" if suppressed else ""
-            who = self._name(identity) if identity else "?"
-            log.warning("rejected message from %s: %s: %s%s", who, reason, detail[:200], more)
-            self._reject_log[reason] = (now, 0)
-        else:
-            self._reject_log[reason] = (last, suppressed + 1)
+        who = self._name(identity) if identity else "?"
+        self._warn_limited(reason, f"rejected message from {who}: {reason}: {detail[:200]}")
+
+    def _may_answer_stranger(self, identity: bytes, now: float) -> bool:
+        """At most one reply a second to each unknown peer, remembering a bounded number of them."""
+        if now - self._answered.get(identity, -1e9) < 1.0:
+            return False
+        if len(self._answered) >= 4096:
+            self._answered.clear()
+        self._answered[identity] = now
+        return True
 
     def _drain(self, budget: int = 256) -> None:
         """Handle the messages already queued, at most `budget` of them."""
@@ -266,7 +280,7 @@ class Coordinator:
         info = self.workers.get(identity)
         if info is None:
             self._reject("unregistered", identity, f"{msg.TYPE} from an unknown worker")
-            if not isinstance(msg, P.Leave):
+            if not isinstance(msg, P.Leave) and self._may_answer_stranger(identity, now):
                 self._send(identity, P.encode(P.Error(code="unregistered", message="register first")))
             return
         info.last_seen = now

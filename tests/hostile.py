@@ -18,9 +18,9 @@ def nan_grads() -> dict[str, np.ndarray]:
 
 
 class ScriptedWorker(threading.Thread):
-    """Registers as `name`, heartbeats, and answers every task with `answer(task)` (None: ignore it)."""
+    """Registers as `name`, heartbeats, and answers every task with the messages `answer(task)` returns."""
 
-    def __init__(self, endpoint: str, name: str, answer: Callable[[P.Task], P.Message | None], seconds: float = 120):
+    def __init__(self, endpoint: str, name: str, answer: Callable[[P.Task], list[P.Message]], seconds: float = 120):
         super().__init__(daemon=True)
         self.endpoint, self.name, self.answer, self.seconds = endpoint, name, answer, seconds
         self.tasks = 0
@@ -48,13 +48,20 @@ class ScriptedWorker(threading.Thread):
                     return
                 elif isinstance(msg, P.Task):
                     self.tasks += 1
-                    reply = self.answer(msg)
-                    if reply is not None:
+                    for reply in self.answer(msg):
                         sock.send(P.encode(reply))
         finally:
             sock.close(linger=0)
 
 
-def nan_answer(task: P.Task) -> P.Result:
-    return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels), loss_sum=1.0,
-                    correct=0, compute_seconds=0.01, grads=nan_grads())
+def nan_answer(task: P.Task) -> list[P.Message]:
+    return [P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels), loss_sum=1.0,
+                     correct=0, compute_seconds=0.01, grads=nan_grads())]
+
+
+def bogus_answers(task: P.Task) -> list[P.Message]:
+    """Results that may not be applied: NaN, then for a future step, an unknown shard, a wrong count."""
+    good = dict(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels), loss_sum=1.0,
+                correct=0, compute_seconds=0.01, grads=nan_grads())
+    return [P.Result(**{**good, "step": task.step + 1000}), P.Result(**{**good, "first": 999}),
+            P.Result(**{**good, "count": len(task.labels) + 1}), P.Result(**good)]
