@@ -16,10 +16,12 @@ from lenet.runtime import pin_blas_threads
 pin_blas_threads()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import os  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -60,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
              "continue from the newest intact checkpoint in --checkpoint-dir")
     add_flag(parser, "--heartbeat-timeout", 10.0, float, "seconds of silence before a worker is declared dead")
     add_flag(parser, "--task-timeout", 30.0, float, "seconds before a shard is taken back and re-dispatched")
+    add_flag(parser, "--curve-secret-key", None, _optional_path,
+             "the coordinator's CURVE .key_secret file: turns on encryption and authentication")
+    add_flag(parser, "--curve-authorized-dir", None, _optional_path,
+             "directory of the public .key files of the workers admitted (with --curve-secret-key)")
     add_flag(parser, "--progress", sys.stderr.isatty(), parse_bool,
              "live progress line on stderr")
     return parser
@@ -95,6 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prometheus_client import CollectorRegistry, start_http_server
 
     from coordinator import checkpoint as ckpt
+    from coordinator import keys
     from coordinator.local_workers import LocalWorkers
     from coordinator.metrics import Metrics
     from coordinator.server import Coordinator, ServiceConfig, TrainingDiverged
@@ -116,6 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 min_workers=min_workers, heartbeat_timeout=args.heartbeat_timeout,
                                 task_timeout=args.task_timeout, checkpoint_dir=args.checkpoint_dir,
                                 checkpoint_every=args.checkpoint_every)
+        if (args.curve_secret_key is None) != (args.curve_authorized_dir is None):
+            raise ValueError("CURVE needs both --curve-secret-key and --curve-authorized-dir")
         if args.bind and not args.bind.startswith(("tcp://", "ipc://")):
             raise ValueError(f"--bind must be a ZeroMQ endpoint such as tcp://0.0.0.0:5555, got {args.bind!r}")
     except ValueError as err:
@@ -123,6 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s", stream=sys.stderr)
     tune_malloc()
+    keydir = tempfile.TemporaryDirectory(prefix="lenet5-keys-")  # local workers' CURVE keys, if any
+    local_args: list[str] = []
+    if args.curve_secret_key is not None:
+        server_keys = keys.load_keypair(args.curve_secret_key)
+        allowed = keys.load_allowed(args.curve_authorized_dir)
+        if args.workers:  # local workers get a key pair of their own, for this run only
+            local_public, local_secret = keys.generate(Path(keydir.name), "local-workers")
+            allowed |= {keys.load_public(local_public)}
+            server_file = keys.write_public(Path(keydir.name) / "coordinator.key", server_keys.public)
+            local_args = ["--curve-secret-key", str(local_secret), "--curve-server-key", str(server_file)]
+        service = dataclasses.replace(service, curve=keys.CurveServer(server_keys, frozenset(allowed)))
+        log.info("CURVE on: %d worker keys admitted", len(allowed))
     if args.checkpoint_dir is not None:
         ckpt.check_writable(args.checkpoint_dir)
     data = load_mnist(args.data_dir)
@@ -154,7 +175,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         endpoint = coordinator.endpoint.replace("0.0.0.0", "127.0.0.1")
         log.info("listening on %s", coordinator.endpoint)
         if args.workers:
-            local = LocalWorkers(args.workers, endpoint)
+            local = LocalWorkers(args.workers, endpoint, local_args)
         start = time.monotonic()
 
         def tick() -> None:
@@ -198,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             local.stop()
         coordinator.close()
         context.term()
+        keydir.cleanup()
         if http is not None:
             http.shutdown()
 

@@ -27,6 +27,7 @@ import zmq
 
 from coordinator import checkpoint as ckpt
 from coordinator import protocol as P
+from coordinator.keys import CurveServer, secure_server
 from coordinator.metrics import Metrics
 from coordinator.scheduler import StepScheduler
 from lenet.config import TrainConfig, make_optimizer, make_schedule
@@ -57,6 +58,7 @@ class ServiceConfig:
     task_timeout: float = 30.0
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 0  # steps; 0: only at epoch ends
+    curve: CurveServer | None = None  # CURVE encryption and the workers admitted
 
     def __post_init__(self) -> None:
         if self.num_shards < 1:
@@ -123,6 +125,7 @@ class Coordinator:
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])
         self._reject_log: dict[str, tuple[float, int]] = {}
         self._answered: dict[bytes, float] = {}  # unknown peers told to register, and when
+        self.auth = None
         self.sock = self._bind(service.bind)
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
 
@@ -133,6 +136,8 @@ class Coordinator:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
         sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a worker reconnecting under its id takes over
+        if self.service.curve is not None:
+            self.auth = secure_server(sock, self.service.curve, self.context)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as err:
@@ -486,3 +491,5 @@ class Coordinator:
 
     def close(self) -> None:
         self.sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()

@@ -14,6 +14,7 @@ import argparse  # noqa: E402
 import logging  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
 from lenet.config import add_flag  # noqa: E402
@@ -28,10 +29,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--coordinator-timeout", 10.0, float, "seconds of coordinator silence before reconnecting")
     add_flag(parser, "--metrics-port", 0, int, "serve this worker's Prometheus metrics on this port (0: off)")
     add_flag(parser, "--metrics-addr", "127.0.0.1", str, "address for the worker's metrics")
+    add_flag(parser, "--curve-secret-key", None, str, "this worker's CURVE .key_secret file (turns CURVE on)")
+    add_flag(parser, "--curve-server-key", None, str, "the coordinator's public CURVE .key file")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from coordinator.keys import CurveClient, load_keypair, load_public, require_curve
     from lenet.runtime import tune_malloc
     from worker.client import Worker, WorkerConfig
     from worker.metrics import serve_worker_metrics
@@ -39,6 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         kwargs = {"name": args.name} if args.name else {}
+        if bool(args.curve_secret_key) != bool(args.curve_server_key):
+            raise ValueError("CURVE needs both --curve-secret-key and --curve-server-key")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if args.curve_secret_key:
+        require_curve()
+        kwargs["curve"] = CurveClient(load_keypair(Path(args.curve_secret_key)),
+                                      load_public(Path(args.curve_server_key)))
+    try:
         config = WorkerConfig(connect=args.connect, heartbeat_interval=args.heartbeat_interval,
                               coordinator_timeout=args.coordinator_timeout, **kwargs)
     except ValueError as err:

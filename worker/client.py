@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import zmq
 
 from coordinator import protocol as P
+from coordinator.keys import CurveClient, secure_client
 from lenet.data import standardize
 from lenet.model import LeNet5
 from lenet.reduction import tree_sum
@@ -34,6 +35,7 @@ class WorkerConfig:
     heartbeat_interval: float = 1.0
     coordinator_timeout: float = 10.0  # silence after which the coordinator is presumed gone
     max_backoff: float = 5.0
+    curve: CurveClient | None = None  # CURVE keys, when the coordinator requires them
 
     def __post_init__(self) -> None:
         if not self.connect.startswith(("tcp://", "ipc://", "inproc://")):
@@ -73,6 +75,8 @@ class Worker:
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+        if self.config.curve is not None:
+            secure_client(sock, self.config.curve)
         sock.connect(self.config.connect)
         return sock
 
