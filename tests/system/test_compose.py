@@ -89,10 +89,27 @@ def test_prometheus_config_is_valid():
     assert "SUCCESS" in out
 
 
-def test_compose_file_parses_with_compose_v1(engine):
+def test_compose_v1_trains_to_completion(engine, mnist_dir):
+    """The same file with docker-compose v1.29: a short run with 2 workers ends with status 0."""
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose v1 not installed")
-    sh("docker-compose", "-p", PROJECT, "config", "-q")
+    project = f"{PROJECT}v1"
+    env = {**os.environ, "DOCKER_BUILDKIT": "0", "COMPOSE_DOCKER_CLI_BUILD": "1", "MNIST_HOST_DIR": str(mnist_dir),
+           "LENET_MAX_STEPS": "30", "LENET_MIN_WORKERS": "2", "LENET_RESUME": "false",
+           "LENET_METRICS_HOST_PORT": str(free_port()), "PROMETHEUS_HOST_PORT": str(free_port())}
+    compose = ("docker-compose", "-p", project)
+    sh(*compose, "config", "-q", env=env)
+    try:
+        sh(*compose, "build", env=env, timeout=900)
+        sh(*compose, "up", "-d", "--scale", "worker=2", env=env, timeout=300)
+        coordinator = sh(*compose, "ps", "-q", "coordinator", env=env).strip()
+        assert sh("docker", "wait", coordinator, timeout=600).strip() == "0"
+        logs = subprocess.run(["docker", "logs", coordinator], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, timeout=60).stdout
+        assert "done: test accuracy" in logs and "after 30 steps" in logs, logs[-3000:]
+    finally:
+        sh(*compose, "down", "-v", "-t", "5", env=env, check=False)
+    assert sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").strip() == ""
 
 
 def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
