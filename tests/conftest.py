@@ -33,8 +33,8 @@ def mnist(mnist_dir):
 
 
 @pytest.fixture
-def procs():
-    """Processes started by a test; all killed at its end, whatever happens."""
+def procs(mnist_dir):
+    """Processes started by a test (with MNIST_DIR set for them); all killed at its end, whatever happens."""
     started = []
     yield started
     for p in started:

@@ -58,14 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {config.name} %(message)s")
     tune_malloc()
-    on_shard = None
+    metrics = None
     if args.metrics_port:
         try:
-            on_shard = serve_worker_metrics(args.metrics_addr, args.metrics_port)
+            metrics = serve_worker_metrics(args.metrics_addr, args.metrics_port)
         except OSError as err:
             raise NetworkError(f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: "
                                f"{err.strerror or err}") from None
-    worker = Worker(config, on_shard=on_shard)
+    worker = Worker(config, metrics=metrics)
 
     def stop(signum, frame):
         worker.stopping = True

@@ -58,14 +58,14 @@ def _resolution_problem(endpoint: str) -> str:
 
 
 class Worker:
-    def __init__(self, config: WorkerConfig, context: zmq.Context | None = None, on_shard=None):
+    def __init__(self, config: WorkerConfig, context: zmq.Context | None = None, metrics=None):
         self.config = config
         self.context = context or zmq.Context.instance()
         self.identity = uuid.uuid4().bytes
         self.model = LeNet5()
         self.params_step = -1
         self.stopping = False
-        self.on_shard = on_shard  # optional callback(samples, seconds), e.g. for metrics
+        self.metrics = metrics  # optional worker.metrics.WorkerMetrics
         self.sock: zmq.Socket | None = None
 
     # ------------------------------------------------------------------ socket
@@ -156,6 +156,8 @@ class Worker:
                 if isinstance(msg, P.Params):
                     self.model.params = dict(msg.params)
                     self.params_step = msg.step
+                    if self.metrics is not None:
+                        self.metrics.params()
                 elif isinstance(msg, P.Task):
                     self._compute(msg)
                 elif isinstance(msg, P.Shutdown):
@@ -190,5 +192,5 @@ class Worker:
         seconds = time.perf_counter() - start
         self._send(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
                             loss_sum=loss_sum, correct=correct, compute_seconds=seconds, grads=grads))
-        if self.on_shard is not None:
-            self.on_shard(len(task.labels), seconds)
+        if self.metrics is not None:
+            self.metrics.task(len(task.sizes), len(task.labels), seconds)

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 
 
-def worker_metrics(registry: CollectorRegistry) -> Callable[[int, float], None]:
-    """Register the worker's metrics; returns the callback that records one computed shard."""
-    shards = Counter("lenet_worker_shards", "Shards computed by this worker", registry=registry)
-    samples = Counter("lenet_worker_samples", "Samples computed by this worker", registry=registry)
-    seconds = Counter("lenet_worker_compute_seconds", "Seconds spent computing shards", registry=registry)
+class WorkerMetrics:
+    """The worker's counters; `params` and `task` are called as those messages arrive."""
 
-    def observe(n: int, secs: float) -> None:
-        shards.inc()
-        samples.inc(n)
-        seconds.inc(secs)
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.params = Counter("lenet_worker_params", "Parameter broadcasts received (one per step worked on)",
+                              registry=registry).inc
+        self.tasks = Counter("lenet_worker_tasks", "Tasks computed by this worker", registry=registry)
+        self.shards = Counter("lenet_worker_shards", "Shards computed by this worker", registry=registry)
+        self.samples = Counter("lenet_worker_samples", "Samples computed by this worker", registry=registry)
+        self.seconds = Counter("lenet_worker_compute_seconds", "Seconds spent computing tasks", registry=registry)
 
-    return observe
+    def task(self, shards: int, samples: int, seconds: float) -> None:
+        self.tasks.inc()
+        self.shards.inc(shards)
+        self.samples.inc(samples)
+        self.seconds.inc(seconds)
 
 
-def serve_worker_metrics(addr: str, port: int) -> Callable[[int, float], None]:
+def serve_worker_metrics(addr: str, port: int) -> WorkerMetrics:
     registry = CollectorRegistry()
-    observe = worker_metrics(registry)
+    metrics = WorkerMetrics(registry)
     start_http_server(port, addr=addr, registry=registry)
-    return observe
+    return metrics

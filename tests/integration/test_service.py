@@ -173,3 +173,27 @@ def test_resume_with_other_hyperparameters_is_refused(tmp_path, procs):
     procs.append(second)
     assert second.wait() == 2
     assert "batch_size=128 (this run: 64)" in second.log() and "Traceback" not in second.log()
+
+
+def test_parameters_travel_once_per_step_not_once_per_task(tmp_path, procs):
+    """3 workers share 8 one-shard tasks a step: each gets the parameters once, then several tasks."""
+    port, metrics_ports = free_port(), [free_port() for _ in range(3)]
+    endpoint = f"tcp://127.0.0.1:{port}"
+    coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--min-workers", "3", "--max-steps", "100",
+                        "--checkpoint-dir", "off", "--output", str(tmp_path / "m.npz"))
+    procs.append(coord)
+    ws = [worker(tmp_path, endpoint, f"w{i}", "--metrics-port", str(p)) for i, p in enumerate(metrics_ports)]
+    procs.extend(ws)
+    coord.wait_for("training:")
+    seen = {}
+    while coord.popen.poll() is None:
+        try:
+            seen = {p: scrape(p) for p in metrics_ports}
+        except OSError:
+            break  # the workers were told to exit: use the last complete scrape
+        time.sleep(0.2)
+    assert seen, coord.log()
+    for m in seen.values():
+        assert m["lenet_worker_params_total"] <= 100  # at most once per step
+        assert m["lenet_worker_tasks_total"] > m["lenet_worker_params_total"]  # several tasks per broadcast
+    assert coord.wait() == 0
