@@ -80,6 +80,18 @@ class WorkerInfo:
     suspect_since: float | None = None  # missed a task deadline; no new work until it speaks
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """What a step's workers will be sent, apart from the parameters."""
+
+    step: int
+    live: int  # live workers the units were cut for
+    num_shards: int
+    units: list[tuple[int, int]]
+    samples: list[int]  # per unit
+    tasks: list[bytes]  # per unit: the encoded Task
+
+
 @dataclass
 class RunState:
     """Everything a checkpoint must restore; the rest is derived."""
@@ -116,7 +128,8 @@ class Coordinator:
         self.workers: dict[bytes, WorkerInfo] = {}
         self.sched: StepScheduler[bytes, P.Result] | None = None
         self.num_shards = 0  # shards of the current step (fewer than --shards if the batch is tiny)
-        self.shards: list[np.ndarray] = []
+        self.plan: StepPlan | None = None
+        self.next_plan: StepPlan | None = None
         self.params_frame = b""
         self.step_started = 0.0
         self.nonfinite: set[bytes] = set()  # workers that returned NaN/Inf this step: no more work for them
@@ -325,23 +338,44 @@ class Coordinator:
             self._batches = (epoch, epoch_batches(self.train.seed, epoch, self.n_train, self.train.batch_size))
         return self._batches[1]
 
-    def _start_step(self) -> None:
-        step = self.state.step
+    def _plan(self, step: int, live: int) -> StepPlan:
+        """Shards, units and encoded tasks of `step` for `live` workers: all independent of the parameters."""
         epoch, index = divmod(step, self.steps_per_epoch)
-        self.shards = split_batch(self._epoch_batches(epoch)[index], self.service.num_shards)
-        self.num_shards = len(self.shards)
-        live = sum(1 for w in self.workers.values() if w.suspect_since is None)
-        units = work_units(self.num_shards, max(1, live))
-        samples = [sum(len(self.shards[s]) for s in range(lo, hi)) for lo, hi in units]
-        self.sched = StepScheduler(step, units, samples, self.service.task_timeout)
+        shards = split_batch(self._epoch_batches(epoch)[index], self.service.num_shards)
+        units = work_units(len(shards), max(1, live))
+        tasks = []
+        for lo, hi in units:
+            idx = np.concatenate(shards[lo:hi])
+            tasks.append(P.encode(P.Task(step=step, first=lo, sizes=[len(s) for s in shards[lo:hi]],
+                                         pixels=self.data.train_images[idx], labels=self.data.train_labels[idx])))
+        samples = [sum(len(shards[s]) for s in range(lo, hi)) for lo, hi in units]
+        return StepPlan(step, live, len(shards), units, samples, tasks)
+
+    def _live(self) -> int:
+        return sum(1 for w in self.workers.values() if w.suspect_since is None)
+
+    def _plan_ahead(self) -> None:
+        """Build the next step's tasks while the workers compute, off the step's critical path."""
+        nxt = self.state.step + 1
+        if nxt < self.total_steps and (self.next_plan is None or self.next_plan.step != nxt):
+            self.next_plan = self._plan(nxt, self._live())
+
+    def _start_step(self) -> None:
+        step, live = self.state.step, self._live()
+        plan = self.next_plan
+        if plan is None or plan.step != step or plan.live != live:
+            plan = self._plan(step, live)
+        self.plan = plan
+        self.num_shards = plan.num_shards
+        self.sched = StepScheduler(step, plan.units, plan.samples, self.service.task_timeout)
         self.params_frame = P.encode(P.Params(step=step, params=self.model.params))
         self.step_started = time.monotonic()
         self.nonfinite = set()
 
     def _dispatch(self, now: float) -> None:
         """Hand out pending units round-robin, up to PREFETCH per worker."""
-        sched = self.sched
-        assert sched is not None
+        sched, plan = self.sched, self.plan
+        assert sched is not None and plan is not None
         eligible = [(i, w) for i, w in self.workers.items() if w.suspect_since is None and i not in self.nonfinite]
         progress = True
         while sched.pending and progress:
@@ -354,11 +388,7 @@ class Coordinator:
                 if info.params_step != sched.step:
                     self._send(identity, self.params_frame)
                     info.params_step = sched.step
-                lo, hi = sched.units[unit]
-                idx = np.concatenate(self.shards[lo:hi])
-                task = P.Task(step=sched.step, first=lo, sizes=[len(s) for s in self.shards[lo:hi]],
-                              pixels=self.data.train_images[idx], labels=self.data.train_labels[idx])
-                self._send(identity, P.encode(task))
+                self._send(identity, plan.tasks[unit])
                 progress = True
 
     def _finish_step(self) -> None:
@@ -471,6 +501,7 @@ class Coordinator:
                 self._start_step()
             now = time.monotonic()
             self._dispatch(now)
+            self._plan_ahead()
             deadline = self.sched.next_deadline()
             wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - now))
             if self.sock.poll(int(wait * 1000)):

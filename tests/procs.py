@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +79,19 @@ def coordinator(tmp: Path, *args: str, log_name: str = "coordinator.log", **extr
 
 def worker(tmp: Path, endpoint: str, name: str, *args: str) -> Proc:
     return Proc(["-m", "worker", "--connect", endpoint, "--name", name, *args], tmp / f"{name}.log")
+
+
+def scrape(port: int) -> dict[str, float]:
+    """A process's /metrics as {'name{label=value,...}': value} ('name' alone without labels)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+    return values
 
 
 def params(path: Path) -> dict[str, np.ndarray]:

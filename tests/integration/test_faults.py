@@ -9,14 +9,12 @@ import os
 import random
 import signal
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from hostile import ScriptedWorker, nan_answer
-from procs import coordinator, free_port, identical, params, worker
+from procs import coordinator, free_port, identical, params, scrape, worker
 
 SUBSET, EPOCHS = 12800, 3
 CONFIG = ("--train-subset", str(SUBSET), "--epochs", str(EPOCHS))
@@ -40,14 +38,6 @@ def reference(tmp_path_factory, mnist_dir):
     return params(tmp / "ref.npz")
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            key = s.name + "".join(f"[{v}]" for _, v in sorted(s.labels.items()))
-            out[key] = s.value
-    return out
 
 
 def children(pid: int, marker: str) -> list[int]:
@@ -101,16 +91,16 @@ def test_hung_worker_is_bypassed_then_put_back_to_work(reference, tmp_path, proc
     ws[1].signal(signal.SIGSTOP)
     time.sleep(4.0)  # twice the task deadline
     assert "missed their 2 s deadline on w1" in coord.log()
-    stalled = scrape(metrics_port).get("lenet_worker_compute_seconds_total[w1]", 0.0)
+    stalled = scrape(metrics_port).get("lenet_worker_compute_seconds_total{worker=w1}", 0.0)
     ws[1].signal(signal.SIGCONT)
     deadline, m = time.monotonic() + 30, {}
     while time.monotonic() < deadline and coord.popen.poll() is None:
         m = scrape(metrics_port)
-        if m.get("lenet_worker_compute_seconds_total[w1]", 0.0) > stalled:
+        if m.get("lenet_worker_compute_seconds_total{worker=w1}", 0.0) > stalled:
             break
         time.sleep(0.1)
-    assert m["lenet_worker_compute_seconds_total[w1]"] > stalled  # back at work
-    discarded = m["lenet_rejected_messages_total[late]"] + m["lenet_rejected_messages_total[stale_step]"]
+    assert m["lenet_worker_compute_seconds_total{worker=w1}"] > stalled  # back at work
+    discarded = m["lenet_rejected_messages_total{reason=late}"] + m["lenet_rejected_messages_total{reason=stale_step}"]
     assert discarded >= 1  # its answers to the revoked tasks were refused
     assert m["lenet_workers_lost_total"] == 0  # slow is not dead
     assert coord.wait() == 0, coord.log()

@@ -1,18 +1,13 @@
 """32 workers on 2 cores for 300 steps: slow is not dead, and memory stays bounded."""
 
 import time
-import urllib.request
 
-from prometheus_client.parser import text_string_to_metric_families
 
-from procs import coordinator, free_port
+from procs import coordinator, free_port, scrape
 
 WORKERS, STEPS = 32, 300
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
 
 
 def rss_kib(pid: int) -> int:

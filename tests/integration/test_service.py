@@ -8,13 +8,11 @@ to float32 rounding.
 
 import signal
 import time
-import urllib.request
 
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from procs import Proc, coordinator, free_port, identical, params, worker
+from procs import Proc, coordinator, free_port, identical, params, scrape, worker
 
 STEPS = 150  # 19,200 samples at the default batch of 128: a few seconds per run
 FAST_FAILURE = ("--heartbeat-timeout", "2", "--task-timeout", "5")
@@ -93,14 +91,6 @@ def test_worker_killed_mid_run_changes_nothing(reference, tmp_path, procs):
     assert identical(params(tmp_path / "m.npz"), reference)
 
 
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
-    return values
 
 
 def test_join_mid_training_and_metrics_over_http(reference, tmp_path, procs):
