@@ -132,6 +132,7 @@ class Coordinator:
         self.next_plan: StepPlan | None = None
         self.params_frame = b""
         self.step_started = 0.0
+        self._epoch_started = 0.0
         self.nonfinite: set[bytes] = set()  # workers that returned NaN/Inf this step: no more work for them
         self.last_loss = float("nan")
         self.last_step_samples = 0
@@ -493,7 +494,7 @@ class Coordinator:
         log.info("training: %d steps of batch %d in %d shards, %d workers", self.total_steps - self.state.step,
                  self.train.batch_size, self.service.num_shards, len(self.workers))
         self._epoch_started = time.monotonic()
-        idle_since: float | None = None
+        paused = False  # no live worker: said once, until one registers
         while not self.done:
             if stop():
                 return RunOutcome(self.model.params, self.state, finished=False)
@@ -509,12 +510,9 @@ class Coordinator:
             now = time.monotonic()
             self._check_liveness(now)
             tick()
-            if not self.workers:
-                if idle_since is None:
-                    idle_since = now
-                    log.warning("no live workers: training paused until one registers")
-            else:
-                idle_since = None
+            if not self.workers and not paused:
+                log.warning("no live workers: training paused until one registers")
+            paused = not self.workers
             if self.sched.complete:
                 self._finish_step()
                 progress(self)

@@ -22,7 +22,7 @@ from procs import ROOT, free_port, identical, params
 pytestmark = pytest.mark.system
 
 PROJECT = "lenet5systest"
-STEPS = 1200  # long enough for Prometheus to find all workers and a kill mid-run; ~30 s
+STEPS = 2500  # outlasts Prometheus discovering all 8 replicas (<= 15 s) and a kill mid-run: ~35 s
 
 
 def sh(*cmd: str, timeout: float = 600, check: bool = True, env: dict | None = None) -> str:
