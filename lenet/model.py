@@ -154,11 +154,6 @@ class LeNet5:
         result = self.sum_loss_and_grads(x, y)
         return result.loss_sum / x.shape[0], mean_gradient({(0, 1): result.grads}, 1, x.shape[0])
 
-    def predict(self, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-        """Predicted classes (N,), evaluated in batches to bound memory."""
-        out = [self.forward(x[i : i + batch_size]).argmax(axis=1) for i in range(0, x.shape[0], batch_size)]
-        return np.concatenate(out) if out else np.empty(0, dtype=np.intp)
-
 
 def check_params(params: dict[str, np.ndarray], origin: str) -> Params:
     """Validate names, shapes and dtype of a parameter dict (from a file or the wire)."""
