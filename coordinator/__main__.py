@@ -82,18 +82,28 @@ class Progress:
     def __call__(self, c) -> None:
         self.samples += c.last_step_samples
         now = time.monotonic()
-        if now - self.last < 0.5:
+        if now - self.last < 0.5 and c.state.step < c.total_steps:
             return
         self.last = now
         st = c.state
         epoch, index = divmod(st.step, c.steps_per_epoch)
         done = index / c.steps_per_epoch
+        if index == 0 and st.step > 0:  # an epoch just ended: show it full, not the next one empty
+            epoch, done = epoch - 1, 1.0
         bar = "#" * int(done * 20)
         rate = self.samples / max(1e-9, now - self.start)
-        sys.stderr.write(f"\repoch {min(epoch + 1, c.train.epochs)}/{c.train.epochs} [{bar:<20}] {done:4.0%} "
+        sys.stderr.write(f"\repoch {epoch + 1}/{c.train.epochs} [{bar:<20}] {done:4.0%} "
                          f"step {st.step}/{c.total_steps}  loss {c.last_loss:.4f}  "
                          f"{rate:,.0f} samples/s  {len(c.workers)} workers ")
         sys.stderr.flush()
+
+
+class ClearProgressHandler(logging.StreamHandler):
+    """Log lines on a terminal with a progress line: wipe that line first, so each record starts clean."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream.write("\r\033[K")
+        super().emit(record)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -130,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s", stream=sys.stderr)
+    handler = ClearProgressHandler(sys.stderr) if args.progress else logging.StreamHandler(sys.stderr)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s", handlers=[handler])
     tune_malloc()
     keydir = tempfile.TemporaryDirectory(prefix="lenet5-keys-")  # local workers' CURVE keys, if any
     local_args: list[str] = []
