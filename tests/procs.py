@@ -100,5 +100,16 @@ def params(path: Path) -> dict[str, np.ndarray]:
     return load_model(path)[0]
 
 
+def trainer_params(tmp: Path, *args: str) -> dict[str, np.ndarray]:
+    """Parameters from `python -m lenet.train ARGS --shards 8`: the service's arithmetic in one process."""
+    out = tmp / "trainer.npz"
+    proc = Proc(["-m", "lenet.train", *args, "--shards", "8", "--output", str(out)], tmp / "trainer.log")
+    try:
+        assert proc.wait() == 0, proc.log()
+    finally:
+        proc.stop()
+    return params(out)
+
+
 def identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
     return set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)

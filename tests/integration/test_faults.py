@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from hostile import ScriptedWorker, nan_answer
-from procs import Proc, coordinator, free_port, identical, params, scrape, worker
+from procs import coordinator, free_port, identical, params, scrape, trainer_params, worker
 
 SUBSET, EPOCHS = 12800, 3
 CONFIG = ("--train-subset", str(SUBSET), "--epochs", str(EPOCHS))
@@ -105,11 +105,7 @@ def test_hung_worker_is_bypassed_then_put_back_to_work(tmp_path, procs):
     assert discarded >= 1  # its answers to the revoked tasks were refused
     assert m["lenet_workers_lost_total"] == 0  # slow is not dead
     assert coord.wait() == 0, coord.log()
-    ref = Proc(["-m", "lenet.train", *config, "--shards", "8", "--output", str(tmp_path / "r.npz")],
-               tmp_path / "ref.log")
-    procs.append(ref)
-    assert ref.wait() == 0, ref.log()
-    assert identical(params(tmp_path / "m.npz"), params(tmp_path / "r.npz"))
+    assert identical(params(tmp_path / "m.npz"), trainer_params(tmp_path, *config))
 
 
 def test_coordinator_killed_and_resumed_finishes_identically(reference, tmp_path, procs):

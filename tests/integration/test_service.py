@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from procs import Proc, coordinator, free_port, identical, params, scrape, worker
+from procs import coordinator, free_port, identical, params, scrape, trainer_params, worker
 
 STEPS = 150  # 19,200 samples at the default batch of 128: a few seconds per run
 FAST_FAILURE = ("--heartbeat-timeout", "2", "--task-timeout", "5")
@@ -42,11 +42,7 @@ def test_bit_identical_for_any_worker_count(workers, reference, tmp_path, procs)
 
 
 def test_bit_identical_to_single_process_trainer_with_same_shards(reference, tmp_path, procs):
-    proc = Proc(["-m", "lenet.train", "--max-steps", str(STEPS), "--shards", "8", "--output", str(tmp_path / "s.npz")],
-                tmp_path / "train.log")
-    procs.append(proc)
-    assert proc.wait() == 0, proc.log()
-    assert identical(params(tmp_path / "s.npz"), reference)
+    assert identical(trainer_params(tmp_path, "--max-steps", str(STEPS)), reference)
 
 
 def test_agrees_with_whole_batch_trainer_to_float32_rounding(mnist, tmp_path, procs):
@@ -115,11 +111,7 @@ def test_join_mid_training_and_metrics_over_http(tmp_path, procs):
     assert seen["lenet_step_duration_seconds_count"] >= seen["lenet_steps_total"] - 1
     assert seen["lenet_epoch"] == 1
     assert coord.wait() == 0, coord.log()
-    ref = Proc(["-m", "lenet.train", "--max-steps", str(steps), "--shards", "8", "--output", str(tmp_path / "r.npz")],
-               tmp_path / "ref.log")
-    procs.append(ref)
-    assert ref.wait() == 0, ref.log()
-    assert identical(params(tmp_path / "m.npz"), params(tmp_path / "r.npz"))
+    assert identical(params(tmp_path / "m.npz"), trainer_params(tmp_path, "--max-steps", str(steps)))
 
 
 def test_resume_from_checkpoint_equals_uninterrupted(reference, tmp_path, procs):
