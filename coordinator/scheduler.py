@@ -1,6 +1,6 @@
 """Which unit of work goes to which worker, and which result counts: pure logic, no sockets.
 
-A step's batch is cut into a fixed number of shards (`lenet.data.split_batch`) and
+A step's batch is cut into a fixed number of shards (`lenet.shards.split_batch`) and
 the shards are grouped into units, subtrees of the reduction tree
 (`lenet.reduction.work_units`).  The scheduler hands units to workers, takes a
 unit back when its worker dies, leaves, or misses the task deadline, and accepts

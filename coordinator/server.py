@@ -31,9 +31,10 @@ from coordinator.keys import CurveServer, secure_server
 from coordinator.metrics import Metrics
 from coordinator.scheduler import StepScheduler
 from lenet.config import TrainConfig, make_optimizer, make_schedule
-from lenet.data import MNIST, epoch_batches, split_batch, steps_per_epoch, training_subset
+from lenet.data import MNIST, epoch_batches, steps_per_epoch, training_subset
 from lenet.model import LeNet5, Params, check_params
 from lenet.reduction import mean_gradient, work_units
+from lenet.shards import split_batch
 from lenet.status import NetworkError, StorageError, UsageError
 from lenet.train import EpochStats, evaluate
 

@@ -87,16 +87,6 @@ def epoch_batches(seed: int, epoch: int, n: int, batch_size: int) -> list[np.nda
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def split_batch(indices: np.ndarray, num_shards: int) -> list[np.ndarray]:
-    """Cut a batch into at most `num_shards` contiguous, non-empty shards, sizes differing by <= 1.
-
-    Depends only on the batch and `num_shards`: never on how many workers exist.
-    """
-    if num_shards < 1:
-        raise ValueError(f"number of shards must be >= 1, got {num_shards}")
-    return [s for s in np.array_split(indices, min(num_shards, len(indices))) if len(s)]
-
-
 def steps_per_epoch(n: int, batch_size: int) -> int:
     return -(-n // batch_size)
 

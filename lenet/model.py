@@ -15,6 +15,7 @@ conv -> ReLU -> pool.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -142,6 +143,16 @@ class LeNet5:
         for part in parts[1:]:
             grads = add(grads, part.grads)
         return SumLossGrads(sum(p.loss_sum for p in parts), sum(p.correct for p in parts), grads)
+
+    def shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> list[SumLossGrads]:
+        """`sum_loss_and_grads` of each of consecutive shards of x (N, 1, 28, 28), `sizes[i]` samples each.
+
+        Each shard's sums are exactly what `sum_loss_and_grads` gives for that shard
+        alone: the reduction tree adds them, and its result must not depend on how
+        shards were grouped into calls.
+        """
+        bounds = np.cumsum([0, *sizes])
+        return [self.sum_loss_and_grads(x[lo:hi], y[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
 
     def _chunk_sums(self, x: np.ndarray, y: np.ndarray) -> SumLossGrads:
         logits, caches = self._forward(x)

@@ -1,6 +1,6 @@
 """How shard gradients add up: one fixed binary tree, whoever does the adding.
 
-A batch is cut into S shards (`lenet.data.split_batch`).  Their summed gradients
+A batch is cut into S shards (`lenet.shards.split_batch`).  Their summed gradients
 are added pairwise in the tree over the shard range [0, S) in which a node
 [lo, hi) splits at lo + (largest power of two below hi - lo).  Every node is
 `left + right`, elementwise in float32, so a node's value does not depend on

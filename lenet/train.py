@@ -5,8 +5,8 @@
 Each step takes the batch `epoch_batches(seed, epoch, ...)[i]`, computes summed
 gradients, averages them with `mean_gradient`, and applies the optimizer at the
 scheduled learning rate.  With `shards=S` the batch is cut by `split_batch` and the
-shard sums are added in the fixed tree of `lenet.reduction`: exactly the service's
-arithmetic, so the result is bit-identical to the coordinator run with `--shards S`.
+shard sums are added in the fixed tree by `lenet.shards.unit_sums`: exactly the
+service's arithmetic, so the result is bit-identical to the coordinator run with `--shards S`.
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ import numpy as np  # noqa: E402
 
 from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
 from lenet.data import (  # noqa: E402
-    MNIST, epoch_batches, load_mnist, split_batch, standardize, steps_per_epoch, training_subset)
+    MNIST, epoch_batches, load_mnist, standardize, steps_per_epoch, training_subset)
 from lenet.model import PARAM_SHAPES, LeNet5, Params, check_params  # noqa: E402
 from lenet.reduction import mean_gradient  # noqa: E402
+from lenet.shards import split_batch, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, write_npz  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
@@ -96,13 +97,14 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print, 
         for idx in epoch_batches(config.seed, epoch, n, config.batch_size):
             if config.max_steps is not None and result.steps >= config.max_steps:
                 break
-            parts = [model.sum_loss_and_grads(standardize(data.train_images[s]), data.train_labels[s])
-                     for s in split_batch(idx, shards)]
-            leaves = {(i, i + 1): p.grads for i, p in enumerate(parts)}
-            optimizer.step(model.params, mean_gradient(leaves, len(parts), len(idx)), schedule(result.steps))
+            sizes = [len(s) for s in split_batch(idx, shards)]
+            sums = unit_sums(model, data.train_images[idx], data.train_labels[idx], sizes)
+            root = (0, len(sizes))  # the whole batch: the tree's root node
+            optimizer.step(model.params, mean_gradient({root: sums.grads}, len(sizes), len(idx)),
+                           schedule(result.steps))
             result.steps += 1
-            loss_sum += sum(p.loss_sum for p in parts)
-            correct += sum(p.correct for p in parts)
+            loss_sum += sums.loss_sum
+            correct += sums.correct
             seen += len(idx)
         if seen == 0:
             break

@@ -2,8 +2,8 @@
 
 The worker holds no data and no training state: each step the coordinator sends the
 parameters once, then tasks carrying raw uint8 pixels and labels of a run of
-shards; the worker computes each shard's summed gradient, adds them up in the
-fixed tree of `lenet.reduction`, and answers with one result.  If the coordinator
+shards; the worker computes the shards' summed gradients, adds them up in the
+fixed tree (`lenet.shards.unit_sums`), and answers with one result.  If the coordinator
 is unreachable or falls silent, the worker re-registers with capped exponential
 back-off, so it survives coordinator restarts without help.
 """
@@ -21,9 +21,8 @@ import zmq
 
 from coordinator import protocol as P
 from coordinator.keys import CurveClient, secure_client
-from lenet.data import standardize
 from lenet.model import LeNet5
-from lenet.reduction import tree_sum
+from lenet.shards import unit_sums
 
 log = logging.getLogger("worker")
 
@@ -180,17 +179,9 @@ class Worker:
                         task.step, self.params_step)
             return
         start = time.perf_counter()
-        leaves, loss_sum, correct, offset = {}, 0.0, 0, 0
-        for i, size in enumerate(task.sizes):
-            part = self.model.sum_loss_and_grads(standardize(task.pixels[offset : offset + size]),
-                                                 task.labels[offset : offset + size])
-            leaves[(i, i + 1)] = part.grads
-            loss_sum += part.loss_sum
-            correct += part.correct
-            offset += size
-        grads = tree_sum(leaves, 0, len(task.sizes))  # split points depend on size only: same as the full tree
+        sums = unit_sums(self.model, task.pixels, task.labels, task.sizes)
         seconds = time.perf_counter() - start
         self._send(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                            loss_sum=loss_sum, correct=correct, compute_seconds=seconds, grads=grads))
+                            loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=seconds, grads=sums.grads))
         if self.metrics is not None:
             self.metrics.task(len(task.sizes), len(task.labels), seconds)

@@ -3,17 +3,7 @@
 import numpy as np
 import pytest
 
-from lenet.data import split_batch
 from lenet.reduction import mean_gradient, nodes_at_depth, split_point, tree_sum, work_units
-
-
-def test_split_is_fixed_and_independent_of_workers():
-    shards = split_batch(np.arange(100), 8)
-    assert [len(s) for s in shards] == [13, 13, 13, 13, 12, 12, 12, 12]
-    assert np.array_equal(np.concatenate(shards), np.arange(100))
-    assert [len(s) for s in split_batch(np.arange(3), 8)] == [1, 1, 1]
-    with pytest.raises(ValueError, match="shards must be >= 1, got 0"):
-        split_batch(np.arange(4), 0)
 
 
 def test_tree_shape():
