@@ -26,9 +26,10 @@ import time  # noqa: E402
 
 from prometheus_client import CollectorRegistry  # noqa: E402
 
-from coordinator.local_workers import LocalWorkers  # noqa: E402
+from coordinator.config import ServiceConfig  # noqa: E402
 from coordinator.metrics import Metrics  # noqa: E402
-from coordinator.server import Coordinator, ServiceConfig  # noqa: E402
+from coordinator.service import run_service  # noqa: E402
+from coordinator.training import StepReport, Training  # noqa: E402
 from lenet.config import TrainConfig  # noqa: E402
 from lenet.data import load_mnist  # noqa: E402
 from lenet.train import train  # noqa: E402
@@ -43,23 +44,17 @@ def counter(metrics: Metrics, name: str) -> float:
 def distributed(data, workers: int, batch: int, steps: int) -> dict[str, float]:
     metrics = Metrics(CollectorRegistry())
     config = TrainConfig(batch_size=batch, max_steps=WARMUP + steps)
-    coord = Coordinator(config, ServiceConfig(min_workers=workers), data, metrics)
-    local = LocalWorkers(workers, coord.endpoint)
+    service = ServiceConfig(min_workers=workers)
     marks: dict[str, float] = {}
 
-    def progress(c: Coordinator) -> None:
-        if c.state.step == WARMUP:
+    def progress(report: StepReport, live: int) -> None:
+        if report.step == WARMUP:
             marks["wall"], marks["cpu"] = time.perf_counter(), time.process_time()
             marks["bytes"] = counter(metrics, "lenet_sent_bytes_total") + counter(metrics, "lenet_received_bytes_total")
 
-    try:
-        coord.run(stop=lambda: False, tick=lambda: coord.forget_exited(local.supervise()), progress=progress)
-        wall, cpu = time.perf_counter() - marks["wall"], time.process_time() - marks["cpu"]
-        moved = counter(metrics, "lenet_sent_bytes_total") + counter(metrics, "lenet_received_bytes_total")
-        coord.broadcast_shutdown("benchmark done")
-    finally:
-        local.stop()
-        coord.close()
+    run_service(Training(config, 8, data), service, metrics, local_workers=workers, progress=progress)
+    wall, cpu = time.perf_counter() - marks["wall"], time.process_time() - marks["cpu"]
+    moved = counter(metrics, "lenet_sent_bytes_total") + counter(metrics, "lenet_received_bytes_total")
     return {"samples_per_s": steps * batch / wall, "coord_ms_per_step": 1000 * cpu / steps,
             "bytes_per_step": (moved - marks["bytes"]) / steps}
 

@@ -17,8 +17,8 @@ pin_blas_threads()
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
-import os  # noqa: E402
 import logging  # noqa: E402
+import os  # noqa: E402
 import signal  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -26,14 +26,17 @@ import time  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from lenet.config import add_flag, add_training_flags, config_from_args, parse_bool  # noqa: E402
-from lenet.status import ExitStatus, NetworkError, UsageError, run_main  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
+
+from coordinator.config import ServiceConfig  # noqa: E402
+from lenet.cli import add_flag, optional, parse_bool, serve_metrics  # noqa: E402
+from lenet.config import add_training_flags, config_from_args  # noqa: E402
+from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
+
+if TYPE_CHECKING:
+    from coordinator.training import StepReport
 
 log = logging.getLogger("coordinator")
-
-
-def _optional_path(text: str) -> Path | None:
-    return None if text.strip().lower() in ("", "none", "off") else Path(text)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,23 +51,23 @@ def build_parser() -> argparse.ArgumentParser:
              "per-user cache, downloading if needed)")
     add_flag(parser, "--output", "lenet5.npz", str, "where to save the final model")
     add_flag(parser, "--workers", os.cpu_count() or 1, int, "local worker processes to start")
-    add_flag(parser, "--min-workers", None, lambda s: None if s in ("", "none") else int(s),
+    add_flag(parser, "--min-workers", None, optional(int),
              "workers that must register before training starts (default: --workers, at least 1)")
     add_flag(parser, "--bind", None, str, "ZeroMQ endpoint for external workers, e.g. tcp://0.0.0.0:5555 "
              "(default: a private loopback port for local workers only)")
     add_flag(parser, "--shards", 8, int, "shards per global batch (fixed: results do not depend on worker count)")
     add_flag(parser, "--metrics-port", 9110, int, "port of the Prometheus /metrics endpoint (0: off)")
     add_flag(parser, "--metrics-addr", "127.0.0.1", str, "address of the /metrics endpoint (0.0.0.0: all)")
-    add_flag(parser, "--checkpoint-dir", Path("checkpoints"), _optional_path,
+    add_flag(parser, "--checkpoint-dir", Path("checkpoints"), optional(Path),
              "directory for checkpoints ('off' to disable)")
     add_flag(parser, "--checkpoint-every", 500, int, "also checkpoint every N steps (0: only at epoch ends)")
     add_flag(parser, "--resume", False, parse_bool,
              "continue from the newest intact checkpoint in --checkpoint-dir")
     add_flag(parser, "--heartbeat-timeout", 10.0, float, "seconds of silence before a worker is declared dead")
     add_flag(parser, "--task-timeout", 30.0, float, "seconds before a shard is taken back and re-dispatched")
-    add_flag(parser, "--curve-secret-key", None, _optional_path,
+    add_flag(parser, "--curve-secret-key", None, optional(Path),
              "the coordinator's CURVE .key_secret file: turns on encryption and authentication")
-    add_flag(parser, "--curve-authorized-dir", None, _optional_path,
+    add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "directory of the public .key files of the workers admitted (with --curve-secret-key)")
     add_flag(parser, "--progress", sys.stderr.isatty(), parse_bool,
              "live progress line on stderr")
@@ -79,22 +82,21 @@ class Progress:
         self.start = time.monotonic()
         self.samples = 0
 
-    def __call__(self, c) -> None:
-        self.samples += c.last_step_samples
+    def __call__(self, report: StepReport, workers: int) -> None:
+        self.samples += report.samples
         now = time.monotonic()
-        if now - self.last < 0.5 and c.state.step < c.total_steps:
+        if now - self.last < 0.5 and report.step < report.total_steps:
             return
         self.last = now
-        st = c.state
-        epoch, index = divmod(st.step, c.steps_per_epoch)
-        done = index / c.steps_per_epoch
-        if index == 0 and st.step > 0:  # an epoch just ended: show it full, not the next one empty
+        epoch, index = divmod(report.step, report.steps_per_epoch)
+        done = index / report.steps_per_epoch
+        if index == 0 and report.step > 0:  # an epoch just ended: show it full, not the next one empty
             epoch, done = epoch - 1, 1.0
         bar = "#" * int(done * 20)
         rate = self.samples / max(1e-9, now - self.start)
-        sys.stderr.write(f"\repoch {epoch + 1}/{c.train.epochs} [{bar:<20}] {done:4.0%} "
-                         f"step {st.step}/{c.total_steps}  loss {c.last_loss:.4f}  "
-                         f"{rate:,.0f} samples/s  {len(c.workers)} workers ")
+        sys.stderr.write(f"\repoch {epoch + 1}/{report.epochs} [{bar:<20}] {done:4.0%} "
+                         f"step {report.step}/{report.total_steps}  loss {report.loss:.4f}  "
+                         f"{rate:,.0f} samples/s  {workers} workers ")
         sys.stderr.flush()
 
 
@@ -106,133 +108,106 @@ class ClearProgressHandler(logging.StreamHandler):
         super().emit(record)
 
 
+def service_config(args: argparse.Namespace) -> ServiceConfig:
+    """The service settings the flags ask for (ValueError: a flag the user must fix)."""
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.shards < 1:
+        raise ValueError(f"shards must be >= 1, got {args.shards}")
+    if args.resume and args.checkpoint_dir is None:
+        raise ValueError("--resume needs a --checkpoint-dir")
+    if not 0 <= args.metrics_port <= 65535:
+        raise ValueError(f"--metrics-port must be 0-65535, got {args.metrics_port}")
+    if (args.curve_secret_key is None) != (args.curve_authorized_dir is None):
+        raise ValueError("CURVE needs both --curve-secret-key and --curve-authorized-dir")
+    if args.bind and not args.bind.startswith(("tcp://", "ipc://")):
+        raise ValueError(f"--bind must be a ZeroMQ endpoint such as tcp://0.0.0.0:5555, got {args.bind!r}")
+    min_workers = args.min_workers if args.min_workers is not None else max(1, args.workers)
+    return ServiceConfig(bind=args.bind or "tcp://127.0.0.1:*", min_workers=min_workers,
+                         heartbeat_timeout=args.heartbeat_timeout, task_timeout=args.task_timeout,
+                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
+
+
+def curve_setup(args: argparse.Namespace, service: ServiceConfig, keydir: Path) -> tuple[ServiceConfig, list[str]]:
+    """CURVE on the service if asked for, and the flags that give local workers a key pair of their own."""
+    from coordinator import keys
+
+    if args.curve_secret_key is None:
+        return service, []
+    server_keys = keys.load_keypair(args.curve_secret_key)
+    allowed = keys.load_allowed(args.curve_authorized_dir)
+    local_args: list[str] = []
+    if args.workers:  # for this run only, in a directory removed at exit
+        local_public, local_secret = keys.generate(keydir, "local-workers")
+        allowed |= {keys.load_public(local_public)}
+        server_file = keys.write_public(keydir / "coordinator.key", server_keys.public)
+        local_args = ["--curve-secret-key", str(local_secret), "--curve-server-key", str(server_file)]
+    log.info("CURVE on: %d worker keys admitted", len(allowed))
+    return dataclasses.replace(service, curve=keys.CurveServer(server_keys, frozenset(allowed))), local_args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    import zmq
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from coordinator import checkpoint as ckpt
-    from coordinator import keys
-    from coordinator.local_workers import LocalWorkers
     from coordinator.metrics import Metrics
-    from coordinator.server import Coordinator, ServiceConfig, TrainingDiverged
+    from coordinator.server import TrainingDiverged
+    from coordinator.service import run_service
+    from coordinator.training import Training
     from lenet.data import load_mnist
     from lenet.runtime import tune_malloc
-    from lenet.train import evaluate, save_model
+    from lenet.train import save_model
 
     try:
         args = build_parser().parse_args(argv)
         train_config = config_from_args(args)
-        if args.workers < 0:
-            raise ValueError(f"--workers must be >= 0, got {args.workers}")
-        min_workers = args.min_workers if args.min_workers is not None else max(1, args.workers)
-        if args.resume and args.checkpoint_dir is None:
-            raise ValueError("--resume needs a --checkpoint-dir")
-        if not 0 <= args.metrics_port <= 65535:
-            raise ValueError(f"--metrics-port must be 0-65535, got {args.metrics_port}")
-        service = ServiceConfig(bind=args.bind or "tcp://127.0.0.1:*", num_shards=args.shards,
-                                min_workers=min_workers, heartbeat_timeout=args.heartbeat_timeout,
-                                task_timeout=args.task_timeout, checkpoint_dir=args.checkpoint_dir,
-                                checkpoint_every=args.checkpoint_every)
-        if (args.curve_secret_key is None) != (args.curve_authorized_dir is None):
-            raise ValueError("CURVE needs both --curve-secret-key and --curve-authorized-dir")
-        if args.bind and not args.bind.startswith(("tcp://", "ipc://")):
-            raise ValueError(f"--bind must be a ZeroMQ endpoint such as tcp://0.0.0.0:5555, got {args.bind!r}")
+        service = service_config(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
-
     handler = ClearProgressHandler(sys.stderr) if args.progress else logging.StreamHandler(sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s", handlers=[handler])
     tune_malloc()
-    keydir = tempfile.TemporaryDirectory(prefix="lenet5-keys-")  # local workers' CURVE keys, if any
-    local_args: list[str] = []
-    if args.curve_secret_key is not None:
-        server_keys = keys.load_keypair(args.curve_secret_key)
-        allowed = keys.load_allowed(args.curve_authorized_dir)
-        if args.workers:  # local workers get a key pair of their own, for this run only
-            local_public, local_secret = keys.generate(Path(keydir.name), "local-workers")
-            allowed |= {keys.load_public(local_public)}
-            server_file = keys.write_public(Path(keydir.name) / "coordinator.key", server_keys.public)
-            local_args = ["--curve-secret-key", str(local_secret), "--curve-server-key", str(server_file)]
-        service = dataclasses.replace(service, curve=keys.CurveServer(server_keys, frozenset(allowed)))
-        log.info("CURVE on: %d worker keys admitted", len(allowed))
-    if args.checkpoint_dir is not None:
-        ckpt.check_writable(args.checkpoint_dir)
-    data = load_mnist(args.data_dir)
-    resume_from = ckpt.load_latest(args.checkpoint_dir) if args.resume else None
-    if args.resume and resume_from is None:
-        log.info("no checkpoint in %s: starting from scratch", args.checkpoint_dir)
-
-    registry = CollectorRegistry()
-    metrics = Metrics(registry)
-    http = None
-    if args.metrics_port:
-        try:
-            http, _ = start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
-        except OSError as err:
-            raise NetworkError(f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: "
-                               f"{err.strerror or err}") from None
-        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
-
-    stop_signal: list[int] = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
-
-    context = zmq.Context()
-    coordinator = Coordinator(train_config, service, data, metrics, context=context)
-    local = None
-    try:
-        if resume_from is not None:
-            coordinator.restore(resume_from)
-        endpoint = coordinator.endpoint.replace("0.0.0.0", "127.0.0.1")
-        log.info("listening on %s", coordinator.endpoint)
-        if args.workers:
-            local = LocalWorkers(args.workers, endpoint, local_args)
-        start = time.monotonic()
-
-        def tick() -> None:
-            if local is not None:
-                coordinator.forget_exited(local.supervise())
-
-        try:
-            outcome = coordinator.run(stop=lambda: bool(stop_signal), tick=tick,
-                                      progress=Progress() if args.progress else lambda c: None)
-        except TrainingDiverged as err:
-            coordinator.save_checkpoint()
-            raise UsageError(f"training diverged ({err}); lower --lr") from None
-        if args.progress:
-            sys.stderr.write("\n")
-        if not outcome.finished:
-            path = coordinator.save_checkpoint()
-            log.info("stopped by signal %d at step %d; %s", stop_signal[0] if stop_signal else 0,
-                     outcome.state.step, f"checkpoint {path}" if path else "no checkpoint directory")
-            coordinator.broadcast_shutdown("coordinator stopped")
-            return int(ExitStatus.INTERRUPTED)
-        coordinator.broadcast_shutdown("training finished")
-        st = outcome.state
-        test_acc = (st.history[-1]["test_accuracy"] if st.history and st.step % coordinator.steps_per_epoch == 0
-                    else evaluate(outcome.params, data.test_images, data.test_labels))
-        if st.step % coordinator.steps_per_epoch:
-            coordinator.save_checkpoint()  # a --max-steps run ends mid-epoch: keep its state too
-        save_model(args.output, outcome.params, {
-            "step": st.step, "epoch": st.step / coordinator.steps_per_epoch, "test_accuracy": test_acc,
-            "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
-        })
-        log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s",
-                 100 * test_acc, st.step, st.step / coordinator.steps_per_epoch, time.monotonic() - start,
-                 args.output)
-        return int(ExitStatus.OK)
-    finally:
-        rejected = metrics.rejected_by_reason()
-        if rejected:
-            log.info("rejected %d messages during the run: %s", sum(rejected.values()),
-                     ", ".join(f"{reason} {n}" for reason, n in sorted(rejected.items())))
-        if local is not None:
-            local.stop()
-        coordinator.close()
-        context.term()
-        keydir.cleanup()
+    with tempfile.TemporaryDirectory(prefix="lenet5-keys-") as keydir:
+        service, local_args = curve_setup(args, service, Path(keydir))
+        if args.checkpoint_dir is not None:
+            ckpt.check_writable(args.checkpoint_dir)
+        data = load_mnist(args.data_dir)
+        resume_from = ckpt.load_latest(args.checkpoint_dir) if args.resume else None
+        if args.resume and resume_from is None:
+            log.info("no checkpoint in %s: starting from scratch", args.checkpoint_dir)
+        metrics = Metrics(CollectorRegistry())
+        http = serve_metrics(metrics.registry, args.metrics_addr, args.metrics_port) if args.metrics_port else None
         if http is not None:
-            http.shutdown()
+            log.info("metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
+        stop_signal: list[int] = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+        training = Training(train_config, args.shards, data)
+        start = time.monotonic()
+        try:
+            outcome = run_service(training, service, metrics, local_workers=args.workers, local_worker_args=local_args,
+                                  resume_from=resume_from, stop=lambda: bool(stop_signal),
+                                  progress=Progress() if args.progress else lambda report, workers: None)
+        except TrainingDiverged as err:
+            raise UsageError(f"training diverged ({err}); lower --lr") from None
+        finally:
+            if http is not None:
+                http.shutdown()
+    if args.progress:
+        sys.stderr.write("\n")
+    st = outcome.state
+    if not outcome.finished:
+        log.info("stopped by signal %d at step %d; %s", stop_signal[0] if stop_signal else 0, st.step,
+                 f"checkpoint {outcome.checkpoint}" if outcome.checkpoint else "no checkpoint directory")
+        return int(ExitStatus.INTERRUPTED)
+    test_acc = training.final_test_accuracy()
+    save_model(args.output, outcome.params, {
+        "step": st.step, "epoch": st.step / training.steps_per_epoch, "test_accuracy": test_acc,
+        "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
+    })
+    log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s",
+             100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output)
+    return int(ExitStatus.OK)
 
 
 if __name__ == "__main__":

@@ -9,10 +9,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-REJECT_REASONS = (
-    "too_large", "malformed", "version", "unknown_type", "bad_field", "bad_array", "unexpected",
-    "unregistered", "stale_step", "future_step", "unknown_shard", "duplicate", "late", "wrong_count", "non_finite",
-)
+from coordinator.refusals import Reason
 
 
 class Metrics:
@@ -40,7 +37,8 @@ class Metrics:
         self.received_bytes = Counter("lenet_received_bytes", "Bytes received from workers", registry=registry)
         self.redispatched = Counter("lenet_shards_redispatched", "Shards taken back from a worker and queued again",
                                     registry=registry)
-        self.workers_lost = Counter("lenet_workers_lost", "Workers declared dead (no heartbeat)", registry=registry)
+        self.workers_lost = Counter("lenet_workers_lost", "Workers declared dead: silent past the heartbeat timeout, "
+                                    "or their local process exited", registry=registry)
         self.rejected = Counter("lenet_rejected_messages", "Messages refused, by reason", ["reason"],
                                 registry=registry)
         self.checkpoint_duration = Histogram(
@@ -49,13 +47,13 @@ class Metrics:
         )
         self.checkpoint_failures = Counter("lenet_checkpoint_failures", "Checkpoint writes that failed",
                                            registry=registry)
-        for reason in REJECT_REASONS:
-            self.rejected.labels(reason)  # every reason exported from the start, at 0
+        for reason in Reason:
+            self.rejected.labels(reason.value)  # every reason exported from the start, at 0
 
     def rejected_by_reason(self) -> dict[str, int]:
         """Messages refused so far, per reason (zeros left out)."""
-        counts = {r: int(self.registry.get_sample_value("lenet_rejected_messages_total", {"reason": r}) or 0)
-                  for r in REJECT_REASONS}
+        sample = self.registry.get_sample_value
+        counts = {r.value: int(sample("lenet_rejected_messages_total", {"reason": r.value}) or 0) for r in Reason}
         return {r: n for r, n in counts.items() if n}
 
     def forget_worker(self, name: str) -> None:

@@ -16,8 +16,8 @@ Conversation (W = worker, C = coordinator):
     W -> C  Leave               on SIGTERM / shutdown
     C -> W  Shutdown            training is over (or the coordinator is stopping)
     C -> W  Error               e.g. "unregistered": register again
-`decode` raises ProtocolError with a short `reason` (a bounded metric label) for
-anything that is not exactly one of these messages.
+`decode` raises ProtocolError with a `Reason` (coordinator.refusals) for anything
+that is not exactly one of these messages.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any, Callable, ClassVar, Union
 import msgpack
 import numpy as np
 
+from coordinator.refusals import Reason
 from lenet.model import PARAM_SHAPES
 
 PROTOCOL_VERSION = 1
@@ -39,9 +40,9 @@ MAX_TEXT = 256
 
 
 class ProtocolError(Exception):
-    """A frame that is not a valid message; `reason` is a short, bounded label."""
+    """A frame that is not a valid message; `reason` says which kind of invalid."""
 
-    def __init__(self, reason: str, detail: str):
+    def __init__(self, reason: Reason, detail: str):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
@@ -52,26 +53,26 @@ class ProtocolError(Exception):
 
 def _int(value: Any, name: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 2**53:
-        raise ProtocolError("bad_field", f"{name} must be a non-negative integer, got {value!r:.40}")
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be a non-negative integer, got {value!r:.40}")
     return value
 
 
 def _float(value: Any, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProtocolError("bad_field", f"{name} must be a finite number, got {value!r:.40}")
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be a finite number, got {value!r:.40}")
     return float(value)
 
 
 def _str(value: Any, name: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_TEXT:
-        raise ProtocolError("bad_field", f"{name} must be a string of at most {MAX_TEXT} characters")
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be a string of at most {MAX_TEXT} characters")
     return value
 
 
 def _sizes(value: Any, name: str) -> list[int]:
     if (not isinstance(value, list) or not 1 <= len(value) <= MAX_SHARDS
             or not all(isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_SHARD_SAMPLES for v in value)):
-        raise ProtocolError("bad_field", f"{name} must be a list of 1 to {MAX_SHARDS} positive shard sizes")
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be a list of 1 to {MAX_SHARDS} positive shard sizes")
     return value
 
 
@@ -83,38 +84,38 @@ def encode_array(a: np.ndarray) -> dict[str, Any]:
 def decode_array(value: Any, name: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
     """Rebuild an array, insisting on `dtype` and `shape` (None: any length, checked later)."""
     if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
-        raise ProtocolError("bad_array", f"{name} must be a map of dtype, shape and data")
+        raise ProtocolError(Reason.BAD_ARRAY, f"{name} must be a map of dtype, shape and data")
     if value["dtype"] != dtype:
-        raise ProtocolError("bad_array", f"{name} must have dtype {dtype}, got {value['dtype']!r:.20}")
+        raise ProtocolError(Reason.BAD_ARRAY, f"{name} must have dtype {dtype}, got {value['dtype']!r:.20}")
     got = value["shape"]
     if (not isinstance(got, list) or len(got) != len(shape)
             or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in got)
             or any(want is not None and d != want for d, want in zip(got, shape))):
-        raise ProtocolError("bad_array", f"{name} must have shape {shape}, got {got!r:.40}")
+        raise ProtocolError(Reason.BAD_ARRAY, f"{name} must have shape {shape}, got {got!r:.40}")
     data = value["data"]
     itemsize = np.dtype(dtype).itemsize
     if not isinstance(data, bytes) or len(data) != math.prod(got) * itemsize:
-        raise ProtocolError("bad_array", f"{name}: data length does not match shape {tuple(got)}")
+        raise ProtocolError(Reason.BAD_ARRAY, f"{name}: data length does not match shape {tuple(got)}")
     return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(got)
 
 
 def _params(value: Any, name: str) -> dict[str, np.ndarray]:
     if not isinstance(value, dict) or set(value) != set(PARAM_SHAPES):
-        raise ProtocolError("bad_field", f"{name} must hold exactly the LeNet-5 parameter names")
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the LeNet-5 parameter names")
     return {k: decode_array(value[k], f"{name}.{k}", "<f4", shape) for k, shape in PARAM_SHAPES.items()}
 
 
 def _pixels(value: Any, name: str) -> np.ndarray:
     a = decode_array(value, name, "|u1", (None, 28, 28))
     if not 1 <= a.shape[0] <= MAX_SHARD_SAMPLES:
-        raise ProtocolError("bad_array", f"{name} must hold 1 to {MAX_SHARD_SAMPLES} images, got {a.shape[0]}")
+        raise ProtocolError(Reason.BAD_ARRAY, f"{name} must hold 1 to {MAX_SHARD_SAMPLES} images, got {a.shape[0]}")
     return a
 
 
 def _labels(value: Any, name: str) -> np.ndarray:
     a = decode_array(value, name, "|u1", (None,))
     if a.size and a.max() > 9:
-        raise ProtocolError("bad_array", f"{name} must hold digits 0-9")
+        raise ProtocolError(Reason.BAD_ARRAY, f"{name} must hold digits 0-9")
     return a
 
 
@@ -174,9 +175,10 @@ class Task:
 
     def __post_init__(self) -> None:
         if self.labels.shape[0] != self.pixels.shape[0]:
-            raise ProtocolError("bad_array", f"{self.pixels.shape[0]} images but {self.labels.shape[0]} labels")
+            raise ProtocolError(Reason.BAD_ARRAY, f"{self.pixels.shape[0]} images but {self.labels.shape[0]} labels")
         if sum(self.sizes) != self.labels.shape[0]:
-            raise ProtocolError("bad_field", f"shard sizes add up to {sum(self.sizes)}, not {self.labels.shape[0]}")
+            raise ProtocolError(Reason.BAD_FIELD,
+                                f"shard sizes add up to {sum(self.sizes)}, not {self.labels.shape[0]}")
 
 
 @dataclass(frozen=True)
@@ -232,23 +234,23 @@ def encode(msg: Message) -> bytes:
 def decode(frame: bytes | memoryview) -> Message:
     """Parse and validate one frame, or raise ProtocolError."""
     if len(frame) > MAX_MESSAGE_BYTES:
-        raise ProtocolError("too_large", f"{len(frame)} bytes, limit {MAX_MESSAGE_BYTES}")
+        raise ProtocolError(Reason.TOO_LARGE, f"{len(frame)} bytes, limit {MAX_MESSAGE_BYTES}")
     try:
         # Explicit limits: no container or string may claim more than a message can hold.
         body = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0, max_bin_len=MAX_MESSAGE_BYTES,
                                max_str_len=MAX_TEXT, max_array_len=MAX_SHARDS, max_map_len=64)
     except Exception as err:  # msgpack raises many types for hostile input; all mean the same
-        raise ProtocolError("malformed", f"not msgpack: {type(err).__name__}") from None
+        raise ProtocolError(Reason.MALFORMED, f"not msgpack: {type(err).__name__}") from None
     if not isinstance(body, dict):
-        raise ProtocolError("malformed", f"expected a map, got {type(body).__name__}")
+        raise ProtocolError(Reason.MALFORMED, f"expected a map, got {type(body).__name__}")
     if body.get("v") != PROTOCOL_VERSION:
-        raise ProtocolError("version", f"protocol version {body.get('v')!r:.20}, expected {PROTOCOL_VERSION}")
+        raise ProtocolError(Reason.VERSION, f"protocol version {body.get('v')!r:.20}, expected {PROTOCOL_VERSION}")
     cls = _TYPES.get(body.get("type")) if isinstance(body.get("type"), str) else None
     if cls is None:
-        raise ProtocolError("unknown_type", f"message type {body.get('type')!r:.40}")
+        raise ProtocolError(Reason.UNKNOWN_TYPE, f"message type {body.get('type')!r:.40}")
     names = [f.name for f in fields(cls)]
     if set(body) != {"v", "type", *names}:
-        raise ProtocolError("bad_field", f"{cls.TYPE} must have exactly the fields {names}")
+        raise ProtocolError(Reason.BAD_FIELD, f"{cls.TYPE} must have exactly the fields {names}")
     return cls(**{f.name: f.metadata["decode"](body[f.name], f.name) for f in fields(cls)})
 
 

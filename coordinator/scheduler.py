@@ -2,7 +2,7 @@
 
 A step's batch is cut into a fixed number of shards (`lenet.shards.split_batch`) and
 the shards are grouped into units, subtrees of the reduction tree
-(`lenet.reduction.work_units`).  The scheduler hands units to workers, takes a
+(`work_units`, below).  The scheduler hands units to workers, takes a
 unit back when its worker dies, leaves, or misses the task deadline, and accepts
 exactly one result per unit: the first from a worker that currently holds it.
 Anything else (a duplicate, a result from a worker whose task was revoked, a unit
@@ -15,10 +15,33 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Generic, Hashable, TypeVar
 
-from lenet.reduction import Node
+from coordinator.refusals import Reason
+from lenet.reduction import Node, nodes_at_depth
 
 W = TypeVar("W", bound=Hashable)  # a worker's identity
 R = TypeVar("R")  # an accepted result
+
+
+def work_units(num_shards: int, workers: int) -> list[Node]:
+    """The coarsest cut of the tree that keeps `workers` workers about equally busy.
+
+    Fewer, larger units mean fewer messages; the step takes as long as the busiest
+    worker's shards.  Among the cuts with the least busiest-worker load, take the
+    coarsest.
+    """
+    best: tuple[int, list[Node]] | None = None
+    depth = 0
+    while True:
+        units = nodes_at_depth(num_shards, depth)
+        sizes = sorted((hi - lo for lo, hi in units), reverse=True)
+        loads = [0] * max(1, workers)
+        for size in sizes:  # largest first onto the least-loaded worker
+            loads[loads.index(min(loads))] += size
+        if best is None or max(loads) < best[0]:
+            best = (max(loads), units)
+        if len(units) == num_shards:
+            return best[1]
+        depth += 1
 
 
 @dataclass
@@ -80,20 +103,20 @@ class StepScheduler(Generic[W, R]):
     def next_deadline(self) -> float | None:
         return min((a.deadline for a in self.assigned.values()), default=None)
 
-    def check(self, worker: W, step: int, first: int, shards: int, count: int) -> str | None:
-        """Why a result may not be accepted (a metric reason), or None if it may."""
+    def check(self, worker: W, step: int, first: int, shards: int, count: int) -> Reason | None:
+        """Why a result may not be accepted, or None if it may."""
         if step != self.step:
-            return "stale_step" if step < self.step else "future_step"
+            return Reason.STALE_STEP if step < self.step else Reason.FUTURE_STEP
         unit = self.index.get(first)
         if unit is None or self.units[unit] != (first, first + shards):
-            return "unknown_shard"
+            return Reason.UNKNOWN_SHARD
         if unit in self.results:
-            return "duplicate"
+            return Reason.DUPLICATE
         held = self.assigned.get(unit)
         if held is None or held.worker != worker:
-            return "late"  # the task was taken back (deadline, death) or never given
+            return Reason.LATE  # the task was taken back (deadline, death) or never given
         if count != self.samples[unit]:
-            return "wrong_count"
+            return Reason.WRONG_COUNT
         return None
 
     def accept(self, first: int, result: R) -> None:

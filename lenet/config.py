@@ -2,19 +2,19 @@
 
 One `TrainConfig` fixes everything that decides the numbers a run produces, so the
 distributed service and the reference trainer can be compared on the same config.
-The command-line flags for it are defined here once, each with an environment
-variable (LENET_<FLAG>) as its default, for containers.
+The command-line flags for it are defined here once (`add_training_flags`), each
+with an environment variable LENET_<FLAG> as its default (`lenet.cli`).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
-from lenet.model import Params
+from lenet.cli import add_flag, optional, parse_bool
+from lenet.params import Params
 from lenet.optim import SGD, Adam, LRSchedule
 
 # The learning rate is quoted for this global batch size and scaled linearly with
@@ -96,55 +96,11 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> LRSchedule:
 # --------------------------------------------------------------------------- command-line flags
 
 
-def env_name(flag: str) -> str:
-    return "LENET_" + flag.lstrip("-").replace("-", "_").upper()
-
-
-def parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"expected true/false, got {text!r}")
-
-
-def env_default(flag: str, default: Any, parse: Callable[[str], Any]) -> Any:
-    """The flag's default, overridden by its environment variable if set."""
-    var = env_name(flag)
-    raw = os.environ.get(var)
-    if raw is None or raw == "":
-        return default
-    try:
-        return parse(raw)
-    except ValueError as err:
-        raise ValueError(f"environment variable {var}={raw!r} is not valid: {err}") from None
-
-
-def add_flag(parser: argparse.ArgumentParser, flag: str, default: Any, parse: Callable[[str], Any], help: str) -> None:
-    """A flag whose default comes from LENET_<FLAG> when that is set; help shows both."""
-    value = env_default(flag, default, parse)
-    if parse is parse_bool:
-        parser.add_argument(flag, default=value, action=argparse.BooleanOptionalAction,
-                            help=f"{help} (default: {value}; env {env_name(flag)})")
-    else:
-        parser.add_argument(flag, default=value, type=parse,
-                            help=f"{help} (default: {value}; env {env_name(flag)})")
-
-
-def _optional_int(text: str) -> int | None:
-    return None if text.strip().lower() in ("", "none") else int(text)
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text.strip().lower() in ("", "none", "auto") else float(text)
-
-
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     add_flag(parser, "--epochs", d.epochs, int, "passes over the 60,000 training images")
     add_flag(parser, "--batch-size", d.batch_size, int, "global mini-batch size")
-    add_flag(parser, "--lr", d.lr, _optional_float,
+    add_flag(parser, "--lr", d.lr, optional(float),
              f"peak learning rate (default: {REFERENCE_LR} x batch-size / {REFERENCE_BATCH})")
     add_flag(parser, "--optimizer", d.optimizer, str, "sgd or adam")
     add_flag(parser, "--momentum", d.momentum, float, "SGD momentum")
@@ -153,8 +109,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--schedule", d.schedule, str, "learning-rate decay after warm-up: cosine or step")
     add_flag(parser, "--warmup-steps", d.warmup_steps, int, "linear learning-rate warm-up steps")
     add_flag(parser, "--seed", d.seed, int, "seed of initialisation and shuffling")
-    add_flag(parser, "--max-steps", d.max_steps, _optional_int, "stop after this many steps (smoke runs)")
-    add_flag(parser, "--train-subset", d.train_subset, _optional_int,
+    add_flag(parser, "--max-steps", d.max_steps, optional(int), "stop after this many steps (smoke runs)")
+    add_flag(parser, "--train-subset", d.train_subset, optional(int),
              "train on the first N training images only (smoke runs); the test set is always whole")
 
 

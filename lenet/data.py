@@ -55,7 +55,6 @@ class MNIST:
     test_images: np.ndarray  # uint8 (10000, 28, 28)
     test_labels: np.ndarray  # uint8 (10000,)
     checksums: dict[str, str]  # file name -> SHA-256 of its decompressed bytes
-    source: Path
 
 
 def training_subset(data: MNIST, n: int | None) -> MNIST:
@@ -253,5 +252,4 @@ def load_mnist(data_dir: str | os.PathLike | None = None, allow_download: bool =
         test_images=arrays["t10k-images-idx3-ubyte"],
         test_labels=arrays["t10k-labels-idx1-ubyte"],
         checksums={name: FILES[name][0] for name in FILES},
-        source=directory,
     )

@@ -21,9 +21,9 @@ from typing import NamedTuple
 import numpy as np
 
 from lenet import layers
+from lenet.params import Params
 from lenet.reduction import add, mean_gradient
 
-Params = dict[str, np.ndarray]
 
 # name -> shape, in PyTorch state_dict order and layouts.
 PARAM_SHAPES: dict[str, tuple[int, ...]] = {

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-Params = dict[str, np.ndarray]
+from lenet.params import Params
+
 
 
 def _check_state(state: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:

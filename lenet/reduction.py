@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
+from lenet.params import Params
 
-Params = dict[str, np.ndarray]
 Node = tuple[int, int]  # a shard range [lo, hi)
 
 
@@ -42,28 +41,6 @@ def nodes_at_depth(num_shards: int, depth: int) -> list[Node]:
                 nxt += [(lo, mid), (mid, hi)]
         level = nxt
     return level
-
-
-def work_units(num_shards: int, workers: int) -> list[Node]:
-    """The coarsest cut of the tree that keeps `workers` workers about equally busy.
-
-    Fewer, larger units mean fewer messages; the step takes as long as the busiest
-    worker's shards.  Among the cuts with the least busiest-worker load, take the
-    coarsest.
-    """
-    best: tuple[int, list[Node]] | None = None
-    depth = 0
-    while True:
-        units = nodes_at_depth(num_shards, depth)
-        sizes = sorted((hi - lo for lo, hi in units), reverse=True)
-        loads = [0] * max(1, workers)
-        for size in sizes:  # largest first onto the least-loaded worker
-            loads[loads.index(min(loads))] += size
-        if best is None or max(loads) < best[0]:
-            best = (max(loads), units)
-        if len(units) == num_shards:
-            return best[1]
-        depth += 1
 
 
 def add(a: Params, b: Params) -> Params:

@@ -11,10 +11,10 @@ service's arithmetic, so the result is bit-identical to the coordinator run with
 
 from __future__ import annotations
 
-from lenet.runtime import pin_blas_threads
+if __name__ == "__main__":  # an entry point: pin BLAS before NumPy loads (imported, it changes nothing)
+    from lenet.runtime import pin_blas_threads
 
-# Before NumPy loads: this trainer is the bit-exact reference for the service.
-pin_blas_threads()
+    pin_blas_threads()
 
 import argparse  # noqa: E402
 import sys  # noqa: E402
@@ -28,7 +28,8 @@ import numpy as np  # noqa: E402
 from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
 from lenet.data import (  # noqa: E402
     MNIST, epoch_batches, load_mnist, standardize, steps_per_epoch, training_subset)
-from lenet.model import PARAM_SHAPES, LeNet5, Params, check_params  # noqa: E402
+from lenet.model import PARAM_SHAPES, LeNet5, check_params  # noqa: E402
+from lenet.params import Params  # noqa: E402
 from lenet.reduction import mean_gradient  # noqa: E402
 from lenet.shards import split_batch, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, write_npz  # noqa: E402

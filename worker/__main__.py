@@ -17,8 +17,8 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
 
-from lenet.config import add_flag  # noqa: E402
-from lenet.status import ExitStatus, NetworkError, UsageError, run_main  # noqa: E402
+from lenet.cli import add_flag, optional  # noqa: E402
+from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--coordinator-timeout", 10.0, float, "seconds of coordinator silence before reconnecting")
     add_flag(parser, "--metrics-port", 0, int, "serve this worker's Prometheus metrics on this port (0: off)")
     add_flag(parser, "--metrics-addr", "127.0.0.1", str, "address for the worker's metrics")
-    add_flag(parser, "--curve-secret-key", None, str, "this worker's CURVE .key_secret file (turns CURVE on)")
-    add_flag(parser, "--curve-server-key", None, str, "the coordinator's public CURVE .key file")
+    add_flag(parser, "--curve-secret-key", None, optional(Path),
+             "this worker's CURVE .key_secret file (turns CURVE on)")
+    add_flag(parser, "--curve-server-key", None, optional(Path), "the coordinator's public CURVE .key file")
     return parser
 
 
@@ -43,14 +44,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         kwargs = {"name": args.name} if args.name else {}
-        if bool(args.curve_secret_key) != bool(args.curve_server_key):
+        if (args.curve_secret_key is None) != (args.curve_server_key is None):
             raise ValueError("CURVE needs both --curve-secret-key and --curve-server-key")
     except ValueError as err:
         raise UsageError(str(err)) from None
-    if args.curve_secret_key:
+    if args.curve_secret_key is not None:
         require_curve()
-        kwargs["curve"] = CurveClient(load_keypair(Path(args.curve_secret_key)),
-                                      load_public(Path(args.curve_server_key)))
+        kwargs["curve"] = CurveClient(load_keypair(args.curve_secret_key), load_public(args.curve_server_key))
     try:
         config = WorkerConfig(connect=args.connect, heartbeat_interval=args.heartbeat_interval,
                               coordinator_timeout=args.coordinator_timeout, **kwargs)
@@ -58,13 +58,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(str(err)) from None
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {config.name} %(message)s")
     tune_malloc()
-    metrics = None
-    if args.metrics_port:
-        try:
-            metrics = serve_worker_metrics(args.metrics_addr, args.metrics_port)
-        except OSError as err:
-            raise NetworkError(f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: "
-                               f"{err.strerror or err}") from None
+    metrics = serve_worker_metrics(args.metrics_addr, args.metrics_port) if args.metrics_port else None
     worker = Worker(config, metrics=metrics)
 
     def stop(signum, frame):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, start_http_server
+from prometheus_client import CollectorRegistry, Counter
+
+from lenet.cli import serve_metrics
 
 
 class WorkerMetrics:
@@ -14,7 +16,9 @@ class WorkerMetrics:
         self.tasks = Counter("lenet_worker_tasks", "Tasks computed by this worker", registry=registry)
         self.shards = Counter("lenet_worker_shards", "Shards computed by this worker", registry=registry)
         self.samples = Counter("lenet_worker_samples", "Samples computed by this worker", registry=registry)
-        self.seconds = Counter("lenet_worker_compute_seconds", "Seconds spent computing tasks", registry=registry)
+        # Not lenet_worker_compute_seconds: that is the coordinator's per-worker series of *accepted* work.
+        self.seconds = Counter("lenet_worker_busy_seconds", "Seconds this worker spent computing tasks",
+                               registry=registry)
 
     def task(self, shards: int, samples: int, seconds: float) -> None:
         self.tasks.inc()
@@ -24,7 +28,8 @@ class WorkerMetrics:
 
 
 def serve_worker_metrics(addr: str, port: int) -> WorkerMetrics:
+    """The worker's metrics on a fresh registry, served at http://addr:port/metrics (NetworkError if it cannot be)."""
     registry = CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    start_http_server(port, addr=addr, registry=registry)
+    serve_metrics(registry, addr, port)
     return metrics

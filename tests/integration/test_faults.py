@@ -181,9 +181,10 @@ def test_failed_checkpoint_write_keeps_the_previous_and_training_goes_on(mnist, 
     from prometheus_client import CollectorRegistry
 
     from coordinator import checkpoint as ckpt
-    from coordinator.local_workers import LocalWorkers
+    from coordinator.config import ServiceConfig
     from coordinator.metrics import Metrics
-    from coordinator.server import Coordinator, ServiceConfig
+    from coordinator.service import run_service
+    from coordinator.training import Training
     from lenet import npzfile
     from lenet.config import TrainConfig
 
@@ -198,14 +199,8 @@ def test_failed_checkpoint_write_keeps_the_previous_and_training_goes_on(mnist, 
     monkeypatch.setattr(npzfile.os, "fsync", fsync)
     metrics = Metrics(CollectorRegistry())
     service = ServiceConfig(min_workers=1, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=5)
-    coord = Coordinator(TrainConfig(max_steps=15, train_subset=2560), service, mnist, metrics)
-    local = LocalWorkers(1, coord.endpoint)
-    try:
-        outcome = coord.run(stop=lambda: False, tick=lambda: coord.forget_exited(local.supervise()))
-        coord.broadcast_shutdown("test over")
-    finally:
-        local.stop()
-        coord.close()
+    training = Training(TrainConfig(max_steps=15, train_subset=2560), 8, mnist)
+    outcome = run_service(training, service, metrics, local_workers=1)
     assert outcome.finished and outcome.state.step == 15
     assert metrics.registry.get_sample_value("lenet_checkpoint_failures_total") == 1
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())

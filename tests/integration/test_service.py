@@ -183,4 +183,6 @@ def test_parameters_travel_once_per_step_not_once_per_task(tmp_path, procs):
     for m in seen.values():
         assert m["lenet_worker_params_total"] <= 100  # at most once per step
         assert m["lenet_worker_tasks_total"] > m["lenet_worker_params_total"]  # several tasks per broadcast
+        # Its own time computing has a name apart from the coordinator's per-worker accepted seconds.
+        assert m["lenet_worker_busy_seconds_total"] > 0 and "lenet_worker_compute_seconds_total" not in m
     assert coord.wait() == 0

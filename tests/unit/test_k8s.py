@@ -101,7 +101,7 @@ def test_workers_reach_the_coordinator_service():
 
 def test_every_setting_is_a_real_flag():
     from coordinator.__main__ import build_parser as coordinator_parser
-    from lenet.config import env_name
+    from lenet.cli import env_name
     from worker.__main__ import build_parser as worker_parser
 
     known = {env_name(opt) for parser in (coordinator_parser(), worker_parser())

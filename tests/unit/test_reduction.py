@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from lenet.reduction import mean_gradient, nodes_at_depth, split_point, tree_sum, work_units
+from coordinator.scheduler import work_units
+from lenet.reduction import mean_gradient, nodes_at_depth, split_point, tree_sum
 
 
 def test_tree_shape():
@@ -11,14 +12,6 @@ def test_tree_shape():
     assert nodes_at_depth(8, 1) == [(0, 4), (4, 8)]
     assert nodes_at_depth(6, 2) == [(0, 2), (2, 4), (4, 5), (5, 6)]
     assert nodes_at_depth(3, 5) == [(0, 1), (1, 2), (2, 3)]
-
-
-@pytest.mark.parametrize("workers, expected", [
-    (1, [(0, 8)]), (2, [(0, 4), (4, 8)]), (4, [(0, 2), (2, 4), (4, 6), (6, 8)]),
-    (3, [(i, i + 1) for i in range(8)]), (8, [(i, i + 1) for i in range(8)]), (32, [(i, i + 1) for i in range(8)]),
-])
-def test_work_units_balance_with_fewest_messages(workers, expected):
-    assert work_units(8, workers) == expected
 
 
 def test_any_cut_of_the_tree_gives_bit_identical_sums():

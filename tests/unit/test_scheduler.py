@@ -1,6 +1,8 @@
 """Unit plans and the accept/refuse rules of one step."""
 
-from coordinator.scheduler import StepScheduler
+import pytest
+
+from coordinator.scheduler import StepScheduler, work_units
 
 
 def make(units=((0, 2), (2, 4)), timeout=10.0):
@@ -51,3 +53,11 @@ def test_unusable_result_is_computed_again():
     s.next_unit("a", 0)
     assert s.reject_result(0) == 4
     assert list(s.pending) == [0] and not s.complete
+
+
+@pytest.mark.parametrize("workers, expected", [
+    (1, [(0, 8)]), (2, [(0, 4), (4, 8)]), (4, [(0, 2), (2, 4), (4, 6), (6, 8)]),
+    (3, [(i, i + 1) for i in range(8)]), (8, [(i, i + 1) for i in range(8)]), (32, [(i, i + 1) for i in range(8)]),
+])
+def test_work_units_balance_with_fewest_messages(workers, expected):
+    assert work_units(8, workers) == expected

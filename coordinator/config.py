@@ -1,0 +1,32 @@
+"""The service's settings: how the coordinator listens, supervises and checkpoints, validated once.
+
+What decides a run's numbers is not here but in `coordinator.training.Training`
+(`lenet.config.TrainConfig` plus the shard count); these settings only decide
+how the service gets there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from coordinator.keys import CurveServer
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    bind: str = "tcp://127.0.0.1:*"
+    min_workers: int = 1
+    heartbeat_timeout: float = 10.0
+    task_timeout: float = 30.0
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 0  # steps; 0: only at epoch ends
+    curve: CurveServer | None = None  # CURVE encryption and the workers admitted
+
+    def __post_init__(self) -> None:
+        if self.min_workers < 1:
+            raise ValueError(f"min workers must be >= 1, got {self.min_workers}")
+        if not self.heartbeat_timeout > 0 or not self.task_timeout > 0:
+            raise ValueError(f"timeouts must be > 0, got {self.heartbeat_timeout} and {self.task_timeout}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint interval must be >= 0, got {self.checkpoint_every}")

@@ -1,0 +1,64 @@
+"""The coordinator's socket: bind (with CURVE if configured), send without blocking, receive what is queued.
+
+Network code only: it moves frames and knows nothing of what they mean.  One ROUTER
+socket; each worker's DEALER routing id names it.  Sends never block (a peer whose
+queue is full loses that message, and the caller is told), and every wait has a
+finite timeout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import zmq
+
+from coordinator import protocol as P
+from coordinator.keys import CurveServer, secure_server
+from lenet.status import NetworkError
+
+
+class RouterEndpoint:
+    def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None):
+        self.sock = context.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)  # larger frames are cut off unread
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a worker reconnecting under its id takes over
+        self.auth = secure_server(self.sock, curve, context) if curve is not None else None
+        try:
+            self.sock.bind(bind)
+        except zmq.ZMQError as err:
+            self.close()
+            raise NetworkError(f"cannot bind {bind}: {err.strerror}") from None
+        self.address = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    @property
+    def local_address(self) -> str:
+        """Where a process on this machine connects (a wildcard bind is reachable on loopback)."""
+        return self.address.replace("0.0.0.0", "127.0.0.1")
+
+    def send(self, identity: bytes, frame: bytes) -> bool:
+        """Queue `frame` for `identity`; False if that peer's queue is full and the frame was dropped."""
+        try:
+            # copy=False: the frame is immutable bytes, so ZeroMQ may send it in place.
+            self.sock.send_multipart([identity, frame], zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+    def poll(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for a message; True if one is queued."""
+        return bool(self.sock.poll(int(timeout * 1000)))
+
+    def receive(self, budget: int) -> Iterator[list[zmq.Frame]]:
+        """The multipart messages already queued, at most `budget` of them."""
+        for _ in range(budget):
+            try:
+                # copy=False: gradients are unpacked straight from ZeroMQ's buffer.
+                yield self.sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+
+    def close(self) -> None:
+        self.sock.close(linger=0)
+        if self.auth is not None:
+            self.auth.stop()

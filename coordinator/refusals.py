@@ -1,0 +1,36 @@
+"""Why the coordinator refuses a message: the one list of reasons.
+
+Each reason is a bounded metric label (`lenet_rejected_messages_total{reason}`)
+and the key of its rate-limited log line.  Every reason is exported at 0 from the
+start, so a dashboard or alert sees the series before the first refusal.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Reason(str, enum.Enum):
+    """A refusal reason; compares equal to its label string."""
+
+    # The frame is not a valid message (coordinator.protocol.decode).
+    TOO_LARGE = "too_large"  # over the message size limit
+    MALFORMED = "malformed"  # not a msgpack map, or not two frames
+    VERSION = "version"  # another protocol version
+    UNKNOWN_TYPE = "unknown_type"
+    BAD_FIELD = "bad_field"  # a field missing, extra, or of the wrong type or range
+    BAD_ARRAY = "bad_array"  # an array of the wrong dtype, shape or length
+    # A valid message the sender may not send now.
+    UNEXPECTED = "unexpected"  # a message type only the coordinator sends
+    UNREGISTERED = "unregistered"  # from a peer that has not registered
+    # A result that may not be applied (coordinator.scheduler.StepScheduler.check).
+    STALE_STEP = "stale_step"
+    FUTURE_STEP = "future_step"
+    UNKNOWN_SHARD = "unknown_shard"  # not a unit of this step
+    DUPLICATE = "duplicate"  # the unit's result is already in
+    LATE = "late"  # the unit was taken back from the sender, or never given to it
+    WRONG_COUNT = "wrong_count"  # a sample count other than the unit's
+    NON_FINITE = "non_finite"  # NaN or Inf gradients
+
+    def __str__(self) -> str:
+        return self.value

@@ -1,0 +1,77 @@
+"""The service assembled and run: coordinator, local worker processes, supervision, shutdown.
+
+`run_service` is the one place that wires these together; the command line, the
+benchmarks and the tests all call it.  It returns when training is done or
+`stop()` turns true, having checkpointed where the run stands, told the workers to
+stop, and closed every socket and process it started.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from coordinator import checkpoint as ckpt
+from coordinator.config import ServiceConfig
+from coordinator.local_workers import LocalWorkers
+from coordinator.metrics import Metrics
+from coordinator.server import Coordinator, Progress, RunOutcome, TrainingDiverged
+from coordinator.training import Training
+
+log = logging.getLogger("coordinator")
+
+
+@dataclass
+class ServiceOutcome(RunOutcome):
+    checkpoint: Path | None = None  # written at the end: stopped early, diverged, or ended mid-epoch
+
+
+def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *, local_workers: int = 0,
+                local_worker_args: Sequence[str] = (), resume_from: ckpt.Checkpoint | None = None,
+                stop: Callable[[], bool] = lambda: False,
+                progress: Progress = lambda report, workers: None) -> ServiceOutcome:
+    """Train `training` with `local_workers` processes started here plus any that connect.
+
+    Raises TrainingDiverged (after checkpointing) if every worker's gradients turn
+    non-finite; user errors (an unusable address or checkpoint) as lenet.status errors.
+    """
+    context = zmq.Context()
+    coordinator = None
+    local = None
+    try:
+        coordinator = Coordinator(training, service, metrics, context)
+        if resume_from is not None:
+            coordinator.restore(resume_from)
+        log.info("listening on %s", coordinator.endpoint.address)
+        if local_workers:
+            local = LocalWorkers(local_workers, coordinator.endpoint.local_address, list(local_worker_args))
+        supervised = local
+
+        def tick() -> None:
+            if supervised is not None:
+                coordinator.forget_exited(supervised.supervise())
+
+        try:
+            outcome = coordinator.run(stop=stop, tick=tick, progress=progress)
+        except TrainingDiverged:
+            coordinator.save_checkpoint()
+            raise
+        checkpoint = None
+        if not outcome.finished or training.state.step % training.steps_per_epoch:
+            checkpoint = coordinator.save_checkpoint()  # stopped, or a --max-steps run ended mid-epoch: keep it
+        coordinator.broadcast_shutdown("training finished" if outcome.finished else "coordinator stopped")
+        return ServiceOutcome(outcome.params, outcome.state, outcome.finished, checkpoint)
+    finally:
+        rejected = metrics.rejected_by_reason()
+        if rejected:
+            log.info("rejected %d messages during the run: %s", sum(rejected.values()),
+                     ", ".join(f"{reason} {n}" for reason, n in sorted(rejected.items())))
+        if local is not None:
+            local.stop()
+        if coordinator is not None:
+            coordinator.close()
+        context.term()

@@ -1,0 +1,76 @@
+"""One step of the run: what its workers are sent, and its state while they compute.  No sockets.
+
+`plan_step` cuts a step's batch into its fixed shards, groups them into units for
+the live workers (`work_units`) and encodes each unit's Task: everything that does
+not depend on the parameters, so the next step's plan is built while the workers
+compute.  `Step` then holds the state of the step under way: its plan, the
+scheduler that hands out units and keeps the first valid result of each, the
+encoded parameters, when it started, and which workers answered with non-finite
+gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from coordinator import protocol as P
+from coordinator.scheduler import StepScheduler, work_units
+from lenet.params import Params
+from lenet.reduction import Node
+from lenet.shards import split_batch
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What a step's workers will be sent, apart from the parameters."""
+
+    step: int
+    live: int  # live workers the units were cut for
+    units: list[Node]
+    samples: list[int]  # per unit
+    tasks: list[bytes]  # per unit: the encoded Task
+
+    @property
+    def num_shards(self) -> int:
+        """Shards of this step: --shards, or fewer if the batch has fewer samples."""
+        return self.units[-1][1]
+
+
+def plan_step(step: int, batch: np.ndarray, num_shards: int, live: int,
+              images: np.ndarray, labels: np.ndarray) -> StepPlan:
+    """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for `live` workers."""
+    shards = split_batch(batch, num_shards)
+    units = work_units(len(shards), max(1, live))
+    tasks, samples = [], []
+    for lo, hi in units:
+        idx = np.concatenate(shards[lo:hi])
+        tasks.append(P.encode(P.Task(step=step, first=lo, sizes=[len(s) for s in shards[lo:hi]],
+                                     pixels=images[idx], labels=labels[idx])))
+        samples.append(len(idx))
+    return StepPlan(step, live, units, samples, tasks)
+
+
+@dataclass
+class Step:
+    """The step under way."""
+
+    plan: StepPlan
+    scheduler: StepScheduler[Hashable, P.Result]
+    params_frame: bytes  # the encoded Params message, sent once per worker
+    started: float
+    nonfinite: set[Hashable] = field(default_factory=set)  # answered NaN/Inf: no more work this step
+
+    @classmethod
+    def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float) -> "Step":
+        return cls(plan=plan, scheduler=StepScheduler(plan.step, plan.units, plan.samples, task_timeout),
+                   params_frame=P.encode(P.Params(step=plan.step, params=params)), started=now)
+
+    @property
+    def number(self) -> int:
+        return self.plan.step
+
+    def results(self) -> dict[Node, P.Result]:
+        return self.scheduler.results_by_node()

@@ -1,0 +1,129 @@
+"""The run's numbers: parameters, optimizer, learning-rate schedule, epoch statistics.  No sockets.
+
+`Training` owns everything a run's result depends on: the configuration, the shard
+count, the training data, the model and its optimizer.  It plans each step's work
+(`plan`), applies a finished step (`apply`: the units' sums added up the rest of
+the fixed tree, divided by the batch size, one optimizer step at `schedule(step)`)
+and closes epochs (`end_epoch`: test accuracy and the epoch's statistics).  What a
+checkpoint must restore is `state` plus the parameters and optimizer state
+(coordinator/checkpoint.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from coordinator import protocol as P
+from coordinator.step import StepPlan, plan_step
+from lenet.config import TrainConfig, make_optimizer, make_schedule
+from lenet.data import MNIST, epoch_batches, steps_per_epoch, training_subset
+from lenet.model import LeNet5
+from lenet.params import Params
+from lenet.reduction import Node, mean_gradient
+from lenet.train import EpochStats, evaluate
+
+
+@dataclass
+class RunState:
+    """Everything a checkpoint must restore apart from parameters and optimizer; the rest is derived."""
+
+    step: int = 0  # optimizer steps done
+    epoch_loss_sum: float = 0.0
+    epoch_correct: int = 0
+    epoch_samples: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StepReport:
+    """What one applied step did, for metrics and the progress line."""
+
+    step: int  # steps done, this one included
+    total_steps: int
+    steps_per_epoch: int
+    epochs: int
+    loss: float  # mean cross-entropy of the step's batch
+    samples: int
+    lr: float
+
+    @property
+    def epoch_ended(self) -> bool:
+        return self.step % self.steps_per_epoch == 0
+
+
+class Training:
+    def __init__(self, config: TrainConfig, num_shards: int, data: MNIST):
+        if num_shards < 1:
+            raise ValueError(f"shards must be >= 1, got {num_shards}")
+        self.config, self.num_shards = config, num_shards
+        self.data = training_subset(data, config.train_subset)
+        self.model = LeNet5(seed=config.seed)
+        self.optimizer = make_optimizer(config, self.model.params)
+        self.n_train = len(self.data.train_labels)
+        self.steps_per_epoch = steps_per_epoch(self.n_train, config.batch_size)
+        self.total_steps = config.epochs * self.steps_per_epoch
+        if config.max_steps is not None:
+            self.total_steps = min(self.total_steps, config.max_steps)
+        self.schedule = make_schedule(config, self.steps_per_epoch)
+        self.state = RunState()
+        self._batches: tuple[int, list[np.ndarray]] = (-1, [])  # one epoch's batches, cached
+
+    @property
+    def params(self) -> Params:
+        return self.model.params
+
+    @property
+    def done(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    @property
+    def epoch(self) -> int:
+        """The epoch under way, 1-based (the last one once the run is done)."""
+        return min(self.state.step // self.steps_per_epoch + 1, self.config.epochs)
+
+    def plan(self, step: int, live: int) -> StepPlan:
+        """Shards, units and encoded tasks of `step` for `live` workers: independent of the parameters."""
+        epoch, index = divmod(step, self.steps_per_epoch)
+        if self._batches[0] != epoch:
+            self._batches = (epoch, epoch_batches(self.config.seed, epoch, self.n_train, self.config.batch_size))
+        return plan_step(step, self._batches[1][index], self.num_shards, live,
+                         self.data.train_images, self.data.train_labels)
+
+    def apply(self, results: Mapping[Node, P.Result], units: list[Node]) -> StepReport:
+        """Add a finished step's unit results up the tree and step the optimizer."""
+        ordered = [results[unit] for unit in units]
+        n = sum(r.count for r in ordered)
+        grads = mean_gradient({node: r.grads for node, r in results.items()}, units[-1][1], n)
+        lr = self.schedule(self.state.step)
+        self.optimizer.step(self.model.params, grads, lr)
+        loss_sum = sum(r.loss_sum for r in ordered)
+        st = self.state
+        st.step += 1
+        st.epoch_loss_sum += loss_sum
+        st.epoch_correct += sum(r.correct for r in ordered)
+        st.epoch_samples += n
+        return StepReport(step=st.step, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
+                          epochs=self.config.epochs, loss=loss_sum / n, samples=n, lr=lr)
+
+    def end_epoch(self, seconds: float) -> EpochStats:
+        """Evaluate on the test set, record the epoch in the history and start the next one's sums."""
+        st = self.state
+        test_acc = evaluate(self.model.params, self.data.test_images, self.data.test_labels)
+        stats = EpochStats(epoch=st.step // self.steps_per_epoch, steps=st.step, samples=st.epoch_samples,
+                           loss=st.epoch_loss_sum / st.epoch_samples,
+                           train_accuracy=st.epoch_correct / st.epoch_samples, test_accuracy=test_acc,
+                           seconds=seconds)
+        st.history.append({"epoch": stats.epoch, "samples": stats.samples, "loss": stats.loss,
+                           "train_accuracy": stats.train_accuracy, "test_accuracy": test_acc})
+        st.epoch_loss_sum, st.epoch_correct, st.epoch_samples = 0.0, 0, 0
+        return stats
+
+    def final_test_accuracy(self) -> float:
+        """The test accuracy of the parameters as they are: the last epoch's, unless the run ended mid-epoch."""
+        st = self.state
+        if st.history and st.step % self.steps_per_epoch == 0:
+            return st.history[-1]["test_accuracy"]
+        return evaluate(self.model.params, self.data.test_images, self.data.test_labels)

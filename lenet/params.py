@@ -1,0 +1,10 @@
+"""The one type of parameters and gradients: a dict of named arrays.
+
+Parameters, gradients and optimizer state are all `dict[str, ndarray]` with the
+same keys (LeNet-5's, in `lenet.model.PARAM_SHAPES`), so they add, scale and
+travel as plain data.
+"""
+
+import numpy as np
+
+Params = dict[str, np.ndarray]
