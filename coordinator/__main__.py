@@ -108,13 +108,15 @@ class ClearProgressHandler(logging.StreamHandler):
 
 def main(argv: Sequence[str] | None = None) -> int:
     import zmq
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
     from coordinator import checkpoint as ckpt
     from coordinator import keys
+    from coordinator.dashboard import RunHistory, start_dashboard
     from coordinator.local_workers import LocalWorkers
     from coordinator.metrics import Metrics
     from coordinator.server import Coordinator, ServiceConfig, TrainingDiverged
+    from lenet.curves import write_curves
     from lenet.data import load_mnist
     from lenet.runtime import tune_malloc
     from lenet.train import evaluate, save_model
@@ -164,14 +166,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     registry = CollectorRegistry()
     metrics = Metrics(registry)
+    history = RunHistory()
     http = None
     if args.metrics_port:
         try:
-            http, _ = start_http_server(args.metrics_port, addr=args.metrics_addr, registry=registry)
+            http = start_dashboard(registry, args.metrics_addr, args.metrics_port, history)
         except OSError as err:
             raise NetworkError(f"cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: "
                                f"{err.strerror or err}") from None
-        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
+        log.info("metrics on http://%s:%d/metrics, dashboard on http://%s:%d/", args.metrics_addr,
+                 args.metrics_port, args.metrics_addr, args.metrics_port)
 
     stop_signal: list[int] = []
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -193,9 +197,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             if local is not None:
                 coordinator.forget_exited(local.supervise())
 
+        show = Progress() if args.progress else None
+
+        def progress(c: Coordinator) -> None:
+            history.record_step(c.state.step, c.last_loss, c.schedule(c.state.step - 1), c.last_step_samples)
+            history.record_epochs(c.state.history)
+            if show is not None:
+                show(c)
+
         try:
-            outcome = coordinator.run(stop=lambda: bool(stop_signal), tick=tick,
-                                      progress=Progress() if args.progress else lambda c: None)
+            outcome = coordinator.run(stop=lambda: bool(stop_signal), tick=tick, progress=progress)
         except TrainingDiverged as err:
             coordinator.save_checkpoint()
             raise UsageError(f"training diverged ({err}); lower --lr") from None
@@ -217,9 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             "step": st.step, "epoch": st.step / coordinator.steps_per_epoch, "test_accuracy": test_acc,
             "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
         })
-        log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s",
+        curves = write_curves(args.output, st.history)
+        log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s",
                  100 * test_acc, st.step, st.step / coordinator.steps_per_epoch, time.monotonic() - start,
-                 args.output)
+                 args.output, curves)
         return int(ExitStatus.OK)
     finally:
         rejected = metrics.rejected_by_reason()

@@ -211,6 +211,7 @@ class Coordinator:
             self.workers[identity] = WorkerInfo(name=msg.name, pid=msg.pid, last_seen=now)
             log.info("worker %s joined (%d live)", msg.name, len(self.workers))
         self.workers[identity].last_seen = now
+        self.metrics.worker_seen(self.workers[identity].name)
         self.metrics.workers_alive.set(len(self.workers))
         self._send(identity, P.encode(P.Heartbeat()))
 
@@ -303,6 +304,7 @@ class Coordinator:
                 self._send(identity, P.encode(P.Error(code="unregistered", message="register first")))
             return
         info.last_seen = now
+        self.metrics.worker_seen(info.name)
         info.suspect_since = None
         if isinstance(msg, P.Heartbeat):
             self._send(identity, P.encode(P.Heartbeat()))
@@ -331,6 +333,7 @@ class Coordinator:
             return
         self.sched.accept(msg.first, msg)
         self.metrics.worker_compute.labels(info.name).inc(msg.compute_seconds)
+        self.metrics.worker_shards.labels(info.name).inc(msg.shards)
 
     # ------------------------------------------------------------------ steps
 
