@@ -13,8 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from xml.sax.saxutils import escape
 
-from lenet.npzfile import fsync_dir
-from lenet.status import StorageError
+from lenet.npzfile import write_bytes_atomic
 
 WIDTH, HEIGHT = 760, 320
 PANEL_W, PANEL_H = 300, 220  # plotting area of each panel
@@ -110,22 +109,5 @@ def epoch_curves_svg(history: Sequence[Mapping[str, float]], title: str = "LeNet
 
 
 def write_curves(model_path: str | os.PathLike, history: Sequence[Mapping[str, float]]) -> Path:
-    """Write the curves next to the model, atomically (temporary file, fsync, rename); return the path."""
-    path = curves_path(model_path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(epoch_curves_svg(history))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as err:
-        raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the directory itself is unusable: the error above says so
-    return path
+    """Write the curves next to the model, atomically; return the path."""
+    return write_bytes_atomic(curves_path(model_path), epoch_curves_svg(history).encode())
