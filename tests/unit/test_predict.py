@@ -111,7 +111,8 @@ def test_idx_lines_are_numbered(trained_model, mnist_dir, capsys):
     source = next(mnist_dir.glob("t10k-images-idx3-ubyte*"))
     assert main([str(trained_model), str(source)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 10000 and lines[0].startswith(f"{source}[0]: 7 (") and lines[-1].startswith(f"{source}[9999]: ")
+    assert len(lines) == 10000
+    assert lines[0].startswith(f"{source}[0]: 7 (") and lines[-1].startswith(f"{source}[9999]: ")
 
 
 @pytest.mark.parametrize("content, message", [
