@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--bind", None, str, "ZeroMQ endpoint for external workers, e.g. tcp://0.0.0.0:5555 "
              "(default: a private loopback port for local workers only)")
     add_flag(parser, "--shards", 8, int, "shards per global batch (fixed: results do not depend on worker count)")
-    add_flag(parser, "--metrics-port", 9110, int, "port of the Prometheus /metrics endpoint (0: off)")
+    add_flag(parser, "--metrics-port", 9110, int, "port of the Prometheus /metrics endpoint and the dashboard "
+             "at / (0: off)")
     add_flag(parser, "--metrics-addr", "127.0.0.1", str, "address of the /metrics endpoint (0.0.0.0: all)")
     add_flag(parser, "--checkpoint-dir", Path("checkpoints"), _optional_path,
              "directory for checkpoints ('off' to disable)")

@@ -97,7 +97,8 @@ def test_dashboard_draws_live_curves_that_agree_with_metrics(browser, tmp_path, 
     endpoint = f"tcp://127.0.0.1:{zmq_port}"
     coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--min-workers", "2", "--train-subset",
                         "12800", "--epochs", "30", "--metrics-port", str(port), "--checkpoint-dir",
-                        str(tmp_path / "ck"), "--checkpoint-every", "40", "--output", str(tmp_path / "m.npz"))
+                        str(tmp_path / "ck"), "--checkpoint-every", "40", "--output", str(tmp_path / "m.npz"),
+                        "--heartbeat-timeout", "30")  # the workers are stopped for ~5 s: far from being declared dead
     procs.append(coord)
     workers = [worker(tmp_path, endpoint, f"w{i}") for i in range(2)]
     procs.extend(workers)
