@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import socket
+import sys
 import threading
 import time
 import urllib.parse
@@ -164,6 +165,11 @@ class DashboardServer(ThreadingHTTPServer):
         self.registry, self.history = registry, history
         self.page = resources.files("coordinator").joinpath("dashboard.html").read_bytes()
         super().__init__((addr, port), _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return  # a client that hung up or stalled: its own business, not a traceback in the coordinator's log
+        super().handle_error(request, client_address)  # a bug: keep its traceback
 
     def shutdown(self) -> None:
         super().shutdown()

@@ -74,6 +74,16 @@ def test_a_silent_client_does_not_block_others(served):
         assert get(base + "/metrics")[0] == 200
 
 
+def test_a_client_hanging_up_leaves_no_traceback(served, capfd):
+    _, base = served
+    for _ in range(20):
+        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=5) as rude:
+            rude.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")  # close with a reset
+            rude.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert get(base + "/metrics")[0] == 200  # still serving
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_port_in_use_is_an_os_error(served):
     _, base = served
     with pytest.raises(OSError):
