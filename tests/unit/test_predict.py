@@ -8,6 +8,8 @@ import zlib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from lenet.predict import main, predict, read_images
 from lenet.status import DataError, StorageError
@@ -35,13 +37,14 @@ def png(pixels: np.ndarray, colour: int = 0, depth: int = 8, crc_ok: bool = True
         out += ((row - pred) % 256).astype(np.uint8).tobytes()
         prev = row
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) ^ (0 if crc_ok else 1)
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
     header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"tEXt", b"Comment\0test")
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header, crc_ok) + chunk(b"tEXt", b"Comment\0test")
             + chunk(b"IDAT", zlib.compress(bytes(out))) + chunk(b"IEND", b""))
+
+
+def chunk(kind: bytes, body: bytes, crc_ok: bool = True) -> bytes:
+    crc = zlib.crc32(kind + body) ^ (0 if crc_ok else 1)
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
 
 
 def pgm_binary(pixels: np.ndarray, maxval: int = 255) -> bytes:
@@ -148,3 +151,28 @@ def test_command_errors_are_one_line_and_a_status(trained_model, tmp_path):
                               timeout=60, env=env())
         assert proc.returncode == status, proc.stderr
         assert proc.stderr.count("\n") == 1 and message in proc.stderr and proc.stdout == ""
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"P5", b"P2", b"P5 28 28 255\n", b"\x00\x00\x08\x03",
+                               b"\x1f\x8b"]),
+       body=st.binary(max_size=2000), mutate=st.integers(min_value=0, max_value=10**6))
+def test_any_bytes_give_an_image_or_a_data_error(prefix, body, mutate, digits, tmp_path):
+    """Random, truncated and bit-flipped files: a decoded 28x28 image or one DataError, never another exception."""
+    valid = png(digits[0]) if prefix.startswith(b"\x89") else gzip.compress(b"\0\0\x08\x03" + body)
+    # A PNG whose checksums are right but whose header fields and pixel stream are random: past the CRC checks.
+    fields = struct.pack(">II", 28, 28) + bytes([8, mutate % 7]) + bytes([0, 0, 0]) if mutate % 2 else body[:13]
+    need = 28 * (1 + 28 * (3 if mutate % 7 == 2 else 1))  # random pixel rows of exactly the declared size
+    pixels = (body * (need // max(1, len(body)) + 1))[:need] if mutate % 3 else body
+    well_formed = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", fields.ljust(13, b"\0"))
+                   + chunk(b"IDAT", zlib.compress(pixels)) + chunk(b"IEND", b""))
+    candidates = [prefix + body, bytearray(valid), well_formed]
+    candidates[1][mutate % len(valid)] ^= 1 << (mutate % 8)
+    for i, content in enumerate(candidates + [valid[: mutate % len(valid)]]):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(bytes(content))
+        try:
+            images = read_images(path)
+        except DataError:
+            continue
+        assert images.dtype == np.uint8 and images.shape[1:] == (28, 28)
