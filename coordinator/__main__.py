@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--bind", None, str, "ZeroMQ endpoint for external workers, e.g. tcp://0.0.0.0:5555 "
              "(default: a private loopback port for local workers only)")
     add_flag(parser, "--shards", 8, int, "shards per global batch (fixed: results do not depend on worker count)")
-    add_flag(parser, "--metrics-port", 9110, int, "port of the Prometheus /metrics endpoint (0: off)")
+    add_flag(parser, "--metrics-port", 9110, int, "port of the Prometheus /metrics endpoint and the dashboard "
+             "at / (0: off)")
     add_flag(parser, "--metrics-addr", "127.0.0.1", str, "address of the /metrics endpoint (0.0.0.0: all)")
     add_flag(parser, "--checkpoint-dir", Path("checkpoints"), optional(Path),
              "directory for checkpoints ('off' to disable)")
@@ -150,10 +151,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from prometheus_client import CollectorRegistry
 
     from coordinator import checkpoint as ckpt
+    from coordinator.dashboard import RunHistory, start_dashboard
     from coordinator.metrics import Metrics
     from coordinator.server import TrainingDiverged
     from coordinator.service import run_service
     from coordinator.training import Training
+    from lenet.curves import write_curves
     from lenet.data import load_mnist
     from lenet.runtime import tune_malloc
     from lenet.train import save_model
@@ -175,19 +178,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume_from = ckpt.load_latest(args.checkpoint_dir) if args.resume else None
         if args.resume and resume_from is None:
             log.info("no checkpoint in %s: starting from scratch", args.checkpoint_dir)
-        metrics = Metrics(CollectorRegistry())
-        http = serve_metrics(metrics.registry, args.metrics_addr, args.metrics_port) if args.metrics_port else None
-        if http is not None:
-            log.info("metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
+        metrics, history = Metrics(CollectorRegistry()), RunHistory()
+        http = None
+        if args.metrics_port:
+            http = serve_metrics(metrics.registry, args.metrics_addr, args.metrics_port,
+                                 serve=lambda registry, addr, port: start_dashboard(registry, addr, port, history))
+            log.info("metrics on http://%s:%d/metrics, dashboard on http://%s:%d/", args.metrics_addr,
+                     args.metrics_port, args.metrics_addr, args.metrics_port)
         stop_signal: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
         training = Training(train_config, args.shards, data)
+        show = Progress() if args.progress else None
+
+        def progress(report: StepReport, workers: int) -> None:
+            history.record_step(report.step, report.loss, report.lr, report.samples)
+            history.record_epochs(training.state.history)
+            if show is not None:
+                show(report, workers)
+
         start = time.monotonic()
         try:
             outcome = run_service(training, service, metrics, local_workers=args.workers, local_worker_args=local_args,
-                                  resume_from=resume_from, stop=lambda: bool(stop_signal),
-                                  progress=Progress() if args.progress else lambda report, workers: None)
+                                  resume_from=resume_from, stop=lambda: bool(stop_signal), progress=progress)
         except TrainingDiverged as err:
             raise UsageError(f"training diverged ({err}); lower --lr") from None
         finally:
@@ -205,8 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "step": st.step, "epoch": st.step / training.steps_per_epoch, "test_accuracy": test_acc,
         "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
     })
-    log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s",
-             100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output)
+    curves = write_curves(args.output, st.history)
+    log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s",
+             100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output,
+             curves)
     return int(ExitStatus.OK)
 
 

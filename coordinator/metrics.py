@@ -33,6 +33,11 @@ class Metrics:
         )
         self.worker_compute = Counter("lenet_worker_compute_seconds", "Seconds a worker spent computing accepted "
                                       "shards", ["worker"], registry=registry)
+        # Named apart from the worker process's own lenet_worker_shards_total, which Prometheus also scrapes.
+        self.worker_shards = Counter("lenet_worker_accepted_shards", "Shards of a worker whose results were "
+                                     "accepted", ["worker"], registry=registry)
+        self.worker_last_seen = Gauge("lenet_worker_last_seen_timestamp_seconds", "Unix time of the last message "
+                                      "from a worker", ["worker"], registry=registry)
         self.sent_bytes = Counter("lenet_sent_bytes", "Bytes sent to workers", registry=registry)
         self.received_bytes = Counter("lenet_received_bytes", "Bytes received from workers", registry=registry)
         self.redispatched = Counter("lenet_shards_redispatched", "Shards taken back from a worker and queued again",
@@ -56,8 +61,12 @@ class Metrics:
         counts = {r.value: int(sample("lenet_rejected_messages_total", {"reason": r.value}) or 0) for r in Reason}
         return {r: n for r, n in counts.items() if n}
 
+    def worker_seen(self, name: str) -> None:
+        self.worker_last_seen.labels(name).set_to_current_time()
+
     def forget_worker(self, name: str) -> None:
-        try:
-            self.worker_compute.remove(name)
-        except KeyError:
-            pass  # it never completed a shard
+        for series in (self.worker_compute, self.worker_shards, self.worker_last_seen):
+            try:
+                series.remove(name)
+            except KeyError:
+                pass  # a worker that never completed a shard has no series there

@@ -159,6 +159,7 @@ class Coordinator:
         if isinstance(msg, P.Register):
             if self.members.join(identity, msg.name, msg.pid, now):
                 log.info("worker %s joined (%d live)", msg.name, len(self.members))
+            self.metrics.worker_seen(msg.name)
             self.metrics.workers_alive.set(len(self.members))
             self._send(identity, P.encode(P.Heartbeat()))
             return
@@ -168,6 +169,7 @@ class Coordinator:
             if not isinstance(msg, P.Leave) and self.replies.allow(identity, now):
                 self._send(identity, P.encode(P.Error(code="unregistered", message="register first")))
             return
+        self.metrics.worker_seen(member.name)
         if isinstance(msg, P.Heartbeat):
             self._send(identity, P.encode(P.Heartbeat()))
         elif isinstance(msg, P.Leave):
@@ -197,6 +199,7 @@ class Coordinator:
             return
         sched.accept(msg.first, msg)
         self.metrics.worker_compute.labels(member.name).inc(msg.compute_seconds)
+        self.metrics.worker_shards.labels(member.name).inc(msg.shards)
 
     # ------------------------------------------------------------------ steps
 

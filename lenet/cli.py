@@ -65,15 +65,20 @@ def add_flag(parser: argparse.ArgumentParser, flag: str, default: Any, parse: Ca
                             help=f"{help} (default: {value}; env {env_name(flag)})")
 
 
-def serve_metrics(registry: Any, addr: str, port: int) -> Any:
+def serve_metrics(registry: Any, addr: str, port: int, serve: Callable[[Any, str, int], Any] | None = None) -> Any:
     """Serve `registry` at http://addr:port/metrics from a daemon thread; returns the server to shut down.
 
-    An address or port that cannot be used is the user's to fix: a NetworkError.
+    `serve(registry, addr, port)` starts the server (default: prometheus_client's, which
+    serves /metrics alone; the coordinator's also serves its dashboard).  An address or
+    port that cannot be used is the user's to fix: a NetworkError.
     """
-    from prometheus_client import start_http_server
+    if serve is None:
+        from prometheus_client import start_http_server
+
+        def serve(registry: Any, addr: str, port: int) -> Any:
+            return start_http_server(port, addr=addr, registry=registry)[0]
 
     try:
-        server, _ = start_http_server(port, addr=addr, registry=registry)
+        return serve(registry, addr, port)
     except OSError as err:
         raise NetworkError(f"cannot serve metrics on {addr}:{port}: {err.strerror or err}") from None
-    return server

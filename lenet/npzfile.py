@@ -65,6 +65,28 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict
             pass  # the directory itself is unusable: the error above says so
 
 
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` as `write_npz` writes (temporary file, fsync, rename, directory fsync)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as err:
+        raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
+    finally:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # the directory itself is unusable: the error above says so
+    return path
+
+
 def fsync_dir(directory: Path) -> None:
     """Make a rename in `directory` durable."""
     fd = os.open(directory, os.O_RDONLY)

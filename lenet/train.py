@@ -17,6 +17,7 @@ if __name__ == "__main__":  # an entry point: pin BLAS before NumPy loads (impor
     pin_blas_threads()
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
@@ -26,6 +27,7 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
+from lenet.curves import write_curves  # noqa: E402
 from lenet.data import (  # noqa: E402
     MNIST, epoch_batches, load_mnist, standardize, steps_per_epoch, training_subset)
 from lenet.model import PARAM_SHAPES, LeNet5, check_params  # noqa: E402
@@ -155,8 +157,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "epoch": last.epoch, "step": result.steps, "test_accuracy": last.test_accuracy,
         "data_checksums": data.checksums, "config": config.to_dict(),
     })
+    curves = write_curves(args.output, [dataclasses.asdict(h) for h in result.history])
     print(f"done: test accuracy {last.test_accuracy:.2%} after {last.epoch} epochs, {result.steps} steps, "
-          f"{time.perf_counter() - start:.1f} s; model saved to {args.output}")
+          f"{time.perf_counter() - start:.1f} s; model saved to {args.output}, curves to {curves}")
     return int(ExitStatus.OK)
 
 

@@ -62,3 +62,12 @@ def test_bad_environment_value_is_named(monkeypatch, capsys):
     monkeypatch.setenv("LENET_BATCH_SIZE", "lots")
     assert run_main(lambda _: main([]), "lenet.train") == 2
     assert "LENET_BATCH_SIZE='lots'" in capsys.readouterr().err
+
+
+def test_main_writes_the_curves_next_to_the_model(mnist_dir, tmp_path, capsys):
+    out = tmp_path / "m.npz"
+    assert main(["--data-dir", str(mnist_dir), "--train-subset", "640", "--epochs", "2", "--batch-size", "64",
+                 "--output", str(out)]) == 0
+    svg = (tmp_path / "m.svg").read_text()
+    assert f"curves to {tmp_path / 'm.svg'}" in capsys.readouterr().out
+    assert svg.count("<polyline") == 3 and svg.count("<circle") == 6  # 3 series x 2 epochs
