@@ -333,3 +333,9 @@ def test_prometheus_scrapes_services_that_exist():
     assert headless["spec"]["clusterIP"] == "None"  # one A record per pod
     assert _selects({"matchLabels": headless["spec"]["selector"]}, labels_of("lenet5-worker"))
     assert dns["port"] == int(pod_templates()["lenet5-worker"]["metadata"]["annotations"]["prometheus.io/port"])
+
+
+def test_renderer_refuses_kustomize_features_it_does_not_implement(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\npatches:\n  - path: p.yaml\n")
+    with pytest.raises(SystemExit, match="patches"):
+        renderer().render(tmp_path)
