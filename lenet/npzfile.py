@@ -31,6 +31,7 @@ import hmac
 import json
 import math
 import os
+import tokenize
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -52,6 +53,8 @@ MAX_HEADER_BYTES = 10_000  # numpy's own default limit for a .npy header
 MIN_KEY_BYTES = 32
 # Array kinds a file may hold: bool, integers, floats; unicode only in the reserved string entries.
 _DATA_KINDS = frozenset("biuf")
+
+_ZIP_ENCRYPTED, _ZIP_PATCHED = 0x1, 0x20  # zip general-purpose flag bits numpy never writes
 
 # name -> (shape, dtype), from the headers, before any data is read
 Layout = dict[str, tuple[tuple[int, ...], np.dtype]]
@@ -160,6 +163,8 @@ def _check_directory(zf: zipfile.ZipFile, path: Path, max_bytes: int) -> dict[st
             raise StorageError(f"{path}: unexpected or repeated entry {info.filename!r}")
         if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
             raise StorageError(f"{path}: entry {info.filename!r} uses an unsupported compression")
+        if info.flag_bits & (_ZIP_ENCRYPTED | _ZIP_PATCHED):
+            raise StorageError(f"{path}: entry {info.filename!r} is encrypted or patched: not written by this program")
         total += info.file_size
         if total > max_bytes + len(infos) * MAX_HEADER_BYTES:
             raise StorageError(f"{path}: entries declare more than {max_bytes} bytes: refused before reading")
@@ -212,7 +217,10 @@ def read_npz(path: str | os.PathLike, key: bytes | None = None,
                 entries[name] = np.frombuffer(blob, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
     except FileNotFoundError:
         raise StorageError(f"{path}: no such file") from None
-    except (OSError, ValueError, EOFError, KeyError, SyntaxError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+    # What zipfile and numpy's header parser raise on malformed input (NotImplementedError:
+    # zip features such as patched data; TokenError: an unterminated .npy header).
+    except (OSError, ValueError, EOFError, KeyError, SyntaxError, NotImplementedError, tokenize.TokenError,
+            zipfile.BadZipFile, zipfile.LargeZipFile) as err:
         raise StorageError(f"{path}: not a readable .npz file ({err})") from None
     meta_json, stored = str(entries.pop(META_KEY)), str(entries.pop(DIGEST_KEY))
     stored_hmac = str(entries.pop(HMAC_KEY)) if HMAC_KEY in entries else None

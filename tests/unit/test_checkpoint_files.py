@@ -214,3 +214,29 @@ def test_checkpoint_key_files(tmp_path):
         npzfile.load_key(tmp_path / "missing")
     (tmp_path / "good").write_text("ab" * 32 + "\n")
     assert npzfile.load_key(tmp_path / "good") == b"ab" * 32
+
+
+def test_random_damage_is_always_one_storage_error(tmp_path):
+    """Byte flips anywhere, in the headers and central directory, and truncations: never another exception."""
+    import random
+
+    ckpt.save(tmp_path, good())
+    blob = ckpt.path_for(tmp_path, 5).read_bytes()
+    rng = random.Random(0)
+    target = tmp_path / "mutant.npz"
+    for i in range(600):
+        b = bytearray(blob)
+        if i % 3 == 0:
+            for _ in range(rng.randint(1, 8)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+        elif i % 3 == 1:
+            b = b[: rng.randrange(len(b))]
+        else:
+            for _ in range(rng.randint(1, 4)):
+                end = rng.random() < 0.5
+                b[len(b) - 1 - rng.randrange(2048) if end else rng.randrange(2048)] = rng.randrange(256)
+        target.write_bytes(bytes(b))
+        try:
+            ckpt.load(target)
+        except StorageError as err:
+            assert "\n" not in str(err)
