@@ -1,21 +1,29 @@
 """Checkpoints of a training run: what one holds, how a run is restored from it, where they are kept.
 
 A checkpoint is `ckpt-<step>.npz` in the checkpoint directory, written through
-`lenet.npzfile` (temp file, fsync, rename, directory fsync, SHA-256 inside).  It
-holds the parameters (`params/<name>`), the optimizer state (`optim/<key>`) and,
-as metadata, the step, the running epoch's sums, the history, the configuration,
-the shard count and the data checksums (`snapshot`).  The shuffle needs no RNG
-state: each epoch's order is a pure function of (seed, epoch).  `restore` refuses
-a checkpoint made with other settings or other data.  The newest few are kept.
+`lenet.npzfile` (temp file, fsync, rename, directory fsync, SHA-256 inside, and
+an HMAC when a checkpoint key is given).  It holds the parameters
+(`params/<name>`), the optimizer state (`optim/<key>`) and, as metadata, the
+step, the running epoch's sums, the history, the configuration, the shard count
+and the data checksums (`snapshot`).  The shuffle needs no RNG state: each
+epoch's order is a pure function of (seed, epoch).  `restore` refuses a
+checkpoint made with other settings or other data.  The newest few are kept.
+
+Loading trusts nothing in the file: the array names, shapes and dtypes are
+checked against LeNet-5 and its optimizer before any data is read, the metadata's
+structure and types are checked, and the step must be >= 0 and every number
+finite.  Any failure is one StorageError; `load_latest` sets such a file aside
+and falls back to the next older one.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +32,8 @@ import numpy as np
 from coordinator.metrics import Metrics
 from coordinator.training import RunState, Training
 from lenet.config import TrainConfig
-from lenet.model import check_params
-from lenet.npzfile import read_npz, write_npz
+from lenet.model import PARAM_SHAPES, check_params
+from lenet.npzfile import Layout, read_npz, write_npz
 from lenet.status import StorageError, UsageError
 
 log = logging.getLogger("coordinator")
@@ -82,10 +90,13 @@ def restore(run: Training, c: Checkpoint) -> None:
 
 
 class Checkpointer:
-    """Writes a run's checkpoints into `directory` (None: nowhere); a failed write is logged and counted."""
+    """Writes a run's checkpoints into `directory` (None: nowhere), signed with `key` if given.
 
-    def __init__(self, directory: Path | None, metrics: Metrics):
-        self.directory, self.metrics = directory, metrics
+    A failed write is logged and counted, and training goes on.
+    """
+
+    def __init__(self, directory: Path | None, metrics: Metrics, key: bytes | None = None):
+        self.directory, self.metrics, self.key = directory, metrics, key
 
     def save(self, run: Training) -> Path | None:
         """Checkpoint the last completed step; None if there is no directory or the write failed."""
@@ -93,7 +104,7 @@ class Checkpointer:
             return None
         start = time.monotonic()
         try:
-            path = save(self.directory, snapshot(run))
+            path = save(self.directory, snapshot(run), key=self.key)
         except StorageError as err:
             self.metrics.checkpoint_failures.inc()
             log.error("checkpoint at step %d failed, training continues (previous checkpoints intact): %s",
@@ -121,12 +132,12 @@ def path_for(directory: Path, step: int) -> Path:
     return directory / f"ckpt-{step:09d}.npz"
 
 
-def save(directory: Path, ckpt: Checkpoint) -> Path:
-    """Write atomically, then delete all but the newest KEEP checkpoints."""
+def save(directory: Path, ckpt: Checkpoint, key: bytes | None = None) -> Path:
+    """Write atomically (signed with `key`, if given), then delete all but the newest KEEP checkpoints."""
     arrays = {f"params/{k}": v for k, v in ckpt.params.items()}
     arrays.update({f"optim/{k}": v for k, v in ckpt.optimizer.items()})
     path = path_for(directory, ckpt.step)
-    write_npz(path, arrays, {"kind": "lenet5-checkpoint", "step": ckpt.step, **ckpt.meta})
+    write_npz(path, arrays, {"kind": "lenet5-checkpoint", "step": ckpt.step, **ckpt.meta}, key=key)
     for old in list_checkpoints(directory)[KEEP:]:
         try:
             old.unlink()
@@ -142,10 +153,92 @@ def list_checkpoints(directory: Path) -> list[Path]:
     return sorted((p for p in directory.iterdir() if _NAME.match(p.name)), reverse=True)
 
 
-def load(path: Path) -> Checkpoint:
-    arrays, meta = read_npz(path)
-    if meta.get("kind") != "lenet5-checkpoint" or not isinstance(meta.get("step"), int):
-        raise StorageError(f"{path}: not a training checkpoint")
+_FLOAT32 = np.dtype(np.float32)
+
+
+def layout_problem(layout: Layout) -> str | None:
+    """Why these arrays (name -> (shape, dtype), from the headers) are not a LeNet-5 checkpoint, or None.
+
+    Parameters are float32 in PARAM_SHAPES; the optimizer state is SGD's
+    (`velocity/<name>`) or Adam's (`m/<name>`, `v/<name>`, int64 scalar `t`).
+    """
+    expected = {f"params/{n}": (shape, _FLOAT32) for n, shape in PARAM_SHAPES.items()}
+    sgd = {f"optim/velocity/{n}": (shape, _FLOAT32) for n, shape in PARAM_SHAPES.items()}
+    adam = {f"optim/{m}/{n}": (shape, _FLOAT32) for m in ("m", "v") for n, shape in PARAM_SHAPES.items()}
+    adam["optim/t"] = ((), np.dtype(np.int64))
+    got = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in layout.items()}
+    if got in ({**expected, **sgd}, {**expected, **adam}):
+        return None
+    closest = {**expected, **(adam if "optim/t" in got else sgd)}
+    wrong = sorted(set(got) ^ set(closest)) + sorted(n for n in set(got) & set(closest) if got[n] != closest[n])
+    return f"arrays do not match a LeNet-5 checkpoint: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}"
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _config_problem(config: Any) -> str | None:
+    if not isinstance(config, dict):
+        return "config is not an object"
+    kinds = {"int": _is_int, "float": _is_number, "str": lambda v: isinstance(v, str),
+             "bool": lambda v: isinstance(v, bool)}
+    for f in fields(TrainConfig):
+        if f.name not in config:
+            return f"config lacks {f.name}"
+        value, types = config[f.name], [t.strip() for t in str(f.type).split("|")]
+        if not ((value is None and "None" in types) or any(kinds[t](value) for t in types if t in kinds)):
+            return f"config {f.name} is {value!r}"
+    try:
+        TrainConfig.from_dict(config)
+    except (ValueError, TypeError) as err:
+        return f"config: {err}"
+    return None
+
+
+def meta_problem(meta: dict[str, Any]) -> str | None:
+    """Why the metadata is not that of a training checkpoint (structure and types), or None."""
+    if meta.get("kind") != "lenet5-checkpoint":
+        return "not a training checkpoint"
+    if not _is_int(meta.get("step")) or meta["step"] < 0:
+        return f"step {meta.get('step')!r} is not a count"
+    problem = _config_problem(meta.get("config"))
+    if problem:
+        return problem
+    if not _is_int(meta.get("num_shards")) or meta["num_shards"] < 1:
+        return f"num_shards {meta.get('num_shards')!r} is not a positive count"
+    checksums = meta.get("data_checksums")
+    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
+        return "data_checksums is not an object of strings"
+    run = meta.get("run")
+    if not isinstance(run, dict):
+        return "run is not an object"
+    if not _is_number(run.get("epoch_loss_sum")):
+        return f"run epoch_loss_sum {run.get('epoch_loss_sum')!r} is not a finite number"
+    for count in ("epoch_correct", "epoch_samples"):
+        if not _is_int(run.get(count)) or run[count] < 0:
+            return f"run {count} {run.get(count)!r} is not a count"
+    history = run.get("history")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        return "run history is not a list of objects"
+    return None
+
+
+def load(path: Path, key: bytes | None = None) -> Checkpoint:
+    """A checkpoint, checked through (see the module doc); with `key`, it must carry a valid HMAC."""
+    arrays, meta = read_npz(path, key=key, expect=layout_problem)
+    problem = meta_problem(meta)
+    if problem:
+        raise StorageError(f"{path}: {problem}")
+    for name, a in arrays.items():
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise StorageError(f"{path}: {name} holds NaN or infinite values")
+        if a.dtype.kind in "iu" and (a < 0).any():
+            raise StorageError(f"{path}: {name} is negative")
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
     optimizer = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
     meta = dict(meta)
@@ -154,11 +247,11 @@ def load(path: Path) -> Checkpoint:
     return Checkpoint(step=step, params=params, optimizer=optimizer, meta=meta)
 
 
-def load_latest(directory: Path) -> Checkpoint | None:
-    """The newest checkpoint that reads back intact; damaged ones are logged and skipped."""
+def load_latest(directory: Path, key: bytes | None = None) -> Checkpoint | None:
+    """The newest checkpoint that reads back intact (and signed, with `key`); others are set aside with a warning."""
     for path in list_checkpoints(directory):
         try:
-            ckpt = load(path)
+            ckpt = load(path, key)
         except StorageError as err:
             aside = path.with_name(path.name + ".damaged")
             try:

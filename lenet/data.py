@@ -8,12 +8,18 @@ Where the files come from, in this order:
 Each file may be gzipped (`name.gz`) or raw (`name`).  The SHA-256 of the
 *decompressed* bytes must match the published value; nothing unverified is read,
 and a download only lands in the cache (by atomic rename) once verified.
+
+Sizes are known before hashing: a body, a file or a gzip stream that would grow
+beyond the file's known size is refused while it is read or inflated, so a
+hostile mirror or a planted file cannot exhaust memory.  The built-in mirrors are
+HTTPS; $MNIST_MIRRORS may name others (the checksum still decides).  Downloads
+are written to exclusively created temporaries, and temporaries a killed
+download left in the cache are swept at the next start.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import hashlib
 import os
 import sys
@@ -27,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from lenet.status import DataError
+from lenet.tempfiles import create_beside, sweep_stale_temporaries
 
 # name -> (SHA-256 of the decompressed IDX file, IDX magic, item count)
 FILES: dict[str, tuple[str, int, int]] = {
@@ -39,8 +46,21 @@ FILES: dict[str, tuple[str, int, int]] = {
 DEFAULT_MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
-    "http://yann.lecun.com/exdb/mnist/",
 )
+# A gzip of MNIST is smaller than the file it holds; the slack covers a mirror
+# serving the raw file or a gzip header with a name in it.
+COMPRESSED_SLACK = 1 << 16
+
+
+def raw_size(name: str) -> int:
+    """The exact size of the decompressed IDX file `name`."""
+    _, magic, count = FILES[name]
+    return 16 + count * 28 * 28 if magic == 2051 else 8 + count
+
+
+def max_stored_size(name: str) -> int:
+    """The largest `name` or `name.gz` accepted from a mirror or a directory."""
+    return raw_size(name) + COMPRESSED_SLACK
 
 MEAN, STD = 0.1307, 0.3081
 # Standardised value of every possible pixel: float32 (x/255 - mean)/std by lookup,
@@ -122,13 +142,20 @@ def parse_idx(raw: bytes, name: str) -> np.ndarray:
     return data
 
 
-def _decompress(blob: bytes, label: str) -> bytes:
+def _decompress(blob: bytes, label: str, limit: int) -> bytes:
+    """Inflate a gzip blob (a raw one is returned as is), refusing output beyond `limit` bytes as it grows."""
     if blob[:2] != b"\x1f\x8b":
         return blob
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip container
     try:
-        return gzip.decompress(blob)
-    except (OSError, EOFError, zlib.error) as err:
+        raw = inflater.decompress(blob, limit + 1)  # never more than limit + 1 bytes in memory
+    except zlib.error as err:
         raise DataError(f"{label}: corrupt gzip data ({err})") from None
+    if len(raw) > limit:
+        raise DataError(f"{label}: inflates to more than the {limit} bytes expected: refused")
+    if not inflater.eof:
+        raise DataError(f"{label}: corrupt gzip data (truncated)")
+    return raw
 
 
 def read_file(directory: Path, name: str) -> np.ndarray:
@@ -136,10 +163,12 @@ def read_file(directory: Path, name: str) -> np.ndarray:
     for candidate in (directory / f"{name}.gz", directory / name):
         if candidate.is_file():
             try:
+                if candidate.stat().st_size > max_stored_size(name):
+                    raise DataError(f"{candidate}: {candidate.stat().st_size} bytes, larger than {name} can be")
                 blob = candidate.read_bytes()
             except OSError as err:
                 raise DataError(f"{candidate}: cannot read ({err.strerror})") from None
-            return parse_idx(_decompress(blob, str(candidate)), name)
+            return parse_idx(_decompress(blob, str(candidate), raw_size(name)), name)
     raise DataError(f"{directory}: missing {name}.gz (or {name})")
 
 
@@ -164,9 +193,15 @@ def mirrors() -> list[str]:
     return [u if u.endswith("/") else u + "/" for u in urls]
 
 
-def _fetch(url: str, timeout: float, progress: bool) -> bytes:
+def _fetch(url: str, timeout: float, progress: bool, limit: int) -> bytes:
+    """The body at `url`; more than `limit` bytes (announced or received) is a DataError."""
     with urllib.request.urlopen(url, timeout=timeout) as response:
-        total = int(response.headers.get("Content-Length") or 0)
+        try:
+            total = int(response.headers.get("Content-Length") or 0)
+        except ValueError:
+            total = 0
+        if total > limit:
+            raise DataError(f"{url}: announces {total} bytes, more than the {limit} expected: refused")
         chunks, done, shown = [], 0, -1
         while True:
             chunk = response.read(1 << 16)
@@ -174,6 +209,8 @@ def _fetch(url: str, timeout: float, progress: bool) -> bytes:
                 break
             chunks.append(chunk)
             done += len(chunk)
+            if done > limit:
+                raise DataError(f"{url}: more than the {limit} bytes expected: refused")
             pct = done * 100 // total if total else -1
             if progress and total and pct // 10 != shown:
                 shown = pct // 10
@@ -191,8 +228,8 @@ def download(directory: Path, name: str, retries: int = 3, timeout: float = 30.0
         url = f"{base}{name}.gz"
         for attempt in range(retries):
             try:
-                blob = _fetch(url, timeout, progress)
-                parse_idx(_decompress(blob, url), name)
+                blob = _fetch(url, timeout, progress, max_stored_size(name))
+                parse_idx(_decompress(blob, url, raw_size(name)), name)
             except (OSError, urllib.error.URLError, ValueError) as err:
                 problems[base] = f"{url}: {err}"
                 time.sleep(min(4.0, 0.5 * 2**attempt))
@@ -206,9 +243,9 @@ def download(directory: Path, name: str, retries: int = 3, timeout: float = 30.0
 
 
 def _write_atomically(path: Path, blob: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd, tmp = create_beside(path)
     try:
-        with open(tmp, "wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
@@ -233,6 +270,8 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None, allow_download: 
     missing = [n for n in FILES if not ((cache / f"{n}.gz").is_file() or (cache / n).is_file())]
     if missing and not allow_download:
         raise DataError(f"MNIST is not in {cache} and downloading is off: missing {', '.join(missing)}")
+    if missing:
+        sweep_stale_temporaries(cache)  # what a killed download left behind
     for name in missing:
         print(f"downloading {name} into {cache}", file=sys.stderr)
         try:

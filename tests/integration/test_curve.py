@@ -89,3 +89,132 @@ def test_bad_key_files_are_user_errors(tmp_path, procs, mnist_dir):
     out = subprocess.run([sys.executable, "-m", "worker", "--curve-secret-key", str(tmp_path / "missing"),
                           "--curve-server-key", str(pub)], capture_output=True, text=True, env=env(), timeout=60)
     assert out.returncode == 2 and "cannot read CURVE key file" in out.stderr and "Traceback" not in out.stderr
+
+
+# ---------------------------------------------------------------- the CURVE layer at the socket level
+# What the coordinator builds on: a ROUTER made secure by keys.secure_server, and
+# DEALER clients, with no training in the way.
+
+import contextlib  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from coordinator import keys  # noqa: E402
+
+WAIT_MS = 1500  # a CURVE handshake on loopback takes milliseconds; a refused one never delivers
+
+
+@pytest.fixture
+def ctx():
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@contextlib.contextmanager
+def secure_router(ctx, tmp_path: Path, *names: str):
+    """A CURVE ROUTER admitting the workers `names` (keys in tmp_path/authorized); yields (router, gate, port)."""
+    server_pub, server_secret = keys.generate(tmp_path / "server", "coordinator")
+    for name in names:
+        keys.generate(tmp_path / "pairs", name)
+        (tmp_path / "authorized").mkdir(exist_ok=True)
+        (tmp_path / "authorized" / f"{name}.key").write_bytes((tmp_path / "pairs" / f"{name}.key").read_bytes())
+    authorized = tmp_path / "authorized"
+    curve = keys.CurveServer(keys.load_keypair(server_secret), keys.load_allowed(authorized), authorized_dir=authorized)
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    gate = keys.secure_server(router, curve, ctx)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        yield router, gate, port
+    finally:
+        gate.stop()
+        router.close()
+
+
+def dealer(ctx, tmp_path: Path, name: str, port: int) -> zmq.Socket:
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    server_public = keys.load_public(tmp_path / "server" / "coordinator.key")
+    keys.secure_client(sock, keys.CurveClient(keys.load_keypair(tmp_path / "pairs" / f"{name}.key_secret"),
+                                              server_public))
+    sock.connect(f"tcp://127.0.0.1:{port}")
+    return sock
+
+
+def receive(router: zmq.Socket) -> list[zmq.Frame] | None:
+    return router.recv_multipart(copy=False) if router.poll(WAIT_MS) else None
+
+
+def public_key(tmp_path: Path, name: str) -> bytes:
+    return keys.load_public(tmp_path / "pairs" / f"{name}.key")
+
+
+def test_every_message_carries_the_key_that_sent_it(ctx, tmp_path):
+    with secure_router(ctx, tmp_path, "w1", "w2") as (router, gate, port):
+        clients = [dealer(ctx, tmp_path, name, port) for name in ("w1", "w2")]
+        for client, name in zip(clients, ("w1", "w2")):
+            client.send(name.encode())
+        senders = {}
+        for _ in range(2):
+            frames = receive(router)
+            assert frames is not None
+            senders[frames[-1].bytes.decode()] = keys.sender_key(frames[-1])
+        assert senders == {"w1": public_key(tmp_path, "w1"), "w2": public_key(tmp_path, "w2")}
+        assert all(gate.allows(k) for k in senders.values())
+
+
+def test_sender_key_is_none_without_curve(ctx):
+    router, client = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    client.connect(f"tcp://127.0.0.1:{port}")
+    client.send(b"plain")
+    frames = receive(router)
+    assert frames is not None and keys.sender_key(frames[-1]) is None
+
+
+def test_reload_revokes_and_admits_keys(ctx, tmp_path):
+    with secure_router(ctx, tmp_path, "w1", "w2") as (router, gate, port):
+        old_w1 = dealer(ctx, tmp_path, "w1", port)
+        old_w1.send(b"before")
+        assert receive(router) is not None
+
+        keys.generate(tmp_path / "pairs", "w3")
+        (tmp_path / "authorized" / "w3.key").write_bytes((tmp_path / "pairs" / "w3.key").read_bytes())
+        (tmp_path / "authorized" / "w1.key").unlink()
+        added, removed = gate.reload()
+        assert (added, removed) == ({public_key(tmp_path, "w3")}, {public_key(tmp_path, "w1")})
+
+        # The revoked key's established connection still delivers (ZeroMQ cannot drop one
+        # peer of a ROUTER), but its User-Id is no longer allowed: the coordinator ignores it.
+        old_w1.send(b"after")
+        frames = receive(router)
+        assert frames is not None and not gate.allows(keys.sender_key(frames[-1]))
+        # A new connection with the revoked key fails the handshake; a newly admitted key gets in.
+        new_w1, w3 = dealer(ctx, tmp_path, "w1", port), dealer(ctx, tmp_path, "w3", port)
+        new_w1.send(b"new w1")
+        w3.send(b"w3")
+        frames = receive(router)
+        assert frames is not None and frames[-1].bytes == b"w3" and gate.allows(keys.sender_key(frames[-1]))
+        assert receive(router) is None
+
+
+def test_reload_keeps_the_old_list_when_the_directory_is_gone(ctx, tmp_path):
+    with secure_router(ctx, tmp_path, "w1") as (router, gate, port):
+        before = gate.allow_list.keys
+        for p in (tmp_path / "authorized").iterdir():
+            p.unlink()
+        (tmp_path / "authorized").rmdir()
+        with pytest.raises(keys.UsageError, match="not a directory"):
+            gate.reload()
+        assert gate.allow_list.keys == before
+
+
+def test_no_key_is_admitted_when_the_zap_handler_is_gone(ctx, tmp_path):
+    with secure_router(ctx, tmp_path, "w1") as (router, gate, port):
+        gate.stop()  # as if its thread had died: libzmq must not fall back to admitting everyone
+        assert not gate.alive()
+        client = dealer(ctx, tmp_path, "w1", port)
+        client.send(b"hello")
+        assert receive(router) is None

@@ -1,4 +1,5 @@
-"""The real stack: `docker compose up --scale worker=8`, a worker killed, a real Prometheus.
+"""The real stack: `docker compose up --scale worker=8` with CURVE on by default, a worker
+killed, an outsider without keys kept out, a real Prometheus.
 
 Needs a Docker engine (`.ci/run` starts one) and, for promtool, Debian's `prometheus`
 package. Without an engine the module is skipped, unless LENET_REQUIRE_SYSTEM=1
@@ -22,6 +23,7 @@ from procs import ROOT, free_port, identical, params
 pytestmark = pytest.mark.system
 
 PROJECT = "lenet5systest"
+IMAGE = "lenet5:0.1.0"
 STEPS = 2500  # outlasts Prometheus discovering all 8 replicas (<= 15 s) and a kill mid-run: ~35 s
 
 
@@ -78,6 +80,17 @@ def promql(port: int, query: str) -> list[dict]:
     return body["data"]["result"]
 
 
+def container_log(name: str) -> str:
+    return subprocess.run(["docker", "logs", name], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=60).stdout
+
+
+def metrics_seen_alive_max(prom_port: int) -> float:
+    """The most live workers the coordinator ever reported during the run, from Prometheus."""
+    result = promql(prom_port, 'max_over_time(lenet_workers_alive{job="coordinator"}[10m])')
+    return float(result[0]["value"][1])
+
+
 def test_prometheus_config_is_valid():
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -89,7 +102,8 @@ def test_prometheus_config_is_valid():
 
 
 def test_compose_v1_trains_to_completion(engine, mnist_dir):
-    """The same file with docker-compose v1.29: a short run with 2 workers ends with status 0."""
+    """The same file with docker-compose v1.29: `up --exit-code-from coordinator`, CURVE on, a short
+    run with 2 workers ends with status 0."""
     if shutil.which("docker-compose") is None:
         pytest.skip("docker-compose v1 not installed")
     project = f"{PROJECT}v1"
@@ -100,12 +114,15 @@ def test_compose_v1_trains_to_completion(engine, mnist_dir):
     sh(*compose, "config", "-q", env=env)
     try:
         sh(*compose, "build", env=env, timeout=900)
-        sh(*compose, "up", "-d", "--scale", "worker=2", env=env, timeout=300)
+        # In the foreground, as users run it: the coordinator generating the CURVE keys in its
+        # entrypoint (no one-shot service) is what keeps --exit-code-from meaningful.
+        sh(*compose, "up", "--scale", "worker=2", "--exit-code-from", "coordinator", env=env, timeout=600)
         coordinator = sh(*compose, "ps", "-q", "coordinator", env=env).strip()
-        assert sh("docker", "wait", coordinator, timeout=600).strip() == "0"
+        assert sh("docker", "wait", coordinator, timeout=60).strip() == "0"
         logs = subprocess.run(["docker", "logs", coordinator], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=60).stdout
         assert "done: test accuracy" in logs and "after 30 steps" in logs, logs[-3000:]
+        assert "CURVE on: 1 worker keys admitted" in logs, logs[-3000:]
     finally:
         sh(*compose, "down", "-v", "-t", "5", env=env, check=False)
     assert sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").strip() == ""
@@ -125,15 +142,22 @@ def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     out.chmod(0o777)
-    sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", "lenet5:latest",
+    sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", IMAGE,
        "python", "-m", "lenet.train", "--max-steps", str(STEPS), "--shards", "8", "--output", "/out/ref.npz",
        timeout=900)
     reference = params(out / "ref.npz")
+    outsider = f"{PROJECT}-outsider"
 
     try:
         sh(*compose, "up", "-d", "--scale", "worker=8", env=env, timeout=300)
         wait_until("8 live workers and training under way", lambda: (m := metrics(metrics_port))
                    and m["lenet_workers_alive"] == 8 and m["lenet_samples_total"] > 0, timeout=120)
+        # A container on the compose network, from the same image, but without the worker key
+        # (none of the stack's volumes): it reaches coordinator:5555 and cannot register.
+        sh("docker", "run", "-d", "--rm", "--name", outsider, "--network", f"{PROJECT}_default", IMAGE,
+           "python", "-m", "worker", "--connect", "tcp://coordinator:5555", "--name", "outsider")
+        wait_until("the outsider to give up its first registration",
+                   lambda: "not answering" in container_log(outsider), timeout=60)
         # The real Prometheus finds and scrapes every replica (DNS service discovery).
         wait_until("Prometheus to scrape 8 workers and the coordinator", lambda: (
             (w := promql(prom_port, 'count(up{job="workers"} == 1)')) and float(w[0]["value"][1]) == 8
@@ -151,6 +175,9 @@ def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
         logs = subprocess.run(["docker", "logs", coordinator], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, timeout=60).stdout
         assert "done: test accuracy" in logs and "lost" in logs, logs[-3000:]
+        assert "CURVE on: 1 worker keys admitted" in logs and "outsider" not in logs, logs[-3000:]
+        assert "registered" not in container_log(outsider)
+        assert metrics_seen_alive_max(prom_port) == 8  # the outsider was never counted as a worker
         sh("docker", "cp", f"{coordinator}:/runs/lenet5.npz", str(tmp_path / "final.npz"))
         assert identical(params(tmp_path / "final.npz"), reference)
 
@@ -160,6 +187,7 @@ def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
         lost = promql(prom_port, 'max_over_time(lenet_workers_lost_total{job="coordinator"}[10m])')
         assert float(lost[0]["value"][1]) >= 1
     finally:
+        sh("docker", "rm", "-f", outsider, check=False)
         start = time.monotonic()
         sh(*compose, "down", "-v", "-t", "5", env=env, check=False)
         took = time.monotonic() - start
