@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coordinator")
 
+# Verification by recomputation, by default on 2 % of units: a liar answering 1 unit
+# in 10 is caught within about 50 of its answers, for 2 % more computing.  Honest
+# workers on other CPUs are already stopped at the door by the conformance probe.
+VERIFY_FRACTION = 0.02
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -65,7 +70,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--resume", False, parse_bool,
              "continue from the newest intact checkpoint in --checkpoint-dir")
     add_flag(parser, "--heartbeat-timeout", 10.0, float, "seconds of silence before a worker is declared dead")
-    add_flag(parser, "--task-timeout", 30.0, float, "seconds before a shard is taken back and re-dispatched")
+    add_flag(parser, "--task-timeout", 30.0, float, "cap on a unit's deadline; deadlines follow the measured compute "
+             "time (10x the recent median, at least 3 s) and a missed one re-dispatches the unit")
+    add_flag(parser, "--max-workers", 1024, int, "workers registered at once; more are refused")
+    add_flag(parser, "--verify-fraction", VERIFY_FRACTION, float, "fraction of units (0-1) computed a second time "
+             "by another worker and compared bit for bit; the minority of a mismatch is banned")
     add_flag(parser, "--curve-secret-key", None, optional(Path),
              "the coordinator's CURVE .key_secret file: turns on encryption and authentication")
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
@@ -126,7 +135,8 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
     min_workers = args.min_workers if args.min_workers is not None else max(1, args.workers)
     return ServiceConfig(bind=args.bind or "tcp://127.0.0.1:*", min_workers=min_workers,
                          heartbeat_timeout=args.heartbeat_timeout, task_timeout=args.task_timeout,
-                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every)
+                         checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
+                         max_workers=args.max_workers, verify_fraction=args.verify_fraction)
 
 
 def curve_setup(args: argparse.Namespace, service: ServiceConfig, keydir: Path) -> tuple[ServiceConfig, list[str]]:
@@ -153,9 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from coordinator import checkpoint as ckpt
     from coordinator.dashboard import RunHistory, start_dashboard
     from coordinator.metrics import Metrics
-    from coordinator.server import TrainingDiverged
     from coordinator.service import run_service
-    from coordinator.training import Training
+    from coordinator.training import Training, TrainingDiverged
     from lenet.curves import write_curves
     from lenet.data import load_mnist
     from lenet.runtime import tune_malloc

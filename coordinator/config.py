@@ -22,11 +22,19 @@ class ServiceConfig:
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 0  # steps; 0: only at epoch ends
     curve: CurveServer | None = None  # CURVE encryption and the workers admitted
+    max_workers: int = 1024  # members at once (a relay would count as one)
+    verify_fraction: float = 0.0  # units computed twice and compared bit for bit
+    registrations_per_second: float = 32.0  # after a burst: 64 workers joining at once are admitted
+    registration_burst: int = 128
 
     def __post_init__(self) -> None:
         if self.min_workers < 1:
             raise ValueError(f"min workers must be >= 1, got {self.min_workers}")
         if not self.heartbeat_timeout > 0 or not self.task_timeout > 0:
             raise ValueError(f"timeouts must be > 0, got {self.heartbeat_timeout} and {self.task_timeout}")
+        if self.max_workers < 1:
+            raise ValueError(f"max workers must be >= 1, got {self.max_workers}")
+        if not 0.0 <= self.verify_fraction <= 1.0:
+            raise ValueError(f"verify fraction must be between 0 and 1, got {self.verify_fraction}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint interval must be >= 0, got {self.checkpoint_every}")

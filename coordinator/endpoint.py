@@ -16,13 +16,25 @@ from coordinator import protocol as P
 from coordinator.keys import CurveServer, secure_server
 from lenet.status import NetworkError
 
+RECEIVE_QUEUE = 64  # messages queued per peer before ZeroMQ drops its further ones
+SEND_QUEUE = 64  # a step sends a peer its parameters and at most PREFETCH tasks, plus heartbeats
+
 
 class RouterEndpoint:
     def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None):
         self.sock = context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)  # larger frames are cut off unread
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a worker reconnecting under its id takes over
+        # Nothing a worker may send is larger than a Result: larger frames are cut off unread.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_RESULT_BYTES)
+        # Queues per peer are bounded, so a flooding or stalled peer costs bounded memory.
+        self.sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
+        self.sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
+        # No takeover: a connection claiming a connected worker's routing id is refused.  A
+        # worker that reconnects closes its old connection first; one whose old connection
+        # died unseen waits until ZeroMQ's own heartbeat has reaped it (a few seconds).
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
+        self.sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
+        self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)
         self.auth = secure_server(self.sock, curve, context) if curve is not None else None
         try:
             self.sock.bind(bind)

@@ -1,18 +1,32 @@
-"""Who is in the run: workers join, speak, fall under suspicion, leave or expire.  Pure, no sockets.
+"""Who is in the run: workers join, speak, fall under suspicion, leave, expire or are banned.  Pure.
 
 A worker is a member from its Register until it leaves, its local process exits,
-or it has been silent for `heartbeat_timeout` seconds.  A member that missed a
-task deadline is *suspect*: it gets no new work until it next speaks.  Time is
-passed in, so tests control it.
+it has been silent for `heartbeat_timeout` seconds, or it is banned for the run.
+A member that missed a task deadline is *suspect*: it gets no new work until it
+shows that it computes (`vouch`, on any valid result, even a late one): a
+heartbeat alone proves only that it is alive.  One that misses `max_misses`
+deadlines in a row without ever answering is removed; a slow worker that does
+answer never is.  Names are free text chosen by the peer, so they are checked
+(`valid_name`) and each member gets a metric label of its own.  Time is passed
+in, so tests control it.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 W = TypeVar("W", bound=Hashable)  # a worker's identity
+
+NAME_RULE = "1-64 characters of A-Z a-z 0-9 . _ : @ -"
+_NAME = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
+
+
+def valid_name(name: str) -> bool:
+    """Safe in log lines and metric labels: no newlines, escapes or spaces."""
+    return _NAME.fullmatch(name) is not None
 
 
 @dataclass
@@ -21,15 +35,18 @@ class Member:
     pid: int
     last_seen: float
     params_step: int = -1  # the step whose parameters it was last sent
-    suspect_since: float | None = None  # missed a task deadline; no new work until it speaks
+    suspect_since: float | None = None  # missed a task deadline; no new work until it answers
+    misses: int = 0  # deadlines missed since its last valid result
+    label: str = ""  # its metric label: the name, made unique if another member has it
 
 
 class Membership(Generic[W]):
-    def __init__(self, heartbeat_timeout: float):
+    def __init__(self, heartbeat_timeout: float, max_members: int = 1024, max_misses: int = 3):
         if not heartbeat_timeout > 0:
             raise ValueError(f"heartbeat timeout must be > 0, got {heartbeat_timeout}")
-        self.heartbeat_timeout = heartbeat_timeout
+        self.heartbeat_timeout, self.max_members, self.max_misses = heartbeat_timeout, max_members, max_misses
         self.members: dict[W, Member] = {}
+        self.banned: set[W] = set()
 
     def __len__(self) -> int:
         return len(self.members)
@@ -40,27 +57,51 @@ class Membership(Generic[W]):
     def get(self, identity: W) -> Member | None:
         return self.members.get(identity)
 
-    def join(self, identity: W, name: str, pid: int, now: float) -> bool:
-        """Register `identity` (again); returns True if it is new."""
+    @property
+    def full(self) -> bool:
+        return len(self.members) >= self.max_members
+
+    def join(self, identity: W, name: str, pid: int, now: float, tag: str = "") -> bool:
+        """Register `identity` (again); returns True if it is new.
+
+        The caller has checked the name (`valid_name`), the ban list and `full`.
+        `tag` tells apart two members of one name in their metric labels.
+        """
         member = self.members.get(identity)
         if member is None:
-            self.members[identity] = Member(name=name, pid=pid, last_seen=now)
+            taken = {m.label for m in self.members.values()}
+            label = name if name not in taken else f"{name}~{tag}"
+            self.members[identity] = Member(name=name, pid=pid, last_seen=now, label=label)
             return True
         member.last_seen = now
         return False
 
     def touch(self, identity: W, now: float) -> Member | None:
-        """A member spoke: it is alive, and no longer suspect.  None if it is not a member."""
+        """A member spoke: it is alive (not more: see `vouch`).  None if it is not a member."""
         member = self.members.get(identity)
         if member is not None:
             member.last_seen = now
-            member.suspect_since = None
         return member
 
-    def suspect(self, identity: W, now: float) -> None:
+    def vouch(self, identity: W) -> None:
+        """A member answered a task with a valid result: it computes, so it may have work again."""
         member = self.members.get(identity)
         if member is not None:
-            member.suspect_since = now
+            member.suspect_since, member.misses = None, 0
+
+    def suspect(self, identity: W, now: float) -> bool:
+        """A member missed a task deadline; True if it has now missed too many in a row to stay."""
+        member = self.members.get(identity)
+        if member is None:
+            return False
+        member.suspect_since = now
+        member.misses += 1
+        return member.misses >= self.max_misses
+
+    def ban(self, identity: W) -> Member | None:
+        """Out for the rest of the run: its messages are refused from now on."""
+        self.banned.add(identity)
+        return self.members.pop(identity, None)
 
     def remove(self, identity: W) -> Member:
         return self.members.pop(identity)
@@ -74,5 +115,10 @@ class Membership(Generic[W]):
         return [i for i, m in self.members.items() if m.pid in wanted]
 
     def eligible(self) -> list[W]:
-        """Members that may be given work: not suspect."""
-        return [i for i, m in self.members.items() if m.suspect_since is None]
+        """Members that may be given work: those not suspect or, if every member is, all of them.
+
+        A task can be lost on the way (a reconnection); a worker that never received it
+        has nothing to show, and a run whose every worker is suspect must not stall.
+        """
+        trusted = [i for i, m in self.members.items() if m.suspect_since is None]
+        return trusted or list(self.members)

@@ -46,6 +46,22 @@ class Metrics:
                                     "or their local process exited", registry=registry)
         self.rejected = Counter("lenet_rejected_messages", "Messages refused, by reason", ["reason"],
                                 registry=registry)
+        self.workers_banned = Counter("lenet_workers_banned", "Workers banned for the run: a NaN, implausible or "
+                                      "mismatching result that the coordinator's own computation contradicts",
+                                      registry=registry)
+        self.workers_removed = Counter("lenet_workers_removed", "Workers removed for missing task deadlines "
+                                       "again and again without ever answering", registry=registry)
+        self.probe_failures = Counter("lenet_probe_failures", "Registrations refused because the worker's "
+                                      "conformance probe differs from the coordinator's", registry=registry)
+        self.backup_tasks = Counter("lenet_backup_tasks", "Units given to an idle worker while their first "
+                                    "holder still computes them (not counted as re-dispatched)", registry=registry)
+        self.units_verified = Counter("lenet_units_verified", "Units whose result was computed twice and compared "
+                                      "bit for bit (--verify-fraction)", registry=registry)
+        self.verify_mismatches = Counter("lenet_verify_mismatches", "Verified units whose two results differed",
+                                         registry=registry)
+        self.units_recomputed_locally = Counter("lenet_units_recomputed_locally", "Units the coordinator computed "
+                                                "itself to settle a doubt (NaN, implausible, mismatch, verification)",
+                                                registry=registry)
         self.checkpoint_duration = Histogram(
             "lenet_checkpoint_duration_seconds", "Time to write one checkpoint", registry=registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),

@@ -15,7 +15,7 @@ Conversation (W = worker, C = coordinator):
     W -> C  Result(step, first, shards)   the subtree's summed gradients, added in the tree
     W -> C  Leave               on SIGTERM / shutdown
     C -> W  Shutdown            training is over (or the coordinator is stopping)
-    C -> W  Error               e.g. "unregistered": register again
+    C -> W  Error               "unregistered": register again; any other code: refused, say why
 `decode` raises ProtocolError with a `Reason` (coordinator.refusals) for anything
 that is not exactly one of these messages.
 """
@@ -32,11 +32,16 @@ import numpy as np
 from coordinator.refusals import Reason
 from lenet.model import PARAM_SHAPES
 
-PROTOCOL_VERSION = 1
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # also set as the sockets' ZMQ_MAXMSGSIZE
+PROTOCOL_VERSION = 2  # 2: Register carries the conformance probe's digest
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
 MAX_SHARD_SAMPLES = 16384  # samples in one task
 MAX_SHARDS = 1024
 MAX_TEXT = 256
+# Worker -> coordinator: nothing a worker may send is larger than a Result, whose
+# size is fixed by the parameter shapes.  The coordinator's socket cuts off larger
+# frames unread, so decoding memory stays a small multiple of this.
+MAX_RESULT_BYTES = 4 * sum(math.prod(shape) for shape in PARAM_SHAPES.values()) + 4096
+MAX_REGISTER_BYTES = 2 * MAX_TEXT + 256  # what an unregistered peer may send before it is decoded
 
 
 class ProtocolError(Exception):
@@ -58,8 +63,8 @@ def _int(value: Any, name: str) -> int:
 
 
 def _float(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be a finite number, got {value!r:.40}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be a finite number >= 0, got {value!r:.40}")
     return float(value)
 
 
@@ -136,11 +141,18 @@ def _f(decoder: Callable[[Any, str], Any]) -> Any:
 
 @dataclass(frozen=True)
 class Register:
-    """A worker asks to join; `name` is for logs and metrics (host:pid by default)."""
+    """A worker asks to join.
+
+    `name` is for logs and metrics (host:pid by default; the coordinator admits only
+    names of NAME_CHARS).  `probe` is the hex digest of the worker's answer to the
+    fixed conformance probe (lenet.probe): the coordinator admits only workers whose
+    arithmetic is bit for bit its own.
+    """
 
     TYPE: ClassVar[str] = "register"
     name: str = _f(_str)
     pid: int = _f(_int)
+    probe: str = _f(_str)
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,10 @@ class Result:
     compute_seconds: float = _f(_float)
     grads: dict[str, np.ndarray] = _f(_params)
 
+    def __post_init__(self) -> None:
+        if self.correct > self.count:
+            raise ProtocolError(Reason.BAD_FIELD, f"{self.correct} correct out of {self.count} samples")
+
 
 @dataclass(frozen=True)
 class Leave:
@@ -213,7 +229,12 @@ class Shutdown:
 
 @dataclass(frozen=True)
 class Error:
-    """The coordinator refused a message; code "unregistered" means: register again."""
+    """The coordinator refused a message.
+
+    Code "unregistered" means: register again.  Any other code refuses the
+    registration itself (a bad name, a non-conforming probe, a ban, a full run):
+    the worker says why and retries only after a long back-off.
+    """
 
     TYPE: ClassVar[str] = "error"
     code: str = _f(_str)

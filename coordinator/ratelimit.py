@@ -12,12 +12,14 @@ class RateLimitedLog:
     that key were held back since the last one, so the line can say so.
     """
 
-    def __init__(self, interval: float = 10.0):
-        self.interval = interval
+    def __init__(self, interval: float = 10.0, capacity: int = 4096):
+        self.interval, self.capacity = interval, capacity
         self._last: dict[Hashable, tuple[float, int]] = {}  # key -> (last written, held back since)
 
     def admit(self, key: Hashable, now: float) -> int | None:
         """None: hold this line back.  Else the number held back before it."""
+        if key not in self._last and len(self._last) >= self.capacity:
+            self._last.clear()  # keys may name peers: forget rather than grow (at worst a line more each)
         last, held = self._last.get(key, (-float("inf"), 0))
         if now - last >= self.interval:
             self._last[key] = (now, 0)
@@ -44,3 +46,20 @@ class ReplyLimiter:
             self._answered.clear()
         self._answered[peer] = now
         return True
+
+
+class TokenBucket:
+    """`burst` events at once, then `rate` per second: bounds what a flood of new peers costs."""
+
+    def __init__(self, rate: float, burst: int):
+        self.rate, self.burst = rate, burst
+        self._tokens, self._at = float(burst), None  # full at the first event
+
+    def take(self, now: float) -> bool:
+        if self._at is not None:
+            self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        return False

@@ -30,7 +30,17 @@ class Reason(str, enum.Enum):
     DUPLICATE = "duplicate"  # the unit's result is already in
     LATE = "late"  # the unit was taken back from the sender, or never given to it
     WRONG_COUNT = "wrong_count"  # a sample count other than the unit's
-    NON_FINITE = "non_finite"  # NaN or Inf gradients
+    NON_FINITE = "non_finite"  # NaN or Inf gradients the coordinator's own computation contradicts
+    IMPLAUSIBLE = "implausible"  # gradients larger than any honest result (lenet.bounds)
+    MISMATCH = "mismatch"  # a verified unit whose result differs from the coordinator's (verification)
+    # A registration that is refused, or a peer that is out.
+    BAD_NAME = "bad_name"  # a worker name outside membership.NAME_RULE
+    NONCONFORMING = "nonconforming"  # the probe's digest differs: another kernel, BLAS or NumPy build
+    FULL = "full"  # --max-workers are registered
+    RATE_LIMITED = "rate_limited"  # registrations arrive faster than they are admitted
+    BANNED = "banned"  # from a worker banned for the run
+    # The coordinator failed handling a message (a bug): the message is refused, training goes on.
+    INTERNAL_ERROR = "internal_error"
 
     def __str__(self) -> str:
         return self.value

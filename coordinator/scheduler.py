@@ -44,14 +44,48 @@ def work_units(num_shards: int, workers: int) -> list[Node]:
         depth += 1
 
 
+class DeadlinePolicy:
+    """How long a unit may take: a multiple of the recent median time per sample, with a floor and a cap.
+
+    A deadline that follows the measured compute time makes a stall cost seconds,
+    not the fixed cap; the floor keeps a burst of fast (or falsely fast) reports
+    from making honest workers miss; the cap is `--task-timeout`.  Until anything
+    is measured, the cap applies.
+    """
+
+    def __init__(self, cap: float, floor: float = 3.0, multiple: float = 10.0, window: int = 64):
+        self.cap, self.floor, self.multiple = cap, floor, multiple
+        self.recent: deque[float] = deque(maxlen=window)
+
+    def record(self, seconds: float, samples: int) -> None:
+        self.recent.append(seconds / max(1, samples))
+
+    def expected(self, samples: int) -> float | None:
+        """The recent median time for `samples` samples; None before anything is measured."""
+        if not self.recent:
+            return None
+        return sorted(self.recent)[len(self.recent) // 2] * samples
+
+    def timeout(self, samples: int) -> float:
+        expected = self.expected(samples)
+        return self.cap if expected is None else min(self.cap, max(self.floor, self.multiple * expected))
+
+
 @dataclass
 class Assignment(Generic[W]):
     worker: W
+    since: float
     deadline: float
 
 
 class StepScheduler(Generic[W, R]):
-    """Bookkeeping of one step's units.  Time is passed in, so tests control it."""
+    """Bookkeeping of one step's units.  Time is passed in, so tests control it.
+
+    A unit is held by one worker (its primary) and, once every unit is out and a
+    worker is idle, possibly by a second one (a backup, as in MapReduce): the first
+    valid result wins and the other is a duplicate.  Results are deterministic,
+    so which one wins changes nothing.
+    """
 
     def __init__(self, step: int, units: list[Node], samples: list[int], task_timeout: float):
         if len(units) != len(samples):
@@ -59,10 +93,12 @@ class StepScheduler(Generic[W, R]):
         self.step = step
         self.units = units
         self.samples = samples
-        self.task_timeout = task_timeout
+        self.task_timeout = task_timeout  # the default deadline; callers may pass one per unit
         self.index = {first: i for i, (first, _) in enumerate(units)}
         self.pending: deque[int] = deque(range(len(units)))
         self.assigned: dict[int, Assignment[W]] = {}
+        self.backups: dict[int, Assignment[W]] = {}
+        self.excluded: dict[int, W] = {}  # unit -> the worker that may not compute it (its first answer awaits a check)
         self.results: dict[int, R] = {}
 
     @property
@@ -70,38 +106,82 @@ class StepScheduler(Generic[W, R]):
         return len(self.results) == len(self.units)
 
     def held_by(self, worker: W) -> list[int]:
-        return [unit for unit, a in self.assigned.items() if a.worker == worker]
+        return [unit for table in (self.assigned, self.backups) for unit, a in table.items() if a.worker == worker]
 
-    def next_unit(self, worker: W, now: float) -> int | None:
-        """Give `worker` the next pending unit, or None if there is none."""
-        if not self.pending:
+    def next_unit(self, worker: W, now: float, timeout: float | None = None) -> int | None:
+        """Give `worker` the next pending unit it may compute, or None if there is none."""
+        unit = next((u for u in self.pending if self.excluded.get(u) != worker), None)
+        if unit is None:
             return None
-        unit = self.pending.popleft()
-        self.assigned[unit] = Assignment(worker, now + self.task_timeout)
+        self.pending.remove(unit)
+        self.assigned[unit] = Assignment(worker, now, now + (timeout or self.task_timeout))
         return unit
 
-    def _revoke(self, unit: int) -> int:
+    def second_opinion(self, first: int, worker: W) -> None:
+        """`worker` answered this unit, but its answer is to be checked: queue the unit for anyone else."""
+        unit = self.index[first]
+        self.assigned.pop(unit, None)
+        self.backups.pop(unit, None)
+        self.excluded[unit] = worker
+        if unit not in self.pending:
+            self.pending.appendleft(unit)
+
+    def discard(self, units: list[int]) -> int:
+        """Accepted results that turned out untrustworthy: compute these units again.  Returns shards re-queued."""
+        for unit in units:
+            del self.results[unit]
+            self.pending.appendleft(unit)
+        return sum(self.units[u][1] - self.units[u][0] for u in units)
+
+    def backup_unit(self, worker: W, now: float, timeout: float | None = None, older_than: float = 0.0) -> int | None:
+        """Once every unit is out: give an idle `worker` the oldest outstanding unit, once per unit.
+
+        Only a unit out for more than `older_than` seconds is backed up: a backup of a
+        unit about to arrive would only keep its worker busy into the next step.
+        """
+        if self.pending or self.held_by(worker):
+            return None
+        candidates = [(a.since, u) for u, a in self.assigned.items()
+                      if u not in self.backups and a.worker != worker and now - a.since > older_than
+                      and self.excluded.get(u) != worker]
+        if not candidates:
+            return None
+        unit = min(candidates)[1]
+        self.backups[unit] = Assignment(worker, now, now + (timeout or self.task_timeout))
+        return unit
+
+    def _drop(self, unit: int) -> int:
+        """The unit's primary is gone: its backup takes over, or it is queued again.  Returns shards re-queued."""
         del self.assigned[unit]
+        if unit in self.backups:
+            self.assigned[unit] = self.backups.pop(unit)
+            return 0
         self.pending.appendleft(unit)
         lo, hi = self.units[unit]
         return hi - lo
 
     def release_worker(self, worker: W) -> int:
-        """The worker died or left: its units go back to the front of the queue.
+        """The worker died, left or was banned: its units go to their backups or back to the front of the queue.
 
         Returns the number of shards taken back.
         """
-        return sum(self._revoke(unit) for unit in sorted(self.held_by(worker), reverse=True))
+        for unit in [u for u, a in self.backups.items() if a.worker == worker]:
+            del self.backups[unit]
+        return sum(self._drop(u) for u in sorted((u for u, a in self.assigned.items() if a.worker == worker),
+                                                 reverse=True))
 
     def expire(self, now: float) -> list[tuple[int, W]]:
-        """Take back every unit whose deadline has passed; returns (unit, worker) pairs."""
+        """Take back every assignment whose deadline has passed; returns (unit, worker) pairs."""
+        late_backups = [(u, a.worker) for u, a in self.backups.items() if a.deadline <= now]
+        for unit, _ in late_backups:
+            del self.backups[unit]
         late = [(u, a.worker) for u, a in self.assigned.items() if a.deadline <= now]
         for unit, _ in sorted(late, reverse=True):
-            self._revoke(unit)
-        return late
+            self._drop(unit)
+        return late + late_backups
 
     def next_deadline(self) -> float | None:
-        return min((a.deadline for a in self.assigned.values()), default=None)
+        return min((a.deadline for t in (self.assigned, self.backups) for a in t.values()), default=None)
 
     def check(self, worker: W, step: int, first: int, shards: int, count: int) -> Reason | None:
         """Why a result may not be accepted, or None if it may."""
@@ -112,23 +192,26 @@ class StepScheduler(Generic[W, R]):
             return Reason.UNKNOWN_SHARD
         if unit in self.results:
             return Reason.DUPLICATE
-        held = self.assigned.get(unit)
-        if held is None or held.worker != worker:
+        holders = [t[unit].worker for t in (self.assigned, self.backups) if unit in t]
+        if worker not in holders:
             return Reason.LATE  # the task was taken back (deadline, death) or never given
         if count != self.samples[unit]:
             return Reason.WRONG_COUNT
         return None
 
-    def accept(self, first: int, result: R) -> None:
-        """Record the result of a unit that `check` allowed."""
-        unit = self.index[first]
-        del self.assigned[unit]
-        self.results[unit] = result
+    def accept(self, first: int, result: R, by: W | None = None) -> list[W]:
+        """Record the result of a unit: one that `check` allowed from `by`, or one the coordinator computed.
 
-    def reject_result(self, first: int) -> int:
-        """A held unit's result was unusable (NaN gradients): compute it again elsewhere."""
+        Returns the other workers that held the unit and were overtaken (a backup's
+        primary, or the other way round).
+        """
         unit = self.index[first]
-        return self._revoke(unit) if unit in self.assigned else 0
+        holders = [t.pop(unit).worker for t in (self.assigned, self.backups) if unit in t]
+        self.excluded.pop(unit, None)
+        if unit in self.pending:
+            self.pending.remove(unit)
+        self.results[unit] = result
+        return [w for w in holders if w != by]
 
     def results_by_node(self) -> dict[Node, R]:
         return {self.units[u]: r for u, r in self.results.items()}

@@ -2,53 +2,71 @@
 
 One thread, one ROUTER socket (coordinator/endpoint.py), every wait bounded.  The
 loop only moves messages and calls the pure parts:
-  - `Membership` (who is alive and may get work),
+  - `Membership` (who is alive, who may get work, who is banned),
   - `Training.plan` / `Step` (a step's units and encoded tasks, and its state while
     the workers compute: the `StepScheduler` keeps the first valid result of each
-    unit and takes units back from dead, departed or overdue workers),
+    unit, takes units back from dead, departed or overdue workers, and hands out
+    backups to idle workers),
   - `Training.apply` (add the units up the fixed tree, step the optimizer) and
     `Training.end_epoch`,
   - `Checkpointer` (coordinator/checkpoint.py).
 Every node of the reduction tree is the same float32 addition wherever it is done,
 so the parameters are bit-identical whatever the number, order or failures of workers.
+
+Peers are not trusted.  A message is handled in isolation: one that makes the
+code fail is refused and counted, and training goes on.  A result must fit its
+task in every field; gradients that are non-finite or larger than any honest
+result (`lenet.bounds`) are settled by the coordinator computing the unit itself:
+if its own answer is finite the peer lied and is banned for the run, and if not,
+the model has diverged.  A fraction of units (`--verify-fraction`), chosen with a
+per-run secret, is computed twice and compared bit for bit.  A worker joins only
+if its conformance probe (`lenet.probe`) matches the coordinator's bit for bit.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from coordinator import checkpoint as ckpt
 from coordinator import protocol as P
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
-from coordinator.membership import Member, Membership
+from coordinator.membership import NAME_RULE, Member, Membership, valid_name
 from coordinator.metrics import Metrics
-from coordinator.ratelimit import RateLimitedLog, ReplyLimiter
+from coordinator.ratelimit import RateLimitedLog, ReplyLimiter, TokenBucket
 from coordinator.refusals import Reason
-from coordinator.step import Step, StepPlan
-from coordinator.training import RunState, StepReport, Training
+from coordinator.scheduler import DeadlinePolicy
+from coordinator.step import Step, StepPlan, same_result
+from coordinator.training import RunState, StepReport, Training, TrainingDiverged
+from lenet.bounds import implausible, per_sample_bounds
+from lenet.model import LeNet5
 from lenet.params import Params
+from lenet.probe import probe_digest
+from lenet.shards import unit_sums
 
 log = logging.getLogger("coordinator")
 
 PREFETCH = 2  # tasks a worker may hold at once: hides the round trip between units
 RECEIVE_BUDGET = 256  # messages handled per loop turn, so a flood cannot starve the rest of the loop
-# A step has diverged (rather than met one broken worker) when this many distinct
-# workers, or every live worker if fewer, returned NaN/Inf gradients for it.
-DIVERGED_AFTER_WORKERS = 3
+# A unit out for this many times its expected time, and at least BACKUP_AFTER seconds,
+# is also given to an idle worker.  Earlier, a backup would mostly keep that worker
+# busy into the next step; later, a stalled worker costs more than it must.
+STRAGGLER, BACKUP_AFTER = 4.0, 0.5
+LOSSES_LOGGED = 3  # workers found silent at once and logged one by one; the rest in one line
+# Said to a worker whose probe differs (at most protocol.MAX_TEXT characters with the digests).
+NONCONFORMING_HINT = ("another CPU kernel, BLAS or NumPy build; compare `python -m worker --self-test` on both "
+                      "machines and align NumPy/OpenBLAS (and OPENBLAS_CORETYPE)")
 
 Progress = Callable[[StepReport, int], None]  # after each step: its report and the number of workers
-
-
-class TrainingDiverged(Exception):
-    """Every worker returns non-finite gradients: the model itself has diverged."""
-
 
 @dataclass
 class RunOutcome:
@@ -60,13 +78,21 @@ class RunOutcome:
 class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
-        self.members = Membership[bytes](service.heartbeat_timeout)
+        self.members = Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers)
         self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics)
         self.step: Step | None = None
         self.next_plan: StepPlan | None = None
         self.epoch_started = 0.0
+        self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.warnings = RateLimitedLog(interval=10.0)
+        self.join_lines = TokenBucket(rate=1.0, burst=16)  # a line per join, unless they flood in
+        self.joins_unlogged = 0
         self.replies = ReplyLimiter(interval=1.0)
+        self.registrations = TokenBucket(rate=service.registrations_per_second, burst=service.registration_burst)
+        self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
+        self.probe = probe_digest()
+        self.local_model = LeNet5()  # settles doubts by computing a unit here
+        self.bounds: tuple[int, dict[str, float]] = (-1, {})  # (step, per-sample gradient bounds)
         self.endpoint = RouterEndpoint(context, service.bind, service.curve)
 
     def restore(self, c: ckpt.Checkpoint) -> None:
@@ -87,9 +113,14 @@ class Coordinator:
         else:
             self._warn_limited("send_full", f"send buffer to {self._name(identity)} full: message dropped")
 
+    def _refuse_peer(self, identity: bytes, code: str, message: str, now: float) -> None:
+        """Tell a peer why it is refused, at most once a second per peer."""
+        if self.replies.allow(identity, now):
+            self._send(identity, P.encode(P.Error(code=code, message=message[: P.MAX_TEXT])))
+
     def _name(self, identity: bytes) -> str:
         member = self.members.get(identity)
-        return member.name if member else identity.hex()[:8]
+        return member.label if member else identity.hex()[:8]
 
     def broadcast_shutdown(self, reason: str) -> None:
         frame = P.encode(P.Shutdown(reason=reason))
@@ -98,13 +129,71 @@ class Coordinator:
 
     # ------------------------------------------------------------------ membership
 
-    def _remove_worker(self, identity: bytes, why: str) -> None:
+    def _register(self, identity: bytes, msg: P.Register, now: float) -> None:
+        if identity not in self.members:
+            refusal = self._admission(msg, now)
+            if refusal is not None:
+                reason, text = refusal
+                self._reject(reason, identity, f"registration of {msg.name!r:.80}: {text}")
+                if reason is not Reason.RATE_LIMITED:  # unanswered, it simply retries with back-off
+                    self._refuse_peer(identity, reason.value, text, now)
+                return
+        if self.members.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6]):
+            if self.join_lines.take(now):
+                more = f" (+{self.joins_unlogged} more joined since the last report)" if self.joins_unlogged else ""
+                log.info("worker %s joined (%d live)%s", self._name(identity), len(self.members), more)
+                self.joins_unlogged = 0
+            else:
+                self.joins_unlogged += 1
+        self.metrics.worker_seen(self._name(identity))
+        self.metrics.workers_alive.set(len(self.members))
+        self._send(identity, P.encode(P.Heartbeat()))
+
+    def _admission(self, msg: P.Register, now: float) -> tuple[Reason, str] | None:
+        """Why a new peer may not join, or None."""
+        if not valid_name(msg.name):
+            return Reason.BAD_NAME, f"worker name refused: use {NAME_RULE} (--name)"
+        if msg.probe != self.probe:
+            self.metrics.probe_failures.inc()
+            return Reason.NONCONFORMING, (f"probe {msg.probe[:12]:.12} is not the coordinator's {self.probe[:12]}: "
+                                          + NONCONFORMING_HINT)
+        if self.members.full:
+            return Reason.FULL, f"the run has its maximum of {self.members.max_members} workers (--max-workers)"
+        if not self.registrations.take(now):
+            return Reason.RATE_LIMITED, "registrations arrive faster than they are admitted"
+        return None
+
+    def _remove_worker(self, identity: bytes, why: str, quiet: bool = False) -> int:
         member = self.members.remove(identity)
+        return self._forget(identity, member, why, quiet)
+
+    def _forget(self, identity: bytes, member: Member, why: str, quiet: bool = False) -> int:
+        """Take back its units and its metric series; returns the shards re-dispatched."""
         released = self.step.scheduler.release_worker(identity) if self.step else 0
         self.metrics.redispatched.inc(released)
-        self.metrics.forget_worker(member.name)
+        self.metrics.forget_worker(member.label)
         self.metrics.workers_alive.set(len(self.members))
-        log.info("worker %s %s (%d live; %d shards re-dispatched)", member.name, why, len(self.members), released)
+        if not quiet:
+            log.info("worker %s %s (%d live; %d shards re-dispatched)", member.label, why, len(self.members),
+                     released)
+        return released
+
+    def _ban(self, identity: bytes, why: str) -> None:
+        """Out for the run; its results of this step are discarded and computed again."""
+        member = self.members.ban(identity)
+        self.metrics.workers_banned.inc()
+        if member is None:
+            return
+        if self.step is not None:
+            step = self.step
+            mine = [u for u, who in step.produced.items() if who == identity]
+            for unit in mine:
+                del step.produced[unit]
+            self.metrics.redispatched.inc(step.scheduler.discard(mine))
+            for unit in [u for u, (who, _) in step.candidates.items() if who == identity]:
+                del step.candidates[unit]
+                step.scheduler.excluded.pop(unit, None)
+        self._forget(identity, member, f"banned for the run: {why}")
 
     def forget_exited(self, pids: list[int]) -> None:
         """Local worker processes seen to exit: drop them now rather than at the heartbeat timeout."""
@@ -113,18 +202,25 @@ class Coordinator:
             self._remove_worker(identity, "exited")
 
     def _check_liveness(self, now: float) -> None:
-        for identity, silent in self.members.silent(now):
+        silent = self.members.silent(now)
+        for i, (identity, seconds) in enumerate(silent):  # a line each for a few, then one for the rest
             self.metrics.workers_lost.inc()
-            self._remove_worker(identity, f"lost: silent for {silent:.1f} s")
+            self._remove_worker(identity, f"lost: silent for {seconds:.1f} s", quiet=i >= LOSSES_LOGGED)
+        if len(silent) > LOSSES_LOGGED:
+            log.info("%d more workers lost: silent for over %.0f s (%d live)", len(silent) - LOSSES_LOGGED,
+                     self.service.heartbeat_timeout, len(self.members))
         if self.step is None:
             return
         sched = self.step.scheduler
         for unit, identity in sched.expire(now):
             lo, hi = sched.units[unit]
             self.metrics.redispatched.inc(hi - lo)
-            self.members.suspect(identity, now)
             log.warning("shards %d-%d of step %d missed their %.0f s deadline on %s: re-dispatched", lo, hi - 1,
-                        sched.step, self.service.task_timeout, self._name(identity))
+                        sched.step, self.deadlines.timeout(sched.samples[unit]), self._name(identity))
+            if self.members.suspect(identity, now):
+                self.metrics.workers_removed.inc()
+                self._remove_worker(identity, f"removed: missed {self.members.max_misses} deadlines in a row "
+                                              "without answering")
 
     # ------------------------------------------------------------------ receiving
 
@@ -138,38 +234,49 @@ class Coordinator:
     def _reject(self, reason: Reason, identity: bytes | None, detail: str) -> None:
         self.metrics.rejected.labels(reason.value).inc()
         who = self._name(identity) if identity else "?"
-        self._warn_limited(reason.value, f"rejected message from {who}: {reason.value}: {detail[:200]}")
+        self._warn_limited(reason.value, f"rejected message from {who}: {reason.value}: {detail[:200]!s}")
 
     def _drain(self) -> None:
-        """Handle the messages already queued, at most RECEIVE_BUDGET of them."""
+        """Handle the messages already queued, at most RECEIVE_BUDGET of them, each in isolation."""
         for frames in self.endpoint.receive(RECEIVE_BUDGET):
             self.metrics.received_bytes.inc(sum(len(f.buffer) for f in frames))
-            if len(frames) != 2:
-                self._reject(Reason.MALFORMED, frames[0].bytes if frames else None,
-                             f"{len(frames)} frames, expected 2")
+            identity = frames[0].bytes if frames else None
+            if len(frames) != 2 or identity is None:
+                self._reject(Reason.MALFORMED, identity, f"{len(frames)} frames, expected 2")
                 continue
-            self._handle(frames[0].bytes, frames[1].buffer, time.monotonic())
+            try:
+                self._handle(identity, frames[1].buffer, time.monotonic())
+            except TrainingDiverged:
+                raise
+            except Exception as err:  # a bug must not end the run: refuse the message, say where
+                self._reject(Reason.INTERNAL_ERROR, identity, f"{type(err).__name__}: {err}")
+                self._warn_limited("internal_error_traceback", "handling it failed:\n" + traceback.format_exc())
 
     def _handle(self, identity: bytes, frame: bytes | memoryview, now: float) -> None:
+        if identity in self.members.banned:
+            self._reject(Reason.BANNED, identity, f"{len(frame)} bytes from a banned worker: dropped unread")
+            self._refuse_peer(identity, "banned", "banned for this run: it returned results the coordinator's own "
+                              "computation contradicts", now)
+            return
+        if identity not in self.members and len(frame) > P.MAX_REGISTER_BYTES:
+            self._reject(Reason.UNREGISTERED, identity, f"{len(frame)} bytes from an unknown peer: dropped unread")
+            self._refuse_peer(identity, "unregistered", "register first", now)
+            return
         try:
             msg = P.decode(frame)
         except P.ProtocolError as err:
             self._reject(err.reason, identity, err.detail)
             return
         if isinstance(msg, P.Register):
-            if self.members.join(identity, msg.name, msg.pid, now):
-                log.info("worker %s joined (%d live)", msg.name, len(self.members))
-            self.metrics.worker_seen(msg.name)
-            self.metrics.workers_alive.set(len(self.members))
-            self._send(identity, P.encode(P.Heartbeat()))
+            self._register(identity, msg, now)
             return
         member = self.members.touch(identity, now)
         if member is None:
             self._reject(Reason.UNREGISTERED, identity, f"{msg.TYPE} from an unknown worker")
-            if not isinstance(msg, P.Leave) and self.replies.allow(identity, now):
-                self._send(identity, P.encode(P.Error(code="unregistered", message="register first")))
+            if not isinstance(msg, P.Leave):
+                self._refuse_peer(identity, "unregistered", "register first", now)
             return
-        self.metrics.worker_seen(member.name)
+        self.metrics.worker_seen(member.label)
         if isinstance(msg, P.Heartbeat):
             self._send(identity, P.encode(P.Heartbeat()))
         elif isinstance(msg, P.Leave):
@@ -180,26 +287,102 @@ class Coordinator:
             self._reject(Reason.UNEXPECTED, identity, f"a worker may not send {msg.TYPE}")
 
     def _handle_result(self, identity: bytes, member: Member, msg: P.Result) -> None:
-        if self.step is None:
-            self._reject(Reason.STALE_STEP, identity, f"result for step {msg.step} between steps")
-            return
-        sched = self.step.scheduler
         where = f"step {msg.step} shards {msg.first}-{msg.first + msg.shards - 1}"
+        if self.step is None:
+            self._reject(Reason.STALE_STEP, identity, f"result for {where} between steps")
+            return
+        step, sched = self.step, self.step.scheduler
         reason = sched.check(identity, msg.step, msg.first, msg.shards, msg.count)
-        if reason:
+        doubt = self._doubt(msg) if reason in (None, Reason.LATE, Reason.DUPLICATE, Reason.STALE_STEP) else None
+        if reason is not None:
+            if reason in (Reason.LATE, Reason.DUPLICATE, Reason.STALE_STEP) and doubt is None:
+                self.members.vouch(identity)  # too late to use, but it shows the worker computes
             self._reject(reason, identity, where)
             return
-        if not P.all_finite(msg.grads):
-            self._reject(Reason.NON_FINITE, identity, f"NaN/Inf gradient for {where}")
-            self.step.nonfinite.add(identity)
-            self.metrics.redispatched.inc(sched.reject_result(msg.first) + sched.release_worker(identity))
-            if len(self.step.nonfinite) >= min(DIVERGED_AFTER_WORKERS, len(self.members)):
-                raise TrainingDiverged(f"step {msg.step}: {len(self.step.nonfinite)} workers returned NaN/Inf "
-                                       "gradients")
+        unit = sched.index[msg.first]
+        if doubt is not None:
+            self._settle(identity, unit, doubt, f"{doubt.value} gradients for {where}")
             return
-        sched.accept(msg.first, msg)
-        self.metrics.worker_compute.labels(member.name).inc(msg.compute_seconds)
-        self.metrics.worker_shards.labels(member.name).inc(msg.shards)
+        self.members.vouch(identity)
+        self.deadlines.record(msg.compute_seconds, msg.count)
+        self.metrics.worker_compute.labels(member.label).inc(msg.compute_seconds)
+        self.metrics.worker_shards.labels(member.label).inc(msg.shards)
+        if unit not in step.verify:
+            self._accept(identity, unit, msg)
+        elif unit not in step.candidates:
+            step.candidates[unit] = (identity, msg)
+            if len(self.members.eligible()) > 1:
+                sched.second_opinion(msg.first, identity)  # another worker computes it too
+            else:
+                self._verify(unit, self._compute_locally(unit))
+        else:
+            self._verify(unit, msg, identity)
+
+    def _doubt(self, msg: P.Result) -> Reason | None:
+        """Why a result's gradients cannot be true (NaN/Inf, or larger than any honest result), or None."""
+        if not P.all_finite(msg.grads):
+            return Reason.NON_FINITE
+        if self.bounds[0] != msg.step:
+            self.bounds = (msg.step, per_sample_bounds(self.training.params))
+        return Reason.IMPLAUSIBLE if implausible(msg.grads, msg.count, self.bounds[1]) else None
+
+    def _compute_locally(self, unit: int) -> P.Result:
+        """The unit computed here, with the step's parameters: the reference every doubt is settled by."""
+        assert self.step is not None
+        task = self.step.task(unit)
+        self.local_model.params = self.training.params
+        start = time.perf_counter()
+        sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes)
+        self.metrics.units_recomputed_locally.inc()
+        return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
+                        loss_sum=sums.loss_sum, correct=sums.correct,
+                        compute_seconds=time.perf_counter() - start, grads=sums.grads)
+
+    def _settle(self, identity: bytes, unit: int, reason: Reason, detail: str) -> None:
+        """A result that cannot be true: compute the unit here; a finite answer convicts the peer."""
+        self._reject(reason, identity, detail)
+        own = self._compute_locally(unit)
+        if not P.all_finite(own.grads):
+            raise TrainingDiverged(f"step {own.step}: the coordinator's own computation of shards "
+                                   f"{own.first}-{own.first + own.shards - 1} is not finite either")
+        self._ban(identity, detail)
+        if self.step is not None and unit not in self.step.scheduler.results:
+            self._accept(None, unit, own)
+
+    def _verify(self, unit: int, second: P.Result, second_by: bytes | None = None) -> None:
+        """Compare a verified unit's two answers bit for bit; a third computation here settles a mismatch."""
+        step = self.step
+        assert step is not None
+        first_by, first = step.candidates.pop(unit)
+        self.metrics.units_verified.inc()
+        if same_result(first, second):
+            self._accept(second_by, unit, first)  # the second answerer held the unit; both agree
+            return
+        self.metrics.verify_mismatches.inc()
+        own = self._compute_locally(unit) if second_by is not None else second
+        for who, answer in ((first_by, first), (second_by, second)):
+            if who is not None and not same_result(answer, own):
+                self._reject(Reason.MISMATCH, who, f"step {own.step} shards {own.first}-{own.first + own.shards - 1}"
+                                                   " differ from the coordinator's own computation")
+                self._ban(who, "its result of a verified unit differs from the coordinator's own computation")
+        if unit not in step.scheduler.results:
+            self._accept(None, unit, own)
+
+    def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
+        assert self.step is not None
+        overtaken = self.step.scheduler.accept(result.first, result, by=identity)
+        if identity is not None:
+            self.step.produced[unit] = identity
+        now = time.monotonic()
+        for other in overtaken:  # it had the unit and did not answer first: no new work until it answers
+            lo, hi = self.step.scheduler.units[unit]
+            self._warn_limited(f"overtaken {self._name(other)}",
+                               f"shards {lo}-{hi - 1} of step {result.step}: {self._name(other)} was overtaken by a "
+                               "backup; no new work for it until it answers")
+            if self.members.suspect(other, now):
+                self.metrics.workers_removed.inc()
+                self._remove_worker(other, f"removed: overtaken {self.members.max_misses} times in a row "
+                                           "without answering")
 
     # ------------------------------------------------------------------ steps
 
@@ -217,29 +400,47 @@ class Coordinator:
         plan = self.next_plan
         if plan is None or plan.step != step or plan.live != live:
             plan = self.training.plan(step, live)
-        self.step = Step.start(plan, self.training.params, self.service.task_timeout, now)
+        self.step = Step.start(plan, self.training.params, self.service.task_timeout, now,
+                               secret=self.secret, verify_fraction=self.service.verify_fraction)
+
+    def _give(self, identity: bytes, unit: int) -> None:
+        step = self.step
+        assert step is not None
+        member = self.members.get(identity)
+        assert member is not None
+        if member.params_step != step.number:
+            self._send(identity, step.params_frame)
+            member.params_step = step.number
+        self._send(identity, step.plan.tasks[unit])
 
     def _dispatch(self, now: float) -> None:
-        """Hand out pending units round-robin, up to PREFETCH per worker."""
+        """Hand out pending units round-robin, up to PREFETCH per worker; then back up stragglers."""
         step = self.step
         assert step is not None
         sched = step.scheduler
-        eligible = [i for i in self.members.eligible() if i not in step.nonfinite]
+        eligible = self.members.eligible()
         progress = True
         while sched.pending and progress:
             progress = False
             for identity in eligible:
                 if not sched.pending or len(sched.held_by(identity)) >= PREFETCH:
                     continue
-                unit = sched.next_unit(identity, now)
-                assert unit is not None
-                member = self.members.get(identity)
-                assert member is not None
-                if member.params_step != sched.step:
-                    self._send(identity, step.params_frame)
-                    member.params_step = sched.step
-                self._send(identity, step.plan.tasks[unit])
-                progress = True
+                unit = sched.next_unit(identity, now, self.deadlines.timeout(max(sched.samples)))
+                if unit is not None:
+                    self._give(identity, unit)
+                    progress = True
+        for unit in [u for u in sched.pending if u in step.candidates]:
+            if not [i for i in eligible if i != sched.excluded.get(unit)]:  # nobody else left to check it
+                self._verify(unit, self._compute_locally(unit))
+        expected = self.deadlines.expected(max(sched.samples))
+        if sched.pending or expected is None:
+            return
+        for identity in eligible:
+            unit = sched.backup_unit(identity, now, self.deadlines.timeout(max(sched.samples)),
+                                     older_than=max(BACKUP_AFTER, STRAGGLER * expected))
+            if unit is not None:
+                self.metrics.backup_tasks.inc()
+                self._give(identity, unit)
 
     def _finish_step(self, now: float) -> StepReport:
         step = self.step

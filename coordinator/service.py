@@ -19,8 +19,8 @@ from coordinator import checkpoint as ckpt
 from coordinator.config import ServiceConfig
 from coordinator.local_workers import LocalWorkers
 from coordinator.metrics import Metrics
-from coordinator.server import Coordinator, Progress, RunOutcome, TrainingDiverged
-from coordinator.training import Training
+from coordinator.server import Coordinator, Progress, RunOutcome
+from coordinator.training import Training, TrainingDiverged
 
 log = logging.getLogger("coordinator")
 

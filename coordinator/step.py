@@ -11,6 +11,8 @@ gradients.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
@@ -53,6 +55,20 @@ def plan_step(step: int, batch: np.ndarray, num_shards: int, live: int,
     return StepPlan(step, live, units, samples, tasks)
 
 
+def chosen_for_verification(secret: bytes, step: int, first: int, fraction: float) -> bool:
+    """Whether unit `first` of `step` is computed twice.  Keyed by a per-run secret, so no worker can predict it."""
+    if fraction <= 0:
+        return False
+    digest = hmac.new(secret, f"{step}:{first}".encode(), hashlib.sha256).digest()
+    return int.from_bytes(digest[:8], "big") < fraction * 2**64
+
+
+def same_result(a: P.Result, b: P.Result) -> bool:
+    """Bit for bit: results are deterministic, so two honest workers agree exactly."""
+    return (a.count == b.count and a.correct == b.correct and a.loss_sum == b.loss_sum
+            and all(a.grads[k].tobytes() == b.grads[k].tobytes() for k in a.grads))
+
+
 @dataclass
 class Step:
     """The step under way."""
@@ -61,12 +77,20 @@ class Step:
     scheduler: StepScheduler[Hashable, P.Result]
     params_frame: bytes  # the encoded Params message, sent once per worker
     started: float
-    nonfinite: set[Hashable] = field(default_factory=set)  # answered NaN/Inf: no more work this step
+    verify: set[int] = field(default_factory=set)  # units whose first answer must be confirmed
+    candidates: dict[int, tuple[Hashable, P.Result]] = field(default_factory=dict)  # first answers awaiting a check
+    produced: dict[int, Hashable] = field(default_factory=dict)  # accepted units: who answered
 
     @classmethod
-    def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float) -> "Step":
+    def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float,
+              secret: bytes = b"", verify_fraction: float = 0.0) -> "Step":
+        verify = {u for u, (first, _) in enumerate(plan.units)
+                  if chosen_for_verification(secret, plan.step, first, verify_fraction)}
         return cls(plan=plan, scheduler=StepScheduler(plan.step, plan.units, plan.samples, task_timeout),
-                   params_frame=P.encode(P.Params(step=plan.step, params=params)), started=now)
+                   params_frame=P.encode(P.Params(step=plan.step, params=params)), started=now, verify=verify)
+
+    def task(self, unit: int) -> P.Task:
+        return P.decode(self.plan.tasks[unit])  # type: ignore[return-value]
 
     @property
     def number(self) -> int:

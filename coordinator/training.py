@@ -26,6 +26,10 @@ from lenet.reduction import Node, mean_gradient
 from lenet.train import EpochStats, evaluate
 
 
+class TrainingDiverged(Exception):
+    """The model itself has diverged, as the coordinator's own computation confirms."""
+
+
 @dataclass
 class RunState:
     """Everything a checkpoint must restore apart from parameters and optimizer; the rest is derived."""
@@ -98,7 +102,12 @@ class Training:
         n = sum(r.count for r in ordered)
         grads = mean_gradient({node: r.grads for node, r in results.items()}, units[-1][1], n)
         lr = self.schedule(self.state.step)
+        before = ({k: v.copy() for k, v in self.model.params.items()}, self.optimizer.state_dict())
         self.optimizer.step(self.model.params, grads, lr)
+        if not all(np.isfinite(v).all() for v in self.model.params.values()):
+            self.model.params = before[0]  # never keep (or checkpoint) non-finite parameters
+            self.optimizer.load_state_dict(before[1])
+            raise TrainingDiverged(f"step {self.state.step}: the update would make parameters non-finite")
         loss_sum = sum(r.loss_sum for r in ordered)
         st = self.state
         st.step += 1

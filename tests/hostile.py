@@ -1,16 +1,37 @@
-"""A scripted peer for tests: registers like a worker, then misbehaves on purpose."""
+"""Hostile peers for tests and the attack benchmark: they speak the protocol and lie.
+
+`ScriptedWorker` registers like a worker (with this machine's conformance probe
+unless told otherwise), heartbeats, and answers every task with whatever its
+`answer(task, peer)` returns; `peer.honest(task)` is the true result, so a liar
+can start from the truth and change one thing.  The answer functions below are
+the attack catalogue's lies.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 
+import msgpack
 import numpy as np
 import zmq
 
 from coordinator import protocol as P
-from lenet.model import PARAM_SHAPES
+from lenet.model import PARAM_SHAPES, LeNet5
+from lenet.probe import probe_digest
+from lenet.shards import unit_sums
+
+Answer = Callable[[P.Task, "ScriptedWorker"], list["P.Message | bytes"]]  # bytes: a frame sent as it is
+
+_PROBE: list[str] = []
+
+
+def this_machines_probe() -> str:
+    if not _PROBE:
+        _PROBE.append(probe_digest())
+    return _PROBE[0]
 
 
 def nan_grads() -> dict[str, np.ndarray]:
@@ -18,25 +39,39 @@ def nan_grads() -> dict[str, np.ndarray]:
 
 
 class ScriptedWorker(threading.Thread):
-    """Registers as `name`, heartbeats, and answers every task with the messages `answer(task)` returns."""
+    """A peer on its own DEALER socket, scripted by `answer`; it records what the coordinator told it."""
 
-    def __init__(self, endpoint: str, name: str, answer: Callable[[P.Task], list[P.Message]], seconds: float = 120):
+    def __init__(self, endpoint: str, name: str, answer: Answer, seconds: float = 120, probe: str | None = None,
+                 identity: bytes | None = None, heartbeat: float = 0.5):
         super().__init__(daemon=True)
         self.endpoint, self.name, self.answer, self.seconds = endpoint, name, answer, seconds
+        self.probe = probe if probe is not None else this_machines_probe()
+        self.identity = identity or uuid.uuid4().bytes
+        self.heartbeat = heartbeat
         self.tasks = 0
+        self.errors: list[str] = []  # codes of the Error messages received
         self.registered = threading.Event()
         self.stop = threading.Event()
+        self.model = LeNet5()
+        self.params_step = -1
+        self.sent: list[P.Result] = []  # honest results computed so far, for replays
+
+    def honest(self, task: P.Task) -> P.Result:
+        """The true result of `task` (computed with the parameters the coordinator sent)."""
+        sums = unit_sums(self.model, task.pixels, task.labels, task.sizes)
+        return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
+                        loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=0.01, grads=sums.grads)
 
     def run(self) -> None:
-        ctx = zmq.Context.instance()
-        sock = ctx.socket(zmq.DEALER)
+        sock = zmq.Context.instance().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.connect(self.endpoint)
-        sock.send(P.encode(P.Register(name=self.name, pid=0)))
+        sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe)))
         deadline, beat = time.monotonic() + self.seconds, 0.0
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
-                if time.monotonic() - beat > 0.5:
+                if self.heartbeat and time.monotonic() - beat > self.heartbeat:
                     sock.send(P.encode(P.Heartbeat()))
                     beat = time.monotonic()
                 if not sock.poll(100):
@@ -44,24 +79,91 @@ class ScriptedWorker(threading.Thread):
                 msg = P.decode(sock.recv())
                 if isinstance(msg, P.Heartbeat):
                     self.registered.set()
+                elif isinstance(msg, P.Error):
+                    self.errors.append(msg.code)
                 elif isinstance(msg, P.Shutdown):
                     return
+                elif isinstance(msg, P.Params):
+                    self.model.params, self.params_step = dict(msg.params), msg.step
                 elif isinstance(msg, P.Task):
                     self.tasks += 1
-                    for reply in self.answer(msg):
-                        sock.send(P.encode(reply))
+                    for reply in self.answer(msg, self):
+                        sock.send(reply if isinstance(reply, bytes) else P.encode(reply))
         finally:
             sock.close(linger=0)
 
 
-def nan_answer(task: P.Task) -> list[P.Message]:
-    return [P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels), loss_sum=1.0,
-                     correct=0, compute_seconds=0.01, grads=nan_grads())]
+# --------------------------------------------------------------------------- the lies
 
 
-def bogus_answers(task: P.Task) -> list[P.Message]:
+def _with(result: P.Result, **changes) -> P.Result:
+    return P.Result(**{**vars(result), **changes})
+
+
+def nan_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    return [_with(peer.honest(task), grads=nan_grads())]
+
+
+def honest_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    return [peer.honest(task)]
+
+
+def silent_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    """A ghost: alive (it heartbeats), never computing."""
+    return []
+
+
+def negative_seconds_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    return [_with(peer.honest(task), compute_seconds=-1.0)]
+
+
+def poison_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    """Finite poison: every gradient 1e30 (no NaN check catches it)."""
+    return [_with(peer.honest(task), grads={k: np.full(s, 1e30, np.float32) for k, s in PARAM_SHAPES.items()})]
+
+
+def _raw(result: P.Result, **changes) -> bytes:
+    """A Result frame with fields no Result object may hold (the protocol's own constructor refuses them)."""
+    body = msgpack.unpackb(P.encode(result), raw=False)
+    return msgpack.packb({**body, **changes}, use_bin_type=True)
+
+
+def impossible_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message | bytes]:
+    """Right gradients, impossible statistics: a billion correct, a negative loss."""
+    good = peer.honest(task)
+    return [_raw(good, correct=10**9), _raw(good, loss_sum=-5.0), good]
+
+
+def other_numerics_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    """Right to ~1e-7, wrong in the last bits: the unit computed in float64, then rounded."""
+    model = LeNet5(dtype=np.float64)
+    model.params = {k: v.astype(np.float64) for k, v in peer.model.params.items()}
+    sums = unit_sums(model, task.pixels, task.labels, task.sizes)
+    return [_with(peer.honest(task), grads={k: v.astype(np.float32) for k, v in sums.grads.items()})]
+
+
+def replay_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    """Answers honestly, and replays every earlier result it sent."""
+    good = peer.honest(task)
+    replies: list[P.Message] = [*peer.sent[-3:], good]
+    peer.sent.append(good)
+    return replies
+
+
+def someone_elses_unit_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    """A true-looking result for a unit it was not given (the neighbouring one), then its own."""
+    good = peer.honest(task)
+    other = 0 if task.first else len(task.sizes)
+    return [_with(good, first=other), good]
+
+
+def bogus_answers(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
     """Results that may not be applied: NaN, then for a future step, an unknown shard, a wrong count."""
-    good = dict(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels), loss_sum=1.0,
-                correct=0, compute_seconds=0.01, grads=nan_grads())
-    return [P.Result(**{**good, "step": task.step + 1000}), P.Result(**{**good, "first": 999}),
-            P.Result(**{**good, "count": len(task.labels) + 1}), P.Result(**good)]
+    good = _with(peer.honest(task), grads=nan_grads(), loss_sum=1.0, correct=0)
+    return [_with(good, step=task.step + 1000), _with(good, first=999), _with(good, count=len(task.labels) + 1), good]
+
+
+def result_flood_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+    """Two hundred copies of a result for a shard that does not exist, then the true one, for every task."""
+    good = peer.honest(task)
+    return [_with(good, first=10**6)] * 200 + [good]

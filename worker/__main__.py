@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--curve-secret-key", None, optional(Path),
              "this worker's CURVE .key_secret file (turns CURVE on)")
     add_flag(parser, "--curve-server-key", None, optional(Path), "the coordinator's public CURVE .key file")
+    parser.add_argument("--self-test", action="store_true", help="print this machine's conformance probe digest "
+                        "and exit: workers whose digest differs from the coordinator's are refused")
     return parser
 
 
@@ -48,6 +50,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError("CURVE needs both --curve-secret-key and --curve-server-key")
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if args.self_test:
+        import numpy
+
+        from lenet.probe import probe_digest
+
+        print(f"probe digest {probe_digest()} (numpy {numpy.__version__}): it must be equal on every machine of "
+              "a run, or those workers are refused")
+        return int(ExitStatus.OK)
     if args.curve_secret_key is not None:
         require_curve()
         kwargs["curve"] = CurveClient(load_keypair(args.curve_secret_key), load_public(args.curve_server_key))

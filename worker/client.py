@@ -22,6 +22,7 @@ import zmq
 from coordinator import protocol as P
 from coordinator.keys import CurveClient, secure_client
 from lenet.model import LeNet5
+from lenet.probe import probe_digest
 from lenet.shards import unit_sums
 
 log = logging.getLogger("worker")
@@ -34,12 +35,13 @@ class WorkerConfig:
     heartbeat_interval: float = 1.0
     coordinator_timeout: float = 10.0  # silence after which the coordinator is presumed gone
     max_backoff: float = 5.0
+    refused_backoff: float = 60.0  # after the coordinator refused the registration itself
     curve: CurveClient | None = None  # CURVE keys, when the coordinator requires them
 
     def __post_init__(self) -> None:
         if not self.connect.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"--connect must be a ZeroMQ endpoint such as tcp://host:5555, got {self.connect!r}")
-        for name in ("heartbeat_interval", "coordinator_timeout", "max_backoff"):
+        for name in ("heartbeat_interval", "coordinator_timeout", "max_backoff", "refused_backoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be > 0, got {getattr(self, name)}")
 
@@ -60,8 +62,9 @@ class Worker:
     def __init__(self, config: WorkerConfig, context: zmq.Context | None = None, metrics=None):
         self.config = config
         self.context = context or zmq.Context.instance()
-        self.identity = uuid.uuid4().bytes
+        self.identity = uuid.uuid4().bytes  # kept across reconnections: a re-registration is the same member
         self.model = LeNet5()
+        self.probe = probe_digest()  # what the coordinator checks at the door: computed once
         self.params_step = -1
         self.stopping = False
         self.metrics = metrics  # optional worker.metrics.WorkerMetrics
@@ -107,8 +110,9 @@ class Worker:
     def run(self) -> str:
         """Work until shut down or stopped; returns why: 'shutdown' or 'stopped'."""
         try:
+            outcome = "reconnect"
             while not self.stopping:
-                if not self._register():
+                if not self._register(fresh_connection=outcome == "reconnect"):
                     break
                 outcome = self._serve()
                 if outcome in ("shutdown", "stopped"):
@@ -117,13 +121,21 @@ class Worker:
         finally:
             self._close()
 
-    def _register(self) -> bool:
-        """(Re)connect until the coordinator acknowledges; False if stopped meanwhile."""
+    def _register(self, fresh_connection: bool) -> bool:
+        """Register until the coordinator acknowledges; False if stopped meanwhile.
+
+        The connection is opened anew only at start and after the coordinator fell
+        silent (the old one may be dead).  Otherwise it is kept: ZeroMQ reconnects it
+        by itself, and the coordinator ignores a second connection that claims a
+        routing id it still holds (it allows no takeover), so a needless new one
+        could go unheard.
+        """
         wait, attempt = 0.25, 0
-        while not self.stopping:
+        if fresh_connection or self.sock is None:
             self._close()
             self.sock = self._open()
-            self._send(P.Register(name=self.config.name, pid=os.getpid()))
+        while not self.stopping:
+            self._send(P.Register(name=self.config.name, pid=os.getpid(), probe=self.probe))
             deadline = time.monotonic() + wait
             while not self.stopping and time.monotonic() < deadline:
                 msg = self._recv(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -133,6 +145,12 @@ class Worker:
                 if isinstance(msg, P.Shutdown):
                     self.stopping = True
                     return False
+                if isinstance(msg, P.Error) and msg.code != "unregistered":
+                    # Refused for what we are, not for a passing state: retrying soon would only
+                    # be refused again, and a restart policy would turn that into a crash loop.
+                    log.error("the coordinator refused this worker (%s): %s; trying again in %.0f s", msg.code,
+                              msg.message, self.config.refused_backoff)
+                    deadline = time.monotonic() + self.config.refused_backoff
             attempt += 1
             if attempt == 1:
                 log.info("coordinator at %s not answering%s; retrying with back-off up to %.0f s",

@@ -50,7 +50,7 @@ def test_only_listed_workers_get_in(tmp_path, procs, mnist_dir):
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(endpoint)
     for _ in range(20):
-        raw.send(P.encode(P.Register(name="raw", pid=1)))
+        raw.send(P.encode(P.Register(name="raw", pid=1, probe="0" * 64)))
     time.sleep(4)
     m = scrape(metrics_port)
     assert m["lenet_workers_alive"] == 0

@@ -91,7 +91,8 @@ def test_hung_worker_is_bypassed_then_put_back_to_work(tmp_path, procs):
     time.sleep(1.0)
     ws[1].signal(signal.SIGSTOP)
     time.sleep(4.0)  # twice the task deadline
-    assert "missed their 2 s deadline on w1" in coord.log()
+    # Its units were taken back at the deadline, or overtaken before it by a backup on an idle worker.
+    assert "missed their 2 s deadline on w1" in coord.log() or "w1 was overtaken" in coord.log()
     stalled = scrape(metrics_port).get("lenet_worker_compute_seconds_total{worker=w1}", 0.0)
     ws[1].signal(signal.SIGCONT)
     deadline, m = time.monotonic() + 30, {}
@@ -169,8 +170,8 @@ def test_nan_gradients_are_refused_and_recomputed(reference, tmp_path, procs):
     finally:
         poisoner.stop.set()
         poisoner.join(5)
-    assert poisoner.tasks >= 10
-    assert "non_finite" in coord.log()
+    assert poisoner.tasks >= 1  # its first NaN, contradicted by the coordinator's own computation, bans it
+    assert "non_finite" in coord.log() and "worker poisoner banned for the run" in coord.log()
     assert identical(params(tmp_path / "m.npz"), reference)
 
 

@@ -41,6 +41,26 @@ def test_bit_identical_for_any_worker_count(workers, reference, tmp_path, procs)
     assert identical(params(tmp_path / "m.npz"), reference)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_verifying_every_unit_changes_nothing(workers, reference, tmp_path, procs):
+    """--verify-fraction 1: every unit computed twice (by the coordinator itself when it has one worker)."""
+    port = free_port()
+    proc = coordinator(tmp_path, "--workers", str(workers), "--max-steps", str(STEPS), "--checkpoint-dir", "off",
+                       "--verify-fraction", "1", "--metrics-port", str(port), "--output", str(tmp_path / "m.npz"))
+    procs.append(proc)
+    seen = {}
+    while proc.popen.poll() is None:
+        try:
+            seen = scrape(port)
+        except OSError:
+            pass  # not serving yet, or already gone: the last complete scrape stands
+        time.sleep(0.2)
+    assert proc.wait() == 0, proc.log()
+    assert seen["lenet_units_verified_total"] >= 0.9 * seen["lenet_steps_total"] * (2 if workers == 2 else 1)
+    assert seen["lenet_verify_mismatches_total"] == 0 and seen["lenet_workers_banned_total"] == 0
+    assert identical(params(tmp_path / "m.npz"), reference)
+
+
 def test_bit_identical_to_single_process_trainer_with_same_shards(reference, tmp_path, procs):
     assert identical(trainer_params(tmp_path, "--max-steps", str(STEPS)), reference)
 

@@ -24,12 +24,43 @@ def test_silence_up_to_the_timeout_is_alive_past_it_is_dead():
     assert m.silent(now=15.5) == [("a", 10.5), ("b", 15.5)]
 
 
-def test_a_suspect_gets_no_work_until_it_speaks():
+def test_a_suspect_gets_no_work_until_it_answers_a_task_a_heartbeat_is_not_enough():
     m = make()
-    m.suspect("a", now=3.0)
+    assert not m.suspect("a", now=3.0)
     assert m.eligible() == ["b"] and m.get("a").suspect_since == 3.0
     m.touch("a", now=4.0)
+    assert m.eligible() == ["b"]  # alive, but not shown to compute
+    m.vouch("a")
     assert m.eligible() == ["a", "b"]
+
+
+def test_one_that_keeps_missing_without_answering_must_go_one_that_answers_never():
+    m = make()
+    assert [m.suspect("a", now=t) for t in (1.0, 2.0, 3.0)] == [False, False, True]
+    for t in range(10):  # slow but answering: every miss is followed by a valid (late) result
+        assert not m.suspect("b", now=float(t))
+        m.vouch("b")
+
+
+def test_names_are_safe_text_and_labels_unique():
+    from coordinator.membership import valid_name
+
+    assert valid_name("host-1.example:4242") and valid_name("local-0")
+    assert not any(valid_name(n) for n in ("", "a\nb", "a b", "x" * 65, "\x1b[31mred", "ü"))
+    m = make()
+    assert m.join("c", "alpha", pid=3, now=0.0, tag="c0ffee")
+    assert [m.get(i).label for i in "abc"] == ["alpha", "beta", "alpha~c0ffee"]
+
+
+def test_banned_members_are_out_and_remembered():
+    m = make()
+    assert m.ban("a").name == "alpha" and "a" not in m and "a" in m.banned
+    assert m.ban("zz") is None and "zz" in m.banned
+
+
+def test_the_table_has_a_cap():
+    m = Membership[int](heartbeat_timeout=1.0, max_members=2)
+    assert m.join(1, "a", 1, 0.0) and not m.full and m.join(2, "b", 2, 0.0) and m.full
 
 
 def test_strangers_are_not_members():
@@ -48,3 +79,11 @@ def test_exited_local_processes_are_found_by_pid_and_removed():
 def test_timeout_must_be_positive():
     with pytest.raises(ValueError, match="must be > 0"):
         Membership(heartbeat_timeout=0)
+
+
+def test_when_every_member_is_suspect_all_are_on_probation_rather_than_the_run_stalling():
+    m = make()
+    m.suspect("a", now=1.0)
+    m.suspect("b", now=1.0)
+    assert m.eligible() == ["a", "b"]
+

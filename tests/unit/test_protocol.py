@@ -13,7 +13,7 @@ def grads():
 
 
 MESSAGES = [
-    P.Register(name="host:1", pid=1),
+    P.Register(name="host:1", pid=1, probe="ab" * 32),
     P.Heartbeat(),
     P.Params(step=3, params=grads()),
     P.Task(step=3, first=2, sizes=[3, 1], pixels=np.zeros((4, 28, 28), np.uint8),
@@ -101,3 +101,19 @@ def test_all_finite():
     g["fc3.bias"] = g["fc3.bias"].copy()
     g["fc3.bias"][0] = np.inf
     assert not P.all_finite(g)
+
+
+def test_a_result_may_not_claim_the_impossible():
+    """Valid msgpack, valid types, values that cannot be true: refused before the coordinator uses them."""
+    result = body(MESSAGES[4])  # count 4
+    assert reason_of({**result, "compute_seconds": -1.0}) == "bad_field"  # once crashed the coordinator
+    assert reason_of({**result, "loss_sum": -0.5}) == "bad_field"
+    assert reason_of({**result, "loss_sum": float("inf")}) == "bad_field"
+    assert reason_of({**result, "correct": 5}) == "bad_field"  # more correct than samples
+    assert reason_of({**result, "correct": 10**9}) == "bad_field"
+
+
+def test_what_a_worker_sends_is_small_enough_to_decode_cheaply():
+    assert len(P.encode(MESSAGES[4])) <= P.MAX_RESULT_BYTES < 300_000
+    register = P.Register(name="x" * P.MAX_TEXT, pid=2**52, probe="f" * 64)
+    assert len(P.encode(register)) <= P.MAX_REGISTER_BYTES

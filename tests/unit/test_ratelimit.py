@@ -23,3 +23,14 @@ def test_memory_of_peers_is_bounded():
     for i in range(1000):
         assert replies.allow(i, now=0.0)
     assert len(replies._answered) <= 100
+
+
+def test_a_burst_is_admitted_then_the_rate_holds():
+    from coordinator.ratelimit import TokenBucket
+
+    bucket = TokenBucket(rate=10.0, burst=64)
+    assert all(bucket.take(now=0.0) for _ in range(64))  # 64 workers joining at once are all admitted
+    assert not bucket.take(now=0.0)
+    admitted = sum(bucket.take(now=i / 1000) for i in range(1, 1001))  # a flood over the next second
+    assert 9 <= admitted <= 10  # 10 a second, whatever the flood
+    assert bucket.take(now=100.0)

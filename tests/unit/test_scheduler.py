@@ -48,16 +48,76 @@ def test_missed_deadline_takes_the_unit_back():
     assert s.check("b", 5, 0, 2, 8) is None
 
 
-def test_unusable_result_is_computed_again():
-    s = make(((0, 4),))
-    s.next_unit("a", 0)
-    assert s.reject_result(0) == 4
-    assert list(s.pending) == [0] and not s.complete
-
-
 @pytest.mark.parametrize("workers, expected", [
     (1, [(0, 8)]), (2, [(0, 4), (4, 8)]), (4, [(0, 2), (2, 4), (4, 6), (6, 8)]),
     (3, [(i, i + 1) for i in range(8)]), (8, [(i, i + 1) for i in range(8)]), (32, [(i, i + 1) for i in range(8)]),
 ])
 def test_work_units_balance_with_fewest_messages(workers, expected):
     assert work_units(8, workers) == expected
+
+
+def test_an_idle_worker_backs_up_the_oldest_unit_once_and_the_first_result_wins():
+    s = make(((0, 1), (1, 2)))
+    assert s.next_unit("a", 0) == 0 and s.next_unit("b", 1) == 1
+    assert s.backup_unit("a", 2) is None  # a is busy
+    assert s.backup_unit("c", 2, older_than=5.0) is None  # not a straggler yet
+    assert s.backup_unit("c", 2) == 0  # the oldest outstanding unit
+    assert s.backup_unit("d", 2) == 1 and s.backup_unit("e", 2) is None  # once per unit
+    assert s.check("c", 5, 0, 1, 8) is None and s.check("a", 5, 0, 1, 8) is None  # either may answer
+    assert s.accept(0, "from c", by="c") == ["a"]  # a was overtaken
+    assert s.check("a", 5, 0, 1, 8) == "duplicate" and s.results_by_node() == {(0, 1): "from c"}
+
+
+def test_a_backup_takes_over_from_a_dead_or_late_primary():
+    s = make(((0, 1), (1, 2)), timeout=10.0)
+    s.next_unit("a", 0)
+    s.next_unit("b", 0)
+    s.backup_unit("c", 1)
+    assert s.release_worker("a") == 0 and s.held_by("c") == [0] and not s.pending  # nothing re-queued
+    assert s.expire(now=10.0) == [(1, "b")] and list(s.pending) == [1]
+    assert s.expire(now=11.0) == [(0, "c")] and list(s.pending) == [0, 1]
+
+
+def test_deadlines_can_be_set_per_unit():
+    s = make()
+    s.next_unit("a", 0, timeout=3.0)
+    s.next_unit("b", 0)
+    assert s.next_deadline() == 3.0 and s.expire(now=3.0) == [(0, "a")]
+
+
+def test_the_coordinator_may_settle_a_unit_itself():
+    s = make()
+    s.next_unit("a", 0)
+    s.accept(0, "computed here")
+    assert s.held_by("a") == [] and s.check("a", 5, 0, 2, 8) == "duplicate"
+    s.accept(2, "also here")  # even one never given out
+    assert s.complete and not s.pending
+
+
+def test_deadlines_follow_the_measured_time_within_floor_and_cap():
+    from coordinator.scheduler import DeadlinePolicy
+
+    policy = DeadlinePolicy(cap=30.0, floor=3.0, multiple=10.0)
+    assert policy.timeout(64) == 30.0  # nothing measured yet: the cap
+    for seconds in (0.64, 0.64, 6.4):  # 10 ms, 10 ms and an outlier of 100 ms per sample
+        policy.record(seconds, 64)
+    assert policy.timeout(64) == 10.0 * 0.01 * 64  # the median, not the outlier
+    assert policy.timeout(8) == 3.0 and policy.timeout(10_000) == 30.0
+    assert DeadlinePolicy(cap=2.0).timeout(1) == 2.0  # a cap below the floor wins
+
+
+def test_an_answer_under_check_goes_to_someone_else():
+    s = make(((0, 2),))
+    s.next_unit("a", 0)
+    s.second_opinion(0, "a")
+    assert s.check("a", 5, 0, 2, 8) == "late"  # a no longer holds it
+    assert s.next_unit("a", 1) is None and s.backup_unit("a", 1) is None  # nor may it have it again
+    assert s.next_unit("b", 1) == 0 and s.check("b", 5, 0, 2, 8) is None
+
+
+def test_discarded_results_are_computed_again():
+    s = make()
+    s.next_unit("a", 0)
+    s.accept(0, "from a")
+    assert s.discard([0]) == 2 and list(s.pending) == [0, 1] and not s.results
+

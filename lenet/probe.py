@@ -1,0 +1,36 @@
+"""The conformance probe: a fixed computation whose exact bits tell whether two machines agree.
+
+Bit-identical runs need every worker to compute exactly what the coordinator
+would.  A worker on another CPU kernel, BLAS or NumPy build can be right to 1e-6
+and still differ in the last bits, which silently changes a run.  So every worker
+computes this probe (fixed parameters, a fixed two-shard unit of synthetic
+images, `lenet.shards.unit_sums`: the very code that computes tasks) and sends its
+digest when it registers; the coordinator admits it only if the digest equals
+its own.  `python -m worker --self-test` prints the digest, to compare machines
+before a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+
+from lenet.model import PARAM_SHAPES, LeNet5
+from lenet.shards import unit_sums
+
+PROBE_SEED = 5  # fixes the parameters, the images and the labels
+PROBE_SIZES = (7, 9)  # two shards of odd sizes: the tree's addition is part of the probe
+
+
+def probe_digest() -> str:
+    """SHA-256 (hex) of the probe's loss, correct count and gradient bytes."""
+    rng = np.random.default_rng(PROBE_SEED)  # PCG64: the same stream on every platform
+    n = sum(PROBE_SIZES)
+    pixels = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+    sums = unit_sums(LeNet5(seed=PROBE_SEED), pixels, labels, PROBE_SIZES)
+    h = hashlib.sha256(np.float64(sums.loss_sum).tobytes() + sums.correct.to_bytes(8, "little"))
+    for name in PARAM_SHAPES:
+        h.update(np.ascontiguousarray(sums.grads[name], dtype="<f4").tobytes())
+    return h.hexdigest()

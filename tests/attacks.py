@@ -1,0 +1,336 @@
+"""The attack catalogue, runnable by the tests (tests/integration/test_attacks.py) and the benchmark
+(bench/bench_attacks.py): each attack trains the same small run beside hostile peers and reports
+what came out of it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import zmq
+
+import hostile as H
+from coordinator import protocol as P
+from procs import Proc, coordinator, free_port, identical, params, scrape, worker
+
+CONFIG = ("--train-subset", "2560", "--epochs", "2", "--task-timeout", "3", "--checkpoint-dir", "off")
+
+
+@dataclass
+class Check:
+    what: str
+    holds: bool
+    detail: str = ""
+
+
+@dataclass
+class Run:
+    status: int
+    params: dict[str, np.ndarray]
+    seconds: float
+    peak_mb: float
+    log: str
+    metrics: dict[str, float]
+    checks: list[Check] = field(default_factory=list)
+
+    def identical_to(self, other: "Run") -> bool:
+        return identical(self.params, other.params)
+
+    def count(self, name: str, **labels: str) -> float:
+        key = name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}" if labels else "")
+        return self.metrics.get(key, 0.0)
+
+    def expect(self, what: str, holds: bool, detail: object = "") -> None:
+        self.checks.append(Check(what, bool(holds), str(detail)))
+
+    def rejected(self, reason: str) -> float:
+        return self.count("lenet_rejected_messages_total", reason=reason)
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def run_training(tmp: Path, attackers: Callable[[str], list] = lambda endpoint: [], *extra: str,
+                 min_workers: int = 2, during: Callable[[str, Proc], None] | None = None) -> tuple[Run, list]:
+    """The catalogue's run: coordinator + 2 honest workers, `attackers(endpoint)` started beside them."""
+    endpoint, metrics_port = f"tcp://127.0.0.1:{free_port()}", free_port()
+    start = time.monotonic()
+    coord = coordinator(tmp, *CONFIG, "--workers", "0", "--bind", endpoint, "--min-workers", str(min_workers),
+                        "--metrics-port", str(metrics_port), "--output", str(tmp / "m.npz"), *extra)
+    started: list = attackers(endpoint)
+    honest = [worker(tmp, endpoint, f"w{i}") for i in range(2)]
+    peak, last = 0.0, {}
+    try:
+        while coord.popen.poll() is None and time.monotonic() - start < 600:
+            peak = max(peak, _peak_rss_mb(coord.pid) or 0.0)
+            try:
+                last = scrape(metrics_port)
+            except OSError:
+                pass  # not up yet, or already gone: the last complete scrape stands
+            if during is not None:
+                during(endpoint, coord)
+                during = None
+            time.sleep(0.1)
+        status = coord.wait(timeout=30)
+        seconds = time.monotonic() - start
+    finally:
+        for peer in started:
+            stop = getattr(peer, "stop", None)
+            if isinstance(stop, Callable):
+                stop()
+            elif stop is not None:
+                stop.set()
+        for p in [coord, *honest]:
+            p.stop()
+    run = Run(status, params(tmp / "m.npz") if status == 0 else {}, seconds, peak, coord.log(), last)
+    return run, started
+
+
+def undisturbed(tmp: Path) -> Run:
+    return run_training(tmp)[0]
+
+
+def _scripted(answer: H.Answer, count: int = 1, name: str = "liar", **kwargs) -> Callable[[str], list]:
+    def start(endpoint: str) -> list:
+        peers = [H.ScriptedWorker(endpoint, f"{name}{i}" if count > 1 else name, answer, seconds=300, **kwargs)
+                 for i in range(count)]
+        for peer in peers:
+            peer.start()
+        return peers
+    return start
+
+
+class RawPeers:
+    """DEALER sockets that send whatever frames they are given; they read and drop every reply."""
+
+    def __init__(self, endpoint: str, count: int = 1):
+        self.context = zmq.Context()
+        self.context.set(zmq.MAX_SOCKETS, count + 16)
+        self.socks = []
+        for _ in range(count):
+            s = self.context.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.SNDTIMEO, 2000)
+            s.setsockopt(zmq.ROUTING_ID, uuid.uuid4().bytes)
+            s.connect(endpoint)
+            self.socks.append(s)
+
+    def send_all(self, frame: bytes) -> None:
+        for s in self.socks:
+            try:
+                s.send(frame)
+            except zmq.Again:
+                pass
+            while s.poll(0):
+                s.recv()
+
+    def stop(self) -> None:
+        for s in self.socks:
+            s.close(linger=0)
+        self.context.term()
+
+
+# --------------------------------------------------------------------------- the attacks
+
+
+def negative_compute_seconds(tmp: Path) -> Run:
+    """Finding 1: one Result with compute_seconds = -1 used to end the run with a traceback."""
+    run, _ = run_training(tmp, _scripted(H.negative_seconds_answer))
+    run.expect("refused as a bad field", run.rejected("bad_field") >= 1, run.metrics)
+    run.expect("no traceback", "Traceback" not in run.log)
+    return run
+
+
+def finite_poison(tmp: Path) -> Run:
+    """Finding 2: gradients of 1e30 were applied; now refused as implausible, recomputed, the liar banned."""
+    run, _ = run_training(tmp, _scripted(H.poison_answer))
+    run.expect("refused as implausible", run.rejected("implausible") >= 1, run.metrics)
+    run.expect("the liar banned", run.count("lenet_workers_banned_total") == 1, run.metrics)
+    return run
+
+
+def three_nan_liars(tmp: Path) -> Run:
+    """Finding 3: three peers answering NaN ended any run as "diverged"; now each is contradicted and banned."""
+    run, peers = run_training(tmp, _scripted(H.nan_answer, count=3), min_workers=5)
+    run.expect("all three banned", run.count("lenet_workers_banned_total") == 3, run.metrics)
+    run.expect("not declared diverged", "diverged" not in run.log)
+    run.expect("each got at most a step's work", all(p.tasks <= 3 for p in peers), [p.tasks for p in peers])
+    return run
+
+
+def nested_arrays(tmp: Path) -> Run:
+    """Finding 4: a 16 MB frame of nested empty msgpack arrays cost 1.1 GB to refuse."""
+    def frames(n: int) -> bytes:
+        return b"\xdc" + (1000).to_bytes(2, "big") + (b"\xdc" + (1000).to_bytes(2, "big") + b"\x90" * 1000) * n
+
+    def during(endpoint: str, coord: Proc) -> None:
+        strangers = RawPeers(endpoint, 6)
+        for sock, size in zip(strangers.socks, (16_000, 16_000, 300, 300, 240, 240)):
+            sock.send(frames(size))  # 16 MB and 300 KB: cut off by the socket; 240 KB: dropped unread
+        member = RawPeers(endpoint, 1)
+        member.send_all(P.encode(P.Register(name="nested", pid=1, probe=H.this_machines_probe())))
+        time.sleep(0.5)
+        for _ in range(20):  # a registered peer: under the size limit, so decoded, refused
+            member.send_all(frames(200))
+        time.sleep(1.0)
+        strangers.stop()
+        member.stop()
+
+    run, _ = run_training(tmp, during=during)
+    run.expect("strangers' frames dropped unread", run.rejected("unregistered") >= 2, run.metrics)
+    run.expect("the member's frames refused", run.rejected("malformed") + run.rejected("bad_field") >= 1,
+               run.metrics)
+    return run
+
+
+def ghosts(tmp: Path) -> Run:
+    """Finding 5: registered peers that heartbeat but never answer held steps for the whole deadline, again
+    and again.  Now each costs one deadline: it gets no work until it answers."""
+    run, peers = run_training(tmp, _scripted(H.silent_answer, count=6, name="ghost"), min_workers=8)
+    run.expect("each ghost given work at most once", all(p.tasks <= 2 for p in peers), [p.tasks for p in peers])
+    run.expect("no honest worker lost", run.count("lenet_workers_lost_total") == 0, run.metrics)
+    return run
+
+
+def registration_flood(tmp: Path) -> Run:
+    """Finding 5: 3,000 identities registered, each a member and a log line.  Now rate-limited and capped."""
+    def during(endpoint: str, coord: Proc) -> None:
+        flood = RawPeers(endpoint, 800)
+        flood.send_all(P.encode(P.Register(name="flood", pid=1, probe=H.this_machines_probe())))
+        time.sleep(1.0)
+        flood.stop()
+
+    run, _ = run_training(tmp, during=during)
+    run.expect("registrations rate-limited", run.rejected("rate_limited") >= 100, run.metrics)
+    run.expect("few log lines", run.log.count("joined") <= 40 and run.log.count(" lost") <= 20,
+               (run.log.count("joined"), run.log.count(" lost")))
+    return run
+
+
+def impossible_values(tmp: Path) -> Run:
+    """Finding 6: correct = 10**9 and negative losses were believed; names could forge log lines; two
+    workers of one name shared a metric series."""
+    def start(endpoint: str) -> list:
+        peers = [H.ScriptedWorker(endpoint, "liar", H.impossible_answer, seconds=300),
+                 H.ScriptedWorker(endpoint, "evil\ncoordinator done: forged", H.honest_answer, seconds=300),
+                 H.ScriptedWorker(endpoint, "twin", H.honest_answer, seconds=300),
+                 H.ScriptedWorker(endpoint, "twin", H.honest_answer, seconds=300)]
+        for p in peers:
+            p.start()
+        return peers
+
+    run, peers = run_training(tmp, start, min_workers=5)
+    run.expect("the liar was given work", peers[0].tasks >= 1, peers[0].tasks)
+    run.expect("impossible statistics refused", run.rejected("bad_field") >= 2, run.metrics)
+    run.expect("the forged name refused", "bad_name" in peers[1].errors and run.rejected("bad_name") >= 1,
+               peers[1].errors)
+    run.expect("no forged log line", "forged" not in run.log.replace("'evil\\ncoordinator done: forged'", ""))
+    labels = set(re.findall(r"worker (twin\S*) joined", run.log))
+    run.expect("the twins have a label each", len(labels) == 2 and "twin" in labels, labels)
+    return run
+
+
+def near_honest_liar(tmp: Path) -> Run:
+    """Finding 7: right to ~1e-7, wrong in the last bits.  With --verify-fraction 1 every unit is checked."""
+    run, _ = run_training(tmp, _scripted(H.other_numerics_answer), "--verify-fraction", "1")
+    run.expect("a mismatch found", run.count("lenet_verify_mismatches_total") >= 1, run.metrics)
+    run.expect("the liar banned", run.count("lenet_workers_banned_total") == 1, run.metrics)
+    return run
+
+
+def nonconforming_worker(tmp: Path) -> Run:
+    """Finding 7: an honest worker on another CPU kernel.  Simulated by a real worker process whose gradient
+    code flips the lowest bit of one element (OPENBLAS_CORETYPE is left alone, as the workplace asks)."""
+    patch = ("import sys, numpy as np; from lenet import model as m; real = m.LeNet5.sum_loss_and_grads\n"
+             "def flipped(self, x, y):\n"
+             "    r = real(self, x, y); b = r.grads['fc3.bias']; b.view(np.uint32)[0] ^= 1; return r\n"
+             "m.LeNet5.sum_loss_and_grads = flipped\n"
+             "from worker.__main__ import main; from lenet.status import run_main; sys.exit(run_main(main, 'worker'))")
+
+    def start(endpoint: str) -> list:
+        return [Proc(["-c", patch, "--connect", endpoint, "--name", "other-cpu"], tmp / "other-cpu.log")]
+
+    run, peers = run_training(tmp, start)
+    log = peers[0].log()
+    run.expect("refused at the door", run.rejected("nonconforming") >= 1, run.metrics)
+    run.expect("it says why and waits", "refused this worker (nonconforming)" in log and "OpenBLAS" in log, log[-2000:])
+    run.expect("it did not crash", "Traceback" not in log and "exiting" not in log, log[-2000:])
+    return run
+
+
+def replay(tmp: Path) -> Run:
+    """Results of earlier steps sent again."""
+    run, _ = run_training(tmp, _scripted(H.replay_answer))
+    run.expect("replays refused as stale", run.rejected("stale_step") >= 1, run.metrics)
+    return run
+
+
+def someone_elses_unit(tmp: Path) -> Run:
+    """A result for a unit held by another worker."""
+    run, _ = run_training(tmp, _scripted(H.someone_elses_unit_answer), min_workers=3)
+    run.expect("refused", run.rejected("late") + run.rejected("unknown_shard") + run.rejected("duplicate") >= 1,
+               run.metrics)
+    return run
+
+
+def result_flood(tmp: Path) -> Run:
+    """Two hundred bogus results for every task."""
+    run, _ = run_training(tmp, _scripted(H.result_flood_answer), min_workers=3)
+    run.expect("all refused and counted", run.rejected("unknown_shard") >= 1000, run.metrics)
+    run.expect("rate-limited log", run.log.count("rejected message from") < 50)
+    return run
+
+
+def takeover(tmp: Path) -> Run:
+    """A connection that claims a registered worker's routing identity, to answer in its name."""
+    victim: list[H.ScriptedWorker] = []
+
+    def start(endpoint: str) -> list:
+        victim.append(H.ScriptedWorker(endpoint, "victim", H.honest_answer, seconds=300))
+        victim[0].start()
+        return victim
+
+    def during(endpoint: str, coord: Proc) -> None:
+        victim[0].registered.wait(30)
+        before = victim[0].tasks
+        thief = zmq.Context.instance().socket(zmq.DEALER)
+        thief.setsockopt(zmq.LINGER, 0)
+        thief.setsockopt(zmq.ROUTING_ID, victim[0].identity)
+        thief.connect(endpoint)
+        poison = msgpack.packb({"v": P.PROTOCOL_VERSION, "type": "leave"}, use_bin_type=True)
+        for _ in range(10):
+            thief.send(poison)  # "the victim leaves": would re-dispatch its work if believed
+            time.sleep(0.05)
+        got = thief.poll(1000)
+        thief.close(linger=0)
+        deadline = time.monotonic() + 10
+        while victim[0].tasks <= before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        victim.append(got)  # type: ignore[arg-type]
+        victim.append(victim[0].tasks > before)  # type: ignore[arg-type]
+
+    run, _ = run_training(tmp, start, min_workers=3, during=during)
+    run.expect("the thief heard nothing", victim[1] is False or victim[1] == 0, victim[1:])
+    run.expect("the victim kept working", victim[2] is True, victim[1:])
+    run.expect("the victim never left", "victim left" not in run.log)
+    return run
+
+
+ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
+    negative_compute_seconds, finite_poison, three_nan_liars, nested_arrays, ghosts, registration_flood,
+    impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
+)}
