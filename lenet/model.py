@@ -8,9 +8,9 @@
 
 ReLU and max pooling commute (max is monotone, and both route the gradient to the
 same single element, or to none), so the code pools first and applies ReLU to a
-tensor four times smaller.  Inside, image tensors are laid out (C, N, H, W)
-(see layers.py for why).  The function and its gradients are exactly those of
-conv -> ReLU -> pool.
+tensor four times smaller.  Image tensors are (N, C, H, W), and every product of
+the convolutional half is one GEMM per sample (see layers.py for why).  The
+function and its gradients are exactly those of conv -> ReLU -> pool.
 """
 
 from __future__ import annotations
@@ -40,6 +40,9 @@ PARAM_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 CHUNK = 256  # largest batch computed in one pass (see sum_loss_and_grads)
+SUB = 16  # samples per piece of the convolutional half (see LeNet5._pass)
+CONV_PARAMS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")
+FC_PARAMS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias")
 
 # Fan-in of each weight, for initialisation.
 _FAN_IN = {"conv1.weight": 25, "conv2.weight": 150, "fc1.weight": 400, "fc2.weight": 120, "fc3.weight": 84}
@@ -84,59 +87,48 @@ class LeNet5:
 
     # ------------------------------------------------------------------ passes
 
-    def _forward(self, x: np.ndarray) -> tuple[np.ndarray, list]:
-        """Logits and the caches the backward pass needs.  x: (N, 1, 28, 28)."""
+    def _conv_forward(self, x: np.ndarray) -> tuple[np.ndarray, list]:
+        """The convolutional half, one product per sample: x (N, 1, 28, 28) -> (N, 400)."""
         p = self.params
         if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
             raise ValueError(f"expected input of shape (N, 1, 28, 28), got {x.shape}")
-        n = x.shape[0]
-        h = np.ascontiguousarray(x.transpose(1, 0, 2, 3), dtype=self.dtype)  # (1, N, 28, 28)
-        h, c1 = layers.conv_forward(h, p["conv1.weight"], p["conv1.bias"], pad=2)  # (6, N, 28, 28)
-        h, p1 = layers.maxpool_forward(h)  # (6, N, 14, 14)
+        h = np.asarray(x, dtype=self.dtype)
+        h, c1 = layers.conv_forward(h, p["conv1.weight"], p["conv1.bias"], pad=2)  # (N, 6, 28, 28)
+        h, p1 = layers.maxpool_forward(h)  # (N, 6, 14, 14)
         h, r1 = layers.relu_forward(h)
-        h, c2 = layers.conv_forward(h, p["conv2.weight"], p["conv2.bias"], pad=0)  # (16, N, 10, 10)
-        h, p2 = layers.maxpool_forward(h)  # (16, N, 5, 5)
+        h, c2 = layers.conv_forward(h, p["conv2.weight"], p["conv2.bias"], pad=0)  # (N, 16, 10, 10)
+        h, p2 = layers.maxpool_forward(h)  # (N, 16, 5, 5)
         h, r2 = layers.relu_forward(h)
-        h = h.transpose(1, 0, 2, 3).reshape(n, 400)  # PyTorch flatten order (C, H, W) per sample
-        h, f1 = layers.linear_forward(h, p["fc1.weight"], p["fc1.bias"])  # (N, 120)
+        return h.reshape(len(h), 400), [c1, p1, r1, c2, p2, r2]  # PyTorch's flatten order (C, H, W)
+
+    def _fc_forward(self, h: np.ndarray) -> tuple[np.ndarray, list]:
+        """The fully connected half: h (N, 400) or a stack of shards (S, N, 400) -> logits (..., 10)."""
+        p = self.params
+        h, f1 = layers.linear_forward(h, p["fc1.weight"], p["fc1.bias"])
         h, r3 = layers.relu_forward(h)
-        h, f2 = layers.linear_forward(h, p["fc2.weight"], p["fc2.bias"])  # (N, 84)
+        h, f2 = layers.linear_forward(h, p["fc2.weight"], p["fc2.bias"])
         h, r4 = layers.relu_forward(h)
-        logits, f3 = layers.linear_forward(h, p["fc3.weight"], p["fc3.bias"])  # (N, 10)
-        return logits, [c1, p1, r1, c2, p2, r2, f1, r3, f2, r4, f3]
+        logits, f3 = layers.linear_forward(h, p["fc3.weight"], p["fc3.bias"])
+        return logits, [f1, r3, f2, r4, f3]
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits (N, 10) for standardised images x: (N, 1, 28, 28)."""
-        return self._forward(x)[0]
-
-    def _backward(self, dlogits: np.ndarray, caches: list) -> Params:
-        c1, p1, r1, c2, p2, r2, f1, r3, f2, r4, f3 = caches
-        g: Params = {}
-        dh, g["fc3.weight"], g["fc3.bias"] = layers.linear_backward(dlogits, f3)
-        dh = layers.relu_backward(dh, r4)
-        dh, g["fc2.weight"], g["fc2.bias"] = layers.linear_backward(dh, f2)
-        dh = layers.relu_backward(dh, r3)
-        dh, g["fc1.weight"], g["fc1.bias"] = layers.linear_backward(dh, f1)
-        n = dh.shape[0]
-        dh = dh.reshape(n, 16, 5, 5).transpose(1, 0, 2, 3)  # (16, N, 5, 5)
-        dh = layers.relu_backward(dh, r2)
-        dh = layers.maxpool_backward(dh, p2)  # (16, N, 10, 10)
-        dh, g["conv2.weight"], g["conv2.bias"] = layers.conv_backward(dh, c2)  # (6, N, 14, 14)
-        dh = layers.relu_backward(dh, r1)
-        dh = layers.maxpool_backward(dh, p1)  # (6, N, 28, 28)
-        _, g["conv1.weight"], g["conv1.bias"] = layers.conv_backward(dh, c1, need_dx=False)
-        return {name: g[name] for name in PARAM_SHAPES}
+        if len(x) <= SUB:
+            return self._fc_forward(self._conv_forward(x)[0])[0]
+        return self._fc_forward(np.concatenate([self._conv_forward(x[i : i + SUB])[0] for i in range(0, len(x), SUB)]))[0]
 
     def sum_loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> SumLossGrads:
         """Cross-entropy and gradients summed (not averaged) over the batch.
 
         The distributed service adds these up shard by shard and divides once by the
         batch size.  Batches above CHUNK samples are computed CHUNK at a time and
-        summed in order: conv1's im2col matrix takes 78 KB per sample, and past
-        glibc's mmap threshold every step would page-fault it afresh.
+        summed in order, which bounds the memory a call takes (conv1's im2col matrix
+        alone is 78 KB per sample).
         """
         y = np.asarray(y, dtype=np.intp)
-        parts = [self._chunk_sums(x[i : i + CHUNK], y[i : i + CHUNK]) for i in range(0, max(1, len(y)), CHUNK)]
+        n = len(y)
+        parts = [self._pass(x[i : i + CHUNK], y[i : i + CHUNK], [min(CHUNK, n - i)])[0]
+                 for i in range(0, max(1, n), CHUNK)]
         if len(parts) == 1:
             return parts[0]
         grads = parts[0].grads
@@ -147,23 +139,109 @@ class LeNet5:
     def shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> list[SumLossGrads]:
         """`sum_loss_and_grads` of each of consecutive shards of x (N, 1, 28, 28), `sizes[i]` samples each.
 
-        Each shard's sums are exactly what `sum_loss_and_grads` gives for that shard
-        alone: the reduction tree adds them, and its result must not depend on how
-        shards were grouped into calls.
+        Each shard's sums are bit for bit what `sum_loss_and_grads` gives for that
+        shard alone (the reduction tree adds them, and its result must not depend on
+        how shards were grouped into calls), yet consecutive shards are computed
+        together, up to CHUNK samples per pass: the layers' products are per sample
+        or per shard (see layers.py), so a shard's numbers do not depend on its
+        neighbours.  A shard larger than CHUNK is computed alone, in CHUNK pieces,
+        exactly as `sum_loss_and_grads` does.
         """
-        bounds = np.cumsum([0, *sizes])
-        return [self.sum_loss_and_grads(x[lo:hi], y[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+        if any(s < 1 for s in sizes) or sum(sizes) != len(y) or len(x) != len(y):
+            raise ValueError(f"shard sizes {list(sizes)} do not split {len(x)} images and {len(y)} labels")
+        y = np.asarray(y, dtype=np.intp)
+        out: list[SumLossGrads] = []
+        lo = 0
+        group: list[int] = []  # sizes of the shards of the pass being gathered, starting at sample lo
+        for size in [*sizes, None]:
+            if group and (size is None or size > CHUNK or sum(group) + size > CHUNK):
+                hi = lo + sum(group)
+                out += self._pass(x[lo:hi], y[lo:hi], group)
+                lo, group = hi, []
+            if size is None:
+                break
+            if size > CHUNK:
+                out.append(self.sum_loss_and_grads(x[lo : lo + size], y[lo : lo + size]))
+                lo += size
+            else:
+                group.append(size)
+        return out
 
-    def _chunk_sums(self, x: np.ndarray, y: np.ndarray) -> SumLossGrads:
-        logits, caches = self._forward(x)
-        loss_sum, correct, dlogits = layers.softmax_cross_entropy(logits, y)
-        grads = self._backward(dlogits, caches)
-        return SumLossGrads(float(loss_sum), int(correct.sum()), grads)
+    def _pass(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> list[SumLossGrads]:
+        """Sums of consecutive shards computed in one pass.
+
+        The convolutional half runs per sample, SUB samples at a time so that a
+        piece's intermediates (im2col matrices, column gradients) stay in the L2
+        cache; its per-sample weight and bias gradients are then added up per shard
+        in sample order.  The linear layers run per shard, shards of equal size
+        stacked into one call (see layers.py).
+        """
+        n = len(y)
+        starts = np.cumsum([0, *sizes[:-1]])
+        pieces = [(lo, min(lo + SUB, n)) for lo in range(0, n, SUB)]
+        conv = [self._conv_forward(x[lo:hi]) for lo, hi in pieces]
+        h = np.concatenate([hc[0] for hc in conv])
+        dh = np.empty_like(h)
+        fc_grads: dict[str, list[np.ndarray]] = {name: [] for name in FC_PARAMS}  # run by run
+        losses, correct = np.empty(n, dtype=np.float64), np.empty(n, dtype=bool)
+        for lo, count, size in _runs(sizes):
+            hi = lo + count * size
+            logits, caches = self._fc_forward(h[lo:hi].reshape(count, size, 400))
+            losses[lo:hi], correct[lo:hi], dlogits = layers.softmax_cross_entropy(logits.reshape(-1, 10), y[lo:hi])
+            dh[lo:hi] = self._fc_backward(dlogits.reshape(count, size, 10), caches, fc_grads).reshape(-1, 400)
+        per_shard: Params = {name: np.concatenate(parts) for name, parts in fc_grads.items()}
+        per_sample = [self._conv_backward(dh[lo:hi], caches) for (lo, hi), (_, caches) in zip(pieces, conv)]
+        for name in CONV_PARAMS:
+            per_shard[name] = layers.segment_sums(np.concatenate([g[name] for g in per_sample]), starts)
+        loss_sums = layers.segment_sums(losses, starts)
+        correct_counts = layers.segment_sums(correct.astype(np.intp), starts)
+        return [SumLossGrads(float(loss_sums[s]), int(correct_counts[s]),
+                             {name: per_shard[name][s] for name in PARAM_SHAPES}) for s in range(len(sizes))]
+
+    def _fc_backward(self, dlogits: np.ndarray, caches: list, g: dict[str, list[np.ndarray]]) -> np.ndarray:
+        """Backward through the linear layers of a stack of shards; appends each shard's gradients to g."""
+        f1, r3, f2, r4, f3 = caches
+        dh, dw, db = layers.linear_backward(dlogits, f3)
+        g["fc3.weight"].append(dw), g["fc3.bias"].append(db)
+        dh = layers.relu_backward(dh, r4)
+        dh, dw, db = layers.linear_backward(dh, f2)
+        g["fc2.weight"].append(dw), g["fc2.bias"].append(db)
+        dh = layers.relu_backward(dh, r3)
+        dh, dw, db = layers.linear_backward(dh, f1)
+        g["fc1.weight"].append(dw), g["fc1.bias"].append(db)
+        return dh
+
+    def _conv_backward(self, dh: np.ndarray, caches: list) -> Params:
+        """Backward through the convolutional half from dh (N, 400): per-sample gradients (N, ...)."""
+        c1, p1, r1, c2, p2, r2 = caches
+        each = np.arange(len(dh))  # every sample its own segment
+        g: Params = {}
+        dh = layers.relu_backward(dh.reshape(len(dh), 16, 5, 5), r2)
+        dh = layers.maxpool_backward(dh, p2)  # (N, 16, 10, 10)
+        dh, g["conv2.weight"], g["conv2.bias"] = layers.conv_backward(dh, c2, each)  # (N, 6, 14, 14)
+        dh = layers.relu_backward(dh, r1)
+        dh = layers.maxpool_backward(dh, p1)  # (N, 6, 28, 28)
+        _, g["conv1.weight"], g["conv1.bias"] = layers.conv_backward(dh, c1, each, need_dx=False)
+        return g
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
         """Mean cross-entropy over the batch and its gradients (same keys as params)."""
         result = self.sum_loss_and_grads(x, y)
         return result.loss_sum / x.shape[0], mean_gradient({(0, 1): result.grads}, 1, x.shape[0])
+
+
+def _runs(sizes: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Runs of consecutive equal shard sizes: (first sample, number of shards, shard size)."""
+    runs: list[tuple[int, int, int]] = []
+    lo = 0
+    for size in sizes:
+        if runs and runs[-1][2] == size:
+            first, count, _ = runs[-1]
+            runs[-1] = (first, count + 1, size)
+        else:
+            runs.append((lo, 1, size))
+        lo += size
+    return runs
 
 
 def check_params(params: dict[str, np.ndarray], origin: str) -> Params:
