@@ -69,39 +69,48 @@ def im2col(xp: Array, kh: int, kw: int) -> Array:
     """Receptive fields of a padded tensor, per sample: (N, C, H, W) -> (N, C*KH*KW, OH*OW).
 
     Row (c, i, j) of a sample's block holds input channel c shifted by kernel offset
-    (i, j); the loop runs over the KH*KW offsets (25 for LeNet), each a vectorised copy.
+    (i, j).  One copy from a strided view of all the windows (one NumPy call, not
+    one per offset: the calls, not the bytes, dominate at LeNet's sizes).
     """
     n, c, h, w = xp.shape
     oh, ow = h - kh + 1, w - kw + 1
-    cols = np.empty((n, c, kh, kw, oh, ow), dtype=xp.dtype)
-    for i in range(kh):
-        for j in range(kw):
-            cols[:, :, i, j] = xp[:, :, i : i + oh, j : j + ow]
-    return cols.reshape(n, c * kh * kw, oh * ow)
+    s_n, s_c, s_h, s_w = xp.strides
+    windows = as_strided(xp, shape=(n, c, kh, kw, oh, ow), strides=(s_n, s_c, s_h, s_w, s_h, s_w), writeable=False)
+    return np.ascontiguousarray(windows).reshape(n, c * kh * kw, oh * ow)
 
 
-def col2im_wide(dcols: Array, xp_shape: tuple[int, ...], kh: int, kw: int) -> Array:
-    """Adjoint of `im2col`, for column gradients laid out on the *wide* output grid.
+def conv_input_grad(dout: Array, w: Array, xp_shape: tuple[int, ...]) -> Array:
+    """Gradient of a stride-1 convolution with respect to its padded input, as one product per sample.
 
-    dcols: (N, C*KH*KW, OH*W), where each output row is W (the input width) long and
-    its last W-OW entries are zero.  Returns (N, C, H, W).  On the wide grid the
-    patch gradient of kernel offset (i, j) lands on the flattened input as one
-    contiguous run of OH*W values per (sample, channel), starting at i*W + j: each of
-    the KH*KW scatter-adds moves long runs instead of rows of OW values.  The zero
-    entries that run past a row's end add nothing wherever they land; `slack` keeps
-    the last image's inside the buffer.
+    dout: (N, F, OH, OW)   w: (F, C, KH, KW)   ->   (N, C, H, W), H = OH + KH - 1.
+
+    Instead of the KH*KW-row column gradient and its KH*KW scatter-adds (col2im), the
+    kernel's column offsets j are folded into the product: dout is laid on the *wide*
+    grid (rows W long, zero past OW) with KW-1 zeros on each side, D holds its KW
+    shifts (rows (f, j), one contiguous run each), and E = W' @ D, W' the kernel with
+    flipped columns as a (C*KH, F*KW) matrix, holds for each (c, i) the input
+    gradient of kernel row i, to be added at row offset i: KH adds instead of KH*KW.
+    Wide-grid entries past a row's end are exact zeros, so runs that wrap into the
+    next row (or image) add nothing.
     """
-    n, c, h, w = xp_shape
-    oh = h - kh + 1
-    d = dcols.reshape(n, c, kh, kw, oh * w)
-    slack = kw
-    flat = np.zeros(n * c * h * w + slack, dtype=dcols.dtype)
+    n, f, oh, ow = dout.shape
+    _, c, kh, kw = w.shape
+    _, _, h, wd = xp_shape
+    q = oh * wd  # the output on the wide grid
+    length = q + kw - 1  # a shifted run of D and of E
+    dpad = np.zeros((n, f, length + kw - 1), dtype=dout.dtype)
+    dpad[:, :, kw - 1 : kw - 1 + q].reshape(n, f, oh, wd)[..., :ow] = dout
+    s_n, s_f, s_x = dpad.strides
+    shifts = as_strided(dpad, shape=(n, f, kw, length), strides=(s_n, s_f, s_x, s_x), writeable=False)
+    d = np.ascontiguousarray(shifts).reshape(n, f * kw, length)  # row (f, j'): dout shifted by kw-1-j'
+    wflip = np.ascontiguousarray(w[:, :, :, ::-1].transpose(1, 2, 0, 3)).reshape(c * kh, f * kw)
+    e = np.matmul(wflip, d).reshape(n, c, kh, length)  # (N, C*KH, length)
+    flat = np.zeros(n * c * h * wd + length, dtype=dout.dtype)  # slack: the last image's tail run
     (s_x,) = flat.strides
     for i in range(kh):
-        for j in range(kw):
-            dst = as_strided(flat[i * w + j :], shape=(n, c, oh * w), strides=(c * h * w * s_x, h * w * s_x, s_x))
-            dst += d[:, :, i, j]
-    return flat[: n * c * h * w].reshape(xp_shape)
+        dst = as_strided(flat[i * wd :], shape=(n, c, length), strides=(c * h * wd * s_x, h * wd * s_x, s_x))
+        dst += e[:, :, i]
+    return flat[: n * c * h * wd].reshape(n, c, h, wd)
 
 
 def conv_forward(x: Array, w: Array, b: Array, pad: int) -> tuple[Array, tuple]:
@@ -138,10 +147,7 @@ def conv_backward(dout: Array, cache: tuple, starts: Sequence[int] | None = None
     db = segment_sums(d3.sum(axis=2), starts)
     if not need_dx:
         return None, dw, db
-    wide = np.zeros((n, f, oh, xp_shape[3]), dtype=dout.dtype)  # output rows padded to the input width
-    wide[..., :ow] = dout
-    dcols = np.matmul(wmat.T, wide.reshape(n, f, -1))  # (N, K, OH*W)
-    dxp = col2im_wide(dcols, xp_shape, w_shape[2], w_shape[3])
+    dxp = conv_input_grad(dout, wmat.reshape(w_shape), xp_shape)
     h, w = xp_shape[2] - 2 * pad, xp_shape[3] - 2 * pad
     return dxp[:, :, pad : pad + h, pad : pad + w], dw, db
 
