@@ -39,9 +39,7 @@ PARAM_SHAPES: dict[str, tuple[int, ...]] = {
     "fc3.bias": (10,),
 }
 
-CHUNK = 256  # largest batch computed in one pass (see sum_loss_and_grads)
-SUB = 16  # samples per piece of the convolutional half (see LeNet5._pass)
-CONV_PARAMS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")
+CHUNK = 64  # samples per pass: measured best of 16-256 here (the working set of a pass stays near L2)
 FC_PARAMS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias")
 
 # Fan-in of each weight, for initialisation.
@@ -113,17 +111,16 @@ class LeNet5:
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Logits (N, 10) for standardised images x: (N, 1, 28, 28)."""
-        if len(x) <= SUB:
-            return self._fc_forward(self._conv_forward(x)[0])[0]
-        return self._fc_forward(np.concatenate([self._conv_forward(x[i : i + SUB])[0] for i in range(0, len(x), SUB)]))[0]
+        h = np.concatenate([self._conv_forward(x[i : i + CHUNK])[0] for i in range(0, max(1, len(x)), CHUNK)])
+        return self._fc_forward(h)[0]
 
     def sum_loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> SumLossGrads:
         """Cross-entropy and gradients summed (not averaged) over the batch.
 
         The distributed service adds these up shard by shard and divides once by the
         batch size.  Batches above CHUNK samples are computed CHUNK at a time and
-        summed in order, which bounds the memory a call takes (conv1's im2col matrix
-        alone is 78 KB per sample).
+        summed in order: a pass's working set (conv1's im2col matrix alone is 78 KB
+        per sample) then stays near the L2 cache, and memory stays bounded.
         """
         y = np.asarray(y, dtype=np.intp)
         n = len(y)
@@ -168,31 +165,25 @@ class LeNet5:
         return out
 
     def _pass(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> list[SumLossGrads]:
-        """Sums of consecutive shards computed in one pass.
+        """Sums of consecutive shards computed in one pass (at most CHUNK samples).
 
-        The convolutional half runs per sample, SUB samples at a time so that a
-        piece's intermediates (im2col matrices, column gradients) stay in the L2
-        cache; its per-sample weight and bias gradients are then added up per shard
-        in sample order.  The linear layers run per shard, shards of equal size
-        stacked into one call (see layers.py).
+        The convolutional half runs per sample, its weight and bias gradients added
+        up per shard in sample order; the linear layers run per shard, shards of
+        equal size stacked into one call (see layers.py).
         """
         n = len(y)
         starts = np.cumsum([0, *sizes[:-1]])
-        pieces = [(lo, min(lo + SUB, n)) for lo in range(0, n, SUB)]
-        conv = [self._conv_forward(x[lo:hi]) for lo, hi in pieces]
-        h = np.concatenate([hc[0] for hc in conv])
+        h, conv_caches = self._conv_forward(x)
         dh = np.empty_like(h)
-        fc_grads: dict[str, list[np.ndarray]] = {name: [] for name in FC_PARAMS}  # run by run
+        grads: dict[str, list[np.ndarray]] = {name: [] for name in FC_PARAMS}  # run by run
         losses, correct = np.empty(n, dtype=np.float64), np.empty(n, dtype=bool)
         for lo, count, size in _runs(sizes):
             hi = lo + count * size
             logits, caches = self._fc_forward(h[lo:hi].reshape(count, size, 400))
             losses[lo:hi], correct[lo:hi], dlogits = layers.softmax_cross_entropy(logits.reshape(-1, 10), y[lo:hi])
-            dh[lo:hi] = self._fc_backward(dlogits.reshape(count, size, 10), caches, fc_grads).reshape(-1, 400)
-        per_shard: Params = {name: np.concatenate(parts) for name, parts in fc_grads.items()}
-        per_sample = [self._conv_backward(dh[lo:hi], caches) for (lo, hi), (_, caches) in zip(pieces, conv)]
-        for name in CONV_PARAMS:
-            per_shard[name] = layers.segment_sums(np.concatenate([g[name] for g in per_sample]), starts)
+            dh[lo:hi] = self._fc_backward(dlogits.reshape(count, size, 10), caches, grads).reshape(-1, 400)
+        per_shard: Params = {name: np.concatenate(parts) for name, parts in grads.items()}
+        per_shard.update(self._conv_backward(dh, conv_caches, starts))
         loss_sums = layers.segment_sums(losses, starts)
         correct_counts = layers.segment_sums(correct.astype(np.intp), starts)
         return [SumLossGrads(float(loss_sums[s]), int(correct_counts[s]),
@@ -211,17 +202,16 @@ class LeNet5:
         g["fc1.weight"].append(dw), g["fc1.bias"].append(db)
         return dh
 
-    def _conv_backward(self, dh: np.ndarray, caches: list) -> Params:
-        """Backward through the convolutional half from dh (N, 400): per-sample gradients (N, ...)."""
+    def _conv_backward(self, dh: np.ndarray, caches: list, starts: np.ndarray) -> Params:
+        """Backward through the convolutional half from dh (N, 400): gradients per shard (S, ...)."""
         c1, p1, r1, c2, p2, r2 = caches
-        each = np.arange(len(dh))  # every sample its own segment
         g: Params = {}
         dh = layers.relu_backward(dh.reshape(len(dh), 16, 5, 5), r2)
         dh = layers.maxpool_backward(dh, p2)  # (N, 16, 10, 10)
-        dh, g["conv2.weight"], g["conv2.bias"] = layers.conv_backward(dh, c2, each)  # (N, 6, 14, 14)
+        dh, g["conv2.weight"], g["conv2.bias"] = layers.conv_backward(dh, c2, starts)  # (N, 6, 14, 14)
         dh = layers.relu_backward(dh, r1)
         dh = layers.maxpool_backward(dh, p1)  # (N, 6, 28, 28)
-        _, g["conv1.weight"], g["conv1.bias"] = layers.conv_backward(dh, c1, each, need_dx=False)
+        _, g["conv1.weight"], g["conv1.bias"] = layers.conv_backward(dh, c1, starts, need_dx=False)
         return g
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
