@@ -6,10 +6,10 @@ Every layer is a pair of functions in the CS231n style:
     dx, (dparams...) = layer_backward(dout, cache)
 
 Image tensors are (N, C, H, W), as in PyTorch.  A convolution's im2col matrix is
-(N, C*KH*KW, OH*OW): one (K, P) block per sample, built from KH*KW copies whose
-inner runs are whole image rows, with rows in (c, kh, kw) order, which is PyTorch's
-weight layout (F, C, KH, KW) flattened.  Every product is then one small GEMM per
-sample, (F, K) @ (K, P), never one product over the whole batch.  Two reasons:
+(N, C*KH*KW + 1, OH*OW): one (K + 1, P) block per sample, rows in (c, kh, kw) order,
+which is PyTorch's weight layout (F, C, KH, KW) flattened, plus a row of ones for
+the bias.  Every product is then one small GEMM per sample, (F, K + 1) @ (K + 1, P),
+never one product over the whole batch.  Two reasons:
 
 - Speed: LeNet's products are skinny (6 or 16 output channels); a per-sample
   product's operands stay in L1/L2, and measured here the per-sample products run
@@ -66,17 +66,25 @@ def pad_hw(x: Array, pad: int) -> Array:
 
 
 def im2col(xp: Array, kh: int, kw: int) -> Array:
-    """Receptive fields of a padded tensor, per sample: (N, C, H, W) -> (N, C*KH*KW, OH*OW).
+    """Receptive fields of a padded tensor, per sample, and a row of ones:
+    (N, C, H, W) -> (N, C*KH*KW + 1, OH*OW).
 
     Row (c, i, j) of a sample's block holds input channel c shifted by kernel offset
-    (i, j).  One copy from a strided view of all the windows (one NumPy call, not
-    one per offset: the calls, not the bytes, dominate at LeNet's sizes).
+    (i, j); the last row is ones, so that the bias rides in the product (forward)
+    and its gradient comes out of the weight-gradient product (backward), with no
+    separate pass over the output.  One copy from a strided view of all the windows
+    (one NumPy call, not one per offset: the calls, not the bytes, dominate at
+    LeNet's sizes).
     """
     n, c, h, w = xp.shape
     oh, ow = h - kh + 1, w - kw + 1
+    k = c * kh * kw
     s_n, s_c, s_h, s_w = xp.strides
     windows = as_strided(xp, shape=(n, c, kh, kw, oh, ow), strides=(s_n, s_c, s_h, s_w, s_h, s_w), writeable=False)
-    return np.ascontiguousarray(windows).reshape(n, c * kh * kw, oh * ow)
+    cols = np.empty((n, k + 1, oh * ow), dtype=xp.dtype)
+    cols[:, :k].reshape(n, c, kh, kw, oh, ow)[...] = windows
+    cols[:, k] = 1
+    return cols
 
 
 def conv_input_grad(dout: Array, w: Array, xp_shape: tuple[int, ...]) -> Array:
@@ -123,11 +131,10 @@ def conv_forward(x: Array, w: Array, b: Array, pad: int) -> tuple[Array, tuple]:
     xp = pad_hw(x, pad)
     n, _, hp, wp = xp.shape
     oh, ow = hp - kh + 1, wp - kw + 1
-    cols = im2col(xp, kh, kw)  # (N, K, P)
-    wmat = w.reshape(f, c * kh * kw)
-    out = np.matmul(wmat, cols)  # (N, F, P): (F, K) @ (K, P) for each sample
-    out += b[:, None]
-    return out.reshape(n, f, oh, ow), (cols, wmat, xp.shape, w.shape, pad)
+    cols = im2col(xp, kh, kw)  # (N, K + 1, P)
+    wb = np.concatenate([w.reshape(f, c * kh * kw), b[:, None]], axis=1)  # (F, K + 1): weights, then bias
+    out = np.matmul(wb, cols)  # (N, F, P): (F, K + 1) @ (K + 1, P) for each sample
+    return out.reshape(n, f, oh, ow), (cols, w, xp.shape, pad)
 
 
 def conv_backward(dout: Array, cache: tuple, starts: Sequence[int] | None = None,
@@ -138,18 +145,18 @@ def conv_backward(dout: Array, cache: tuple, starts: Sequence[int] | None = None
     sample of each of S segments), one sum per segment, (S, F, C, KH, KW) and (S, F).
     `need_dx=False` skips the input gradient, which the first layer never needs.
     """
-    cols, wmat, xp_shape, w_shape, pad = cache
+    cols, w, xp_shape, pad = cache
     n, f, oh, ow = dout.shape
-    d3 = dout.reshape(n, f, oh * ow)
-    # (K, P) @ (P, F) per sample: of the two orientations the faster one here.
-    dw = segment_sums(np.matmul(cols, d3.transpose(0, 2, 1)), starts)  # (..., K, F)
-    dw = np.ascontiguousarray(np.swapaxes(dw, -1, -2)).reshape(dw.shape[:-2] + tuple(w_shape))
-    db = segment_sums(d3.sum(axis=2), starts)
+    # (K + 1, P) @ (P, F) per sample (of the two orientations the faster one here):
+    # weight gradients in rows 0..K-1, bias gradient in row K (the row of ones).
+    dwb = segment_sums(np.matmul(cols, dout.reshape(n, f, oh * ow).transpose(0, 2, 1)), starts)  # (..., K + 1, F)
+    dwb = np.ascontiguousarray(np.swapaxes(dwb, -1, -2))  # (..., F, K + 1)
+    dw, db = dwb[..., :-1].reshape(dwb.shape[:-2] + w.shape), np.ascontiguousarray(dwb[..., -1])
     if not need_dx:
         return None, dw, db
-    dxp = conv_input_grad(dout, wmat.reshape(w_shape), xp_shape)
-    h, w = xp_shape[2] - 2 * pad, xp_shape[3] - 2 * pad
-    return dxp[:, :, pad : pad + h, pad : pad + w], dw, db
+    dxp = conv_input_grad(dout, w, xp_shape)
+    h, wd = xp_shape[2] - 2 * pad, xp_shape[3] - 2 * pad
+    return dxp[:, :, pad : pad + h, pad : pad + wd], dw, db
 
 
 # --------------------------------------------------------------------------- pooling
@@ -205,8 +212,11 @@ def relu_forward(x: Array) -> tuple[Array, Array]:
 
 
 def relu_backward(dout: Array, cache: Array) -> Array:
-    """Pass the gradient where the input was positive (the subgradient at 0 is 0)."""
-    return np.where(cache > 0, dout, 0)
+    """Pass the gradient where the input was positive (the subgradient at 0 is 0).
+
+    A multiplication by the mask: twice as fast here as np.where.
+    """
+    return dout * (cache > 0)
 
 
 def linear_forward(x: Array, w: Array, b: Array) -> tuple[Array, tuple]:
