@@ -54,6 +54,18 @@ class SumLossGrads(NamedTuple):
     grads: Params
 
 
+class StackedSums(NamedTuple):
+    """SumLossGrads of S shards as stacks: loss_sums (S,) float64, correct (S,) int, grads name -> (S, *shape)."""
+
+    loss_sums: np.ndarray
+    correct: np.ndarray
+    grads: Params
+
+    def row(self, s: int) -> SumLossGrads:
+        """Shard s's sums."""
+        return SumLossGrads(float(self.loss_sums[s]), int(self.correct[s]), {k: g[s] for k, g in self.grads.items()})
+
+
 def init_params(seed: int, dtype: type = np.float32) -> Params:
     """He-normal weights before a ReLU, LeCun-normal for the output layer, zero biases.
 
@@ -124,7 +136,7 @@ class LeNet5:
         """
         y = np.asarray(y, dtype=np.intp)
         n = len(y)
-        parts = [self._pass(x[i : i + CHUNK], y[i : i + CHUNK], [min(CHUNK, n - i)])[0]
+        parts = [self._pass(x[i : i + CHUNK], y[i : i + CHUNK], [min(CHUNK, n - i)]).row(0)
                  for i in range(0, max(1, n), CHUNK)]
         if len(parts) == 1:
             return parts[0]
@@ -139,32 +151,45 @@ class LeNet5:
         Each shard's sums are bit for bit what `sum_loss_and_grads` gives for that
         shard alone (the reduction tree adds them, and its result must not depend on
         how shards were grouped into calls), yet consecutive shards are computed
-        together, up to CHUNK samples per pass: the layers' products are per sample
-        or per shard (see layers.py), so a shard's numbers do not depend on its
-        neighbours.  A shard larger than CHUNK is computed alone, in CHUNK pieces,
-        exactly as `sum_loss_and_grads` does.
+        together (see `stacked_shard_sums`).
+        """
+        stacked = self.stacked_shard_sums(x, y, sizes)
+        return [stacked.row(s) for s in range(len(sizes))]
+
+    def stacked_shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
+        """`shard_sums` as stacks: shard s's sums are row s of every array.
+
+        Consecutive shards are computed together, up to CHUNK samples per pass: the
+        layers' products are per sample or per shard (see layers.py), so a shard's
+        numbers do not depend on its neighbours.  A shard larger than CHUNK is
+        computed alone, in CHUNK pieces, exactly as `sum_loss_and_grads` does.
         """
         if any(s < 1 for s in sizes) or sum(sizes) != len(y) or len(x) != len(y):
             raise ValueError(f"shard sizes {list(sizes)} do not split {len(x)} images and {len(y)} labels")
         y = np.asarray(y, dtype=np.intp)
-        out: list[SumLossGrads] = []
+        parts: list[StackedSums] = []
         lo = 0
         group: list[int] = []  # sizes of the shards of the pass being gathered, starting at sample lo
         for size in [*sizes, None]:
             if group and (size is None or size > CHUNK or sum(group) + size > CHUNK):
                 hi = lo + sum(group)
-                out += self._pass(x[lo:hi], y[lo:hi], group)
+                parts.append(self._pass(x[lo:hi], y[lo:hi], group))
                 lo, group = hi, []
             if size is None:
                 break
             if size > CHUNK:
-                out.append(self.sum_loss_and_grads(x[lo : lo + size], y[lo : lo + size]))
+                alone = self.sum_loss_and_grads(x[lo : lo + size], y[lo : lo + size])
+                parts.append(StackedSums(np.array([alone.loss_sum]), np.array([alone.correct]),
+                                         {k: g[None] for k, g in alone.grads.items()}))
                 lo += size
             else:
                 group.append(size)
-        return out
+        if len(parts) == 1:
+            return parts[0]
+        return StackedSums(np.concatenate([p.loss_sums for p in parts]), np.concatenate([p.correct for p in parts]),
+                           {k: np.concatenate([p.grads[k] for p in parts]) for k in PARAM_SHAPES})
 
-    def _pass(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> list[SumLossGrads]:
+    def _pass(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
         """Sums of consecutive shards computed in one pass (at most CHUNK samples).
 
         The convolutional half runs per sample, its weight and bias gradients added
@@ -172,22 +197,20 @@ class LeNet5:
         equal size stacked into one call (see layers.py).
         """
         n = len(y)
-        starts = np.cumsum([0, *sizes[:-1]])
         h, conv_caches = self._conv_forward(x)
         dh = np.empty_like(h)
         grads: dict[str, list[np.ndarray]] = {name: [] for name in FC_PARAMS}  # run by run
         losses, correct = np.empty(n, dtype=np.float64), np.empty(n, dtype=bool)
-        for lo, count, size in _runs(sizes):
+        for lo, count, size in layers.runs(sizes):
             hi = lo + count * size
             logits, caches = self._fc_forward(h[lo:hi].reshape(count, size, 400))
             losses[lo:hi], correct[lo:hi], dlogits = layers.softmax_cross_entropy(logits.reshape(-1, 10), y[lo:hi])
             dh[lo:hi] = self._fc_backward(dlogits.reshape(count, size, 10), caches, grads).reshape(-1, 400)
-        per_shard: Params = {name: np.concatenate(parts) for name, parts in grads.items()}
-        per_shard.update(self._conv_backward(dh, conv_caches, starts))
-        loss_sums = layers.segment_sums(losses, starts)
-        correct_counts = layers.segment_sums(correct.astype(np.intp), starts)
-        return [SumLossGrads(float(loss_sums[s]), int(correct_counts[s]),
-                             {name: per_shard[name][s] for name in PARAM_SHAPES}) for s in range(len(sizes))]
+        per_shard: Params = {name: parts[0] if len(parts) == 1 else np.concatenate(parts)
+                             for name, parts in grads.items()}
+        per_shard.update(self._conv_backward(dh, conv_caches, sizes))
+        return StackedSums(layers.segment_sums(losses, sizes), layers.segment_sums(correct.astype(np.intp), sizes),
+                           {name: per_shard[name] for name in PARAM_SHAPES})
 
     def _fc_backward(self, dlogits: np.ndarray, caches: list, g: dict[str, list[np.ndarray]]) -> np.ndarray:
         """Backward through the linear layers of a stack of shards; appends each shard's gradients to g."""
@@ -202,36 +225,22 @@ class LeNet5:
         g["fc1.weight"].append(dw), g["fc1.bias"].append(db)
         return dh
 
-    def _conv_backward(self, dh: np.ndarray, caches: list, starts: np.ndarray) -> Params:
+    def _conv_backward(self, dh: np.ndarray, caches: list, sizes: Sequence[int]) -> Params:
         """Backward through the convolutional half from dh (N, 400): gradients per shard (S, ...)."""
         c1, p1, r1, c2, p2, r2 = caches
         g: Params = {}
         dh = layers.relu_backward(dh.reshape(len(dh), 16, 5, 5), r2)
         dh = layers.maxpool_backward(dh, p2)  # (N, 16, 10, 10)
-        dh, g["conv2.weight"], g["conv2.bias"] = layers.conv_backward(dh, c2, starts)  # (N, 6, 14, 14)
+        dh, g["conv2.weight"], g["conv2.bias"] = layers.conv_backward(dh, c2, sizes)  # (N, 6, 14, 14)
         dh = layers.relu_backward(dh, r1)
         dh = layers.maxpool_backward(dh, p1)  # (N, 6, 28, 28)
-        _, g["conv1.weight"], g["conv1.bias"] = layers.conv_backward(dh, c1, starts, need_dx=False)
+        _, g["conv1.weight"], g["conv1.bias"] = layers.conv_backward(dh, c1, sizes, need_dx=False)
         return g
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
         """Mean cross-entropy over the batch and its gradients (same keys as params)."""
         result = self.sum_loss_and_grads(x, y)
         return result.loss_sum / x.shape[0], mean_gradient({(0, 1): result.grads}, 1, x.shape[0])
-
-
-def _runs(sizes: Sequence[int]) -> list[tuple[int, int, int]]:
-    """Runs of consecutive equal shard sizes: (first sample, number of shards, shard size)."""
-    runs: list[tuple[int, int, int]] = []
-    lo = 0
-    for size in sizes:
-        if runs and runs[-1][2] == size:
-            first, count, _ = runs[-1]
-            runs[-1] = (first, count + 1, size)
-        else:
-            runs.append((lo, 1, size))
-        lo += size
-    return runs
 
 
 def check_params(params: dict[str, np.ndarray], origin: str) -> Params:

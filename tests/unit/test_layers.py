@@ -51,16 +51,15 @@ def test_conv_first_layer_skips_input_gradient():
 
 
 def test_conv_segment_gradients_are_exactly_each_segment_alone():
-    """With `starts`, one (dw, db) per segment, bit for bit the segment computed on its own."""
+    """With `sizes`, one (dw, db) per segment, bit for bit the segment computed on its own."""
     x = rng.standard_normal((7, 2, 6, 6)).astype(np.float32)
     w = rng.standard_normal((3, 2, 3, 3)).astype(np.float32)
     b = rng.standard_normal(3).astype(np.float32)
     out, cache = layers.conv_forward(x, w, b, pad=1)
     dout = rng.standard_normal(out.shape).astype(np.float32)
-    starts = [0, 1, 4]  # segments of 1, 3 and 3 samples
-    dx, dw, db = layers.conv_backward(dout, cache, starts)
+    dx, dw, db = layers.conv_backward(dout, cache, [1, 3, 3])
     assert dw.shape == (3, 3, 2, 3, 3) and db.shape == (3, 3)
-    for s, (lo, hi) in enumerate(zip(starts, [*starts[1:], 7])):
+    for s, (lo, hi) in enumerate([(0, 1), (1, 4), (4, 7)]):
         out_s, cache_s = layers.conv_forward(x[lo:hi], w, b, pad=1)
         assert np.array_equal(out_s, out[lo:hi])
         dx_s, dw_s, db_s = layers.conv_backward(dout[lo:hi], cache_s)
