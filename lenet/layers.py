@@ -158,13 +158,11 @@ def conv_forward(x: Array, w: Array, b: Array, pad: int) -> tuple[Array, tuple]:
     return out.reshape(n, f, oh, ow), (cols, w, xp.shape, pad)
 
 
-def conv_backward(dout: Array, cache: tuple, sizes: Sequence[int] | None = None,
-                  need_dx: bool = True) -> tuple[Array | None, Array, Array]:
-    """Gradients of `conv_forward`.  dout: (N, F, OH, OW) -> (dx (N, C, H, W) or None, dw, db).
+def conv_backward(dout: Array, cache: tuple, sizes: Sequence[int] | None = None) -> tuple[Array, Array, Array]:
+    """Gradients of `conv_forward`.  dout: (N, F, OH, OW) -> (dx (N, C, H, W), dw, db).
 
     dw, db: summed over the batch, (F, C, KH, KW) and (F,); with `sizes` (the lengths
     of S consecutive segments of samples), one sum per segment, (S, F, C, KH, KW) and (S, F).
-    `need_dx=False` skips the input gradient, which the first layer never needs.
     """
     cols, w, xp_shape, pad = cache
     n, f, oh, ow = dout.shape
@@ -173,11 +171,61 @@ def conv_backward(dout: Array, cache: tuple, sizes: Sequence[int] | None = None,
     dwb = segment_sums(np.matmul(cols, dout.reshape(n, f, oh * ow).transpose(0, 2, 1)), sizes)  # (..., K + 1, F)
     dwb = np.ascontiguousarray(np.swapaxes(dwb, -1, -2))  # (..., F, K + 1)
     dw, db = dwb[..., :-1].reshape(dwb.shape[:-2] + w.shape), np.ascontiguousarray(dwb[..., -1])
-    if not need_dx:
-        return None, dw, db
     dxp = conv_input_grad(dout, w, xp_shape)
     h, wd = xp_shape[2] - 2 * pad, xp_shape[3] - 2 * pad
     return dxp[:, :, pad : pad + h, pad : pad + wd], dw, db
+
+
+def conv_pool_forward(x: Array, w: Array, b: Array, pad: int) -> tuple[Array, tuple]:
+    """`conv_forward` then `maxpool_forward`, fused: the same function, computed faster.
+
+    x: (N, C, H, W)   w: (F, C, KH, KW)   b: (F,)   ->   (N, F, OH/2, OW/2)
+
+    The im2col columns are ordered by position inside the pooling window first,
+    (qy, qx, y', x'), so each sample's convolution output is four contiguous
+    quarter-size blocks, one per window position: pooling (and its backward pass)
+    works on contiguous arrays instead of stride-2 views.  For conv1 (one input
+    channel) this measured ~3 % faster per training step than conv then pool.
+    """
+    f, c, kh, kw = w.shape
+    xp = pad_hw(x, pad)
+    n, _, hp, wp = xp.shape
+    oh, ow = hp - kh + 1, wp - kw + 1
+    if oh % 2 or ow % 2:
+        raise ValueError(f"maxpool needs an even spatial size, got {oh}x{ow}")
+    ph, pw = oh // 2, ow // 2
+    k = c * kh * kw
+    s_n, s_c, s_h, s_w = xp.strides
+    windows = as_strided(xp, shape=(n, c, kh, kw, 2, 2, ph, pw),
+                         strides=(s_n, s_c, s_h, s_w, s_h, s_w, 2 * s_h, 2 * s_w), writeable=False)
+    cols = np.empty((n, k + 1, oh * ow), dtype=xp.dtype)
+    cols[:, :k].reshape(n, c, kh, kw, 2, 2, ph, pw)[...] = windows
+    cols[:, k] = 1  # the bias row, as in im2col
+    wb = np.concatenate([w.reshape(f, k), b[:, None]], axis=1)
+    conv = np.matmul(wb, cols).reshape(n, f, 4, ph * pw)  # window positions (0,0), (0,1), (1,0), (1,1)
+    out = np.maximum(np.maximum(conv[:, :, 0], conv[:, :, 1]), np.maximum(conv[:, :, 2], conv[:, :, 3]))
+    return out.reshape(n, f, ph, pw), (cols, w, conv, out)
+
+
+def conv_pool_backward(dout: Array, cache: tuple, sizes: Sequence[int] | None = None) -> tuple[Array, Array]:
+    """Weight and bias gradients of `conv_pool_forward`: dout (N, F, OH/2, OW/2) -> (dw, db) as `conv_backward`.
+
+    No input gradient: the model fuses only its first layer, whose input is the
+    images (for conv2 the stride-2 gathers cost more than the pooling saves).
+    Each window's gradient goes to its first maximum in row-major order, as in
+    `maxpool_backward`.
+    """
+    cols, w, conv, out = cache
+    n, f = dout.shape[:2]
+    dconv = np.empty_like(conv)  # (N, F, 4, PH*PW)
+    rest = dout.reshape(n, f, -1).copy()  # the gradient not yet routed: zero once a window's maximum took it
+    for q in range(3):
+        np.multiply(rest, conv[:, :, q] == out, out=dconv[:, :, q])
+        rest -= dconv[:, :, q]
+    dconv[:, :, 3] = rest
+    dwb = segment_sums(np.matmul(cols, dconv.reshape(n, f, -1).transpose(0, 2, 1)), sizes)
+    dwb = np.ascontiguousarray(np.swapaxes(dwb, -1, -2))
+    return dwb[..., :-1].reshape(dwb.shape[:-2] + w.shape), np.ascontiguousarray(dwb[..., -1])
 
 
 # --------------------------------------------------------------------------- pooling

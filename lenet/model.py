@@ -103,13 +103,13 @@ class LeNet5:
         if x.ndim != 4 or x.shape[1:] != (1, 28, 28):
             raise ValueError(f"expected input of shape (N, 1, 28, 28), got {x.shape}")
         h = np.asarray(x, dtype=self.dtype)
-        h, c1 = layers.conv_forward(h, p["conv1.weight"], p["conv1.bias"], pad=2)  # (N, 6, 28, 28)
-        h, p1 = layers.maxpool_forward(h)  # (N, 6, 14, 14)
+        # conv1 and its pooling fused (see layers.conv_pool_forward): (N, 6, 28, 28) is never laid out as such.
+        h, c1 = layers.conv_pool_forward(h, p["conv1.weight"], p["conv1.bias"], pad=2)  # (N, 6, 14, 14)
         h, r1 = layers.relu_forward(h)
         h, c2 = layers.conv_forward(h, p["conv2.weight"], p["conv2.bias"], pad=0)  # (N, 16, 10, 10)
         h, p2 = layers.maxpool_forward(h)  # (N, 16, 5, 5)
         h, r2 = layers.relu_forward(h)
-        return h.reshape(len(h), 400), [c1, p1, r1, c2, p2, r2]  # PyTorch's flatten order (C, H, W)
+        return h.reshape(len(h), 400), [c1, r1, c2, p2, r2]  # PyTorch's flatten order (C, H, W)
 
     def _fc_forward(self, h: np.ndarray) -> tuple[np.ndarray, list]:
         """The fully connected half: h (N, 400) or a stack of shards (S, N, 400) -> logits (..., 10)."""
@@ -227,14 +227,13 @@ class LeNet5:
 
     def _conv_backward(self, dh: np.ndarray, caches: list, sizes: Sequence[int]) -> Params:
         """Backward through the convolutional half from dh (N, 400): gradients per shard (S, ...)."""
-        c1, p1, r1, c2, p2, r2 = caches
+        c1, r1, c2, p2, r2 = caches
         g: Params = {}
         dh = layers.relu_backward(dh.reshape(len(dh), 16, 5, 5), r2)
         dh = layers.maxpool_backward(dh, p2)  # (N, 16, 10, 10)
         dh, g["conv2.weight"], g["conv2.bias"] = layers.conv_backward(dh, c2, sizes)  # (N, 6, 14, 14)
         dh = layers.relu_backward(dh, r1)
-        dh = layers.maxpool_backward(dh, p1)  # (N, 6, 28, 28)
-        _, g["conv1.weight"], g["conv1.bias"] = layers.conv_backward(dh, c1, sizes, need_dx=False)
+        g["conv1.weight"], g["conv1.bias"] = layers.conv_pool_backward(dh, c1, sizes)
         return g
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:

@@ -43,13 +43,6 @@ def test_conv_matches_direct_cross_correlation():
     np.testing.assert_allclose(out, direct, rtol=1e-12, atol=1e-12)
 
 
-def test_conv_first_layer_skips_input_gradient():
-    x = rng.standard_normal((2, 1, 8, 8))
-    out, cache = layers.conv_forward(x, rng.standard_normal((2, 1, 5, 5)), np.zeros(2), pad=2)
-    dx, dw, db = layers.conv_backward(np.ones_like(out), cache, need_dx=False)
-    assert dx is None and dw.shape == (2, 1, 5, 5) and db.shape == (2,)
-
-
 def test_conv_segment_gradients_are_exactly_each_segment_alone():
     """With `sizes`, one (dw, db) per segment, bit for bit the segment computed on its own."""
     x = rng.standard_normal((7, 2, 6, 6)).astype(np.float32)
@@ -124,3 +117,31 @@ def test_softmax_cross_entropy_gradient_and_stability():
     losses, _, d = layers.softmax_cross_entropy(huge, np.array([0, 0]))
     assert np.isfinite(losses).all() and np.isfinite(d).all()
     assert losses.tolist() == pytest.approx([0.0, 2000.0])
+
+
+@pytest.mark.parametrize("pad", [0, 1])
+def test_conv_pool_backward(pad):
+    x = rng.standard_normal((2, 2, 6, 6))  # continuous values: no ties, the gradient is defined
+    w = rng.standard_normal((3, 2, 3, 3))
+    b = rng.standard_normal(3)
+    check(lambda x, w, b: layers.conv_pool_forward(x, w, b, pad), layers.conv_pool_backward,
+          {"x": x, "w": w, "b": b}, ["w", "b"])
+
+
+def test_conv_pool_is_conv_then_pool_with_first_maximum_ties():
+    x = rng.standard_normal((3, 1, 8, 8)).astype(np.float32)
+    x[:, :, :4] = 0.25  # a flat region: every window of it is a 4-way tie
+    w = rng.standard_normal((2, 1, 3, 3)).astype(np.float32)
+    b = rng.standard_normal(2).astype(np.float32)
+    out, cache = layers.conv_pool_forward(x, w, b, pad=1)
+    conv, conv_cache = layers.conv_forward(x, w, b, pad=1)
+    pooled, pool_cache = layers.maxpool_forward(conv)
+    np.testing.assert_allclose(out, pooled, rtol=1e-5, atol=1e-5)
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    dw, db = layers.conv_pool_backward(dout, cache)
+    # Route with the fused layer's own forward values, so that ties are the same ties.
+    fused_conv = cache[2].reshape(3, 2, 2, 2, 4, 4).transpose(0, 1, 4, 2, 5, 3).reshape(conv.shape)
+    dconv = layers.maxpool_backward(dout, (fused_conv, out))
+    _, dw_ref, db_ref = layers.conv_backward(dconv, conv_cache)
+    for got, want in ((dw, dw_ref), (db, db_ref)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
