@@ -93,17 +93,22 @@ def im2col(xp: Array, kh: int, kw: int) -> Array:
     Row (c, i, j) of a sample's block holds input channel c shifted by kernel offset
     (i, j); the last row is ones, so that the bias rides in the product (forward)
     and its gradient comes out of the weight-gradient product (backward), with no
-    separate pass over the output.  One copy from a strided view of all the windows
-    (one NumPy call, not one per offset: the calls, not the bytes, dominate at
-    LeNet's sizes).
+    separate pass over the output.  Two copies, each one NumPy call: first the KW
+    column shifts of every input row (OW values each), in which the rows of
+    offset (i, j) are then one contiguous run of OH*OW values.  Copying the windows
+    directly moves runs of only OW values and measured 40 % slower (9 vs 6.4
+    us/sample for conv2).
     """
     n, c, h, w = xp.shape
     oh, ow = h - kh + 1, w - kw + 1
     k = c * kh * kw
     s_n, s_c, s_h, s_w = xp.strides
-    windows = as_strided(xp, shape=(n, c, kh, kw, oh, ow), strides=(s_n, s_c, s_h, s_w, s_h, s_w), writeable=False)
+    shifts = np.ascontiguousarray(as_strided(xp, shape=(n, c, kw, h, ow), strides=(s_n, s_c, s_w, s_h, s_w),
+                                             writeable=False))  # (N, C, KW, H, OW)
+    t_n, t_c, t_j, t_h, t_x = shifts.strides
+    windows = as_strided(shifts, shape=(n, c, kh, kw, oh * ow), strides=(t_n, t_c, t_h, t_j, t_x), writeable=False)
     cols = np.empty((n, k + 1, oh * ow), dtype=xp.dtype)
-    cols[:, :k].reshape(n, c, kh, kw, oh, ow)[...] = windows
+    cols[:, :k].reshape(n, c, kh, kw, oh * ow)[...] = windows
     cols[:, k] = 1
     return cols
 
