@@ -18,9 +18,8 @@ never one product over the whole batch.  Two reasons:
   last bits) by matrix size.  With one product per sample, a sample's activations
   and its gradient contributions do not depend on which other samples shared the
   call; weight and bias gradients are summed from per-sample partials in a fixed
-  order (`segment_sums`), per shard when asked.  This is
-  what lets `LeNet5.shard_sums` compute many shards in one pass, each bit for bit
-  as if alone.
+  order (`segment_sums`), per shard when asked.  This is what lets
+  `LeNet5.shard_sums` compute many shards in one pass, each bit for bit as if alone.
 
 The linear layers take an optional leading stack axis, (S, N, D): one product and
 one gradient per stack entry (per shard), of the same shapes as for that shard

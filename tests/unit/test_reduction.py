@@ -44,7 +44,8 @@ def test_mean_gradient_divides_once():
 def test_stacked_tree_sum_is_bit_identical_to_the_tree():
     rng = np.random.default_rng(1)
     for size in [*range(1, 41), 64, 100]:
-        stack = {"w": (rng.standard_normal((size, 3, 50)) * 10.0 ** rng.integers(-3, 3, (size, 1, 1))).astype(np.float32),
+        scale = 10.0 ** rng.integers(-3, 3, (size, 1, 1))  # leaves of different magnitudes: order matters
+        stack = {"w": (rng.standard_normal((size, 3, 50)) * scale).astype(np.float32),
                  "b": rng.standard_normal((size, 7)).astype(np.float32)}
         leaves = {(i, i + 1): {k: v[i] for k, v in stack.items()} for i in range(size)}
         reference = tree_sum(leaves, 0, size)
