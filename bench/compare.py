@@ -424,7 +424,7 @@ def report(results: dict[str, list[float]], steps: dict, runs: dict, args: argpa
         pairs = []
         for label in runs:
             if label.startswith("service 1w"):
-                pairs.append((label, "trainer", "epoch", "(goal >= 0.95x)"))
+                pairs += [(label, "trainer", "epoch", "(goal >= 0.95x)"), (label, "trainer", "e2e", "")]
             if label.startswith("service 2w"):
                 for other in ("torch 2 threads", "torch DDP 2x1"):
                     goal = "(goal >= 1.0x)" if other == "torch 2 threads" else ""
