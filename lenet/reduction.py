@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import numpy as np
+
 from lenet.params import Params
 
 Node = tuple[int, int]  # a shard range [lo, hi)
@@ -55,6 +57,27 @@ def tree_sum(values: Mapping[Node, Params], lo: int, hi: int) -> Params:
         raise KeyError(f"no value for shard {lo}")
     mid = split_point(lo, hi)
     return add(tree_sum(values, lo, mid), tree_sum(values, mid, hi))
+
+
+def stacked_tree_sum(stack: Mapping[str, np.ndarray]) -> Params:
+    """The root [0, S) of the tree over S leaves given as stacks (name -> (S, ...) array).
+
+    Bit for bit `tree_sum` of the leaves (every node is the same `left + right`), in
+    few NumPy calls: the left child of a node of size s > 1 is a perfect subtree of
+    2^k leaves (2^k the largest power of two below s), added up level by level with
+    one vectorised add per level (pairs (0,1), (2,3), ... at once); the right
+    child, of size s - 2^k, is handled the same way.
+    """
+    size = len(next(iter(stack.values())))
+    if size < 1:
+        raise ValueError("no leaves to add")
+    if size == 1:
+        return {k: v[0] for k, v in stack.items()}
+    half = split_point(0, size)
+    left = {k: v[:half] for k, v in stack.items()}
+    for _ in range(half.bit_length() - 1):
+        left = {k: v[0::2] + v[1::2] for k, v in left.items()}
+    return add({k: v[0] for k, v in left.items()}, stacked_tree_sum({k: v[half:] for k, v in stack.items()}))
 
 
 def mean_gradient(values: Mapping[Node, Params], num_shards: int, n: int) -> Params:

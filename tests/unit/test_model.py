@@ -5,6 +5,7 @@ import pytest
 
 from gradcheck import rel_error
 from lenet import LeNet5
+from lenet.data import standardize
 from lenet.model import PARAM_SHAPES, check_params, init_params
 from lenet.reduction import mean_gradient
 
@@ -134,3 +135,52 @@ def test_large_batches_are_computed_in_chunks_with_the_same_result():
     assert chunked.loss_sum == pytest.approx(whole.loss_sum, rel=1e-12)
     for k in whole.grads:
         np.testing.assert_allclose(chunked.grads[k], whole.grads[k], rtol=1e-10, atol=1e-12)
+
+
+def _same(a, b) -> bool:
+    return (a.loss_sum == b.loss_sum and a.correct == b.correct
+            and all(np.array_equal(a.grads[k], b.grads[k]) for k in PARAM_SHAPES))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_each_shard_of_a_batched_pass_is_bit_identical_to_the_shard_alone(mnist, seed):
+    """The property the service's determinism rests on: a shard's sums do not depend on
+    which shards shared its call.  Random groupings of real images, with shards of 1 and
+    2 samples and sizes around the BLAS small-matrix and SIMD thresholds, and around
+    CHUNK (so passes group shards in every way, and large shards are chunked)."""
+    from lenet import model as model_module
+
+    rng = np.random.default_rng(seed)
+    model = LeNet5(seed=seed)
+    n = 300
+    x, y = standardize(mnist.train_images[:n]), mnist.train_labels[:n]
+    choices = [1, 2, 3, 4, 5, 7, 8, 9, 15, 16, 17, 31, 32, 33, 63, 64, 65, 100, 128, 255, 256, 257]
+    assert {model_module.CHUNK - 1, model_module.CHUNK, model_module.CHUNK + 1} <= set(choices)
+    sizes: list[int] = []
+    while sum(sizes) < n:
+        sizes.append(min(int(rng.choice(choices)), n - sum(sizes)))
+    parts = model.shard_sums(x, y, sizes)
+    assert len(parts) == len(sizes)
+    lo = 0
+    for size, part in zip(sizes, parts):
+        assert _same(part, model.sum_loss_and_grads(x[lo : lo + size], y[lo : lo + size])), (sizes, lo, size)
+        lo += size
+
+
+def test_equal_shards_in_one_pass_are_bit_identical_to_each_alone(mnist):
+    """The service's default case: many small shards of one size (stacked into one call per layer)."""
+    model = LeNet5(seed=7)
+    for size, count in [(1, 40), (2, 64), (3, 9), (16, 4)]:
+        x, y = standardize(mnist.train_images[: size * count]), mnist.train_labels[: size * count]
+        parts = model.shard_sums(x, y, [size] * count)
+        for i, part in enumerate(parts):
+            alone = model.sum_loss_and_grads(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size])
+            assert _same(part, alone), (size, i)
+
+
+def test_shard_sums_rejects_sizes_that_do_not_cover_the_batch():
+    model = LeNet5()
+    x, y = np.zeros((4, 1, 28, 28), dtype=np.float32), np.zeros(4, dtype=int)
+    for sizes in ([2, 3], [4, 0], [5, -1]):
+        with pytest.raises(ValueError, match="do not split 4 images"):
+            model.shard_sums(x, y, sizes)

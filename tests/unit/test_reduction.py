@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from coordinator.scheduler import work_units
-from lenet.reduction import mean_gradient, nodes_at_depth, split_point, tree_sum
+from lenet.reduction import mean_gradient, nodes_at_depth, split_point, stacked_tree_sum, tree_sum
 
 
 def test_tree_shape():
@@ -32,3 +32,17 @@ def test_mean_gradient_divides_once():
     assert mean_gradient(leaves, 2, 4)["w"].tolist() == [1.0, 1.5]
     with pytest.raises(KeyError, match="shard 1"):
         tree_sum({(0, 1): leaves[(0, 1)]}, 0, 2)
+
+
+def test_stacked_tree_sum_is_bit_identical_to_the_tree():
+    rng = np.random.default_rng(1)
+    for size in [*range(1, 41), 64, 100]:
+        scale = 10.0 ** rng.integers(-3, 3, (size, 1, 1))  # leaves of different magnitudes: order matters
+        stack = {"w": (rng.standard_normal((size, 3, 50)) * scale).astype(np.float32),
+                 "b": rng.standard_normal((size, 7)).astype(np.float32)}
+        leaves = {(i, i + 1): {k: v[i] for k, v in stack.items()} for i in range(size)}
+        reference = tree_sum(leaves, 0, size)
+        total = stacked_tree_sum(stack)
+        assert all(np.array_equal(total[k], reference[k]) for k in stack), size
+    with pytest.raises(ValueError, match="no leaves"):
+        stacked_tree_sum({"w": np.zeros((0, 3))})

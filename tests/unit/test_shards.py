@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lenet.model import LeNet5
-from lenet.reduction import tree_sum
+from lenet.reduction import nodes_at_depth, tree_sum
 from lenet.shards import split_batch, unit_sums
 
 
@@ -17,18 +17,27 @@ def test_split_is_fixed_and_independent_of_workers():
         split_batch(np.arange(4), 0)
 
 
-def test_units_computed_apart_add_up_to_the_whole_batch_bit_for_bit(mnist):
-    """What workers send for any cut of the tree, added by the coordinator, is the trainer's root sum."""
+@pytest.mark.parametrize("num_shards, n", [(8, 100), (64, 128), (64, 96)])
+def test_units_computed_apart_add_up_to_the_whole_batch_bit_for_bit(mnist, num_shards, n):
+    """What workers send for any cut of the tree, added by the coordinator, is the trainer's root sum.
+
+    (64, 128) is the proposed default (global batch 128, shards of 2 samples); 96 is the
+    epoch's last batch, whose shards have 1 or 2 samples."""
     model = LeNet5(seed=1)
-    pixels, labels = mnist.train_images[:100], mnist.train_labels[:100]
-    sizes = [len(s) for s in split_batch(np.arange(100), 8)]
+    pixels, labels = mnist.train_images[:n], mnist.train_labels[:n]
+    sizes = [len(s) for s in split_batch(np.arange(n), num_shards)]
     whole = unit_sums(model, pixels, labels, sizes)
     bounds = np.cumsum([0, *sizes])
-    for cut in ([(0, 8)], [(0, 4), (4, 8)], [(0, 2), (2, 4), (4, 6), (6, 8)], [(i, i + 1) for i in range(8)]):
+    depth = 0
+    while True:
+        cut = nodes_at_depth(num_shards, depth)
         units = {(lo, hi): unit_sums(model, pixels[bounds[lo]:bounds[hi]], labels[bounds[lo]:bounds[hi]],
                                      sizes[lo:hi]).grads for lo, hi in cut}
-        total = tree_sum(units, 0, 8)
+        total = tree_sum(units, 0, num_shards)
         assert all(np.array_equal(total[k], whole.grads[k]) for k in whole.grads), cut
+        if len(cut) == num_shards:
+            break
+        depth += 1
     assert whole.correct == sum(unit_sums(model, pixels[lo:hi], labels[lo:hi], [hi - lo]).correct
                                 for lo, hi in zip(bounds[:-1], bounds[1:]))
 
