@@ -29,6 +29,7 @@ from pathlib import Path  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from coordinator.config import ServiceConfig  # noqa: E402
+from lenet import npzfile  # noqa: E402
 from lenet.cli import add_flag, optional, parse_bool, serve_metrics  # noqa: E402
 from lenet.config import add_training_flags, config_from_args  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
@@ -77,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
              "by another worker and compared bit for bit; the minority of a mismatch is banned")
     add_flag(parser, "--curve-secret-key", None, optional(Path),
              "the coordinator's CURVE .key_secret file: turns on encryption and authentication")
+    add_flag(parser, "--insecure", False, parse_bool, "listen beyond loopback without CURVE: anyone who reaches "
+             "the port can join the run and read the model")
+    add_flag(parser, "--checkpoint-key", None, optional(Path), "a key file (python -m coordinator.keys "
+             "--checkpoint-key FILE) that signs checkpoints with an HMAC; with it, unsigned or wrongly signed "
+             "checkpoints are refused")
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "directory of the public .key files of the workers admitted (with --curve-secret-key)")
     add_flag(parser, "--progress", sys.stderr.isatty(), parse_bool,
@@ -133,10 +139,26 @@ def service_config(args: argparse.Namespace) -> ServiceConfig:
     if args.bind and not args.bind.startswith(("tcp://", "ipc://")):
         raise ValueError(f"--bind must be a ZeroMQ endpoint such as tcp://0.0.0.0:5555, got {args.bind!r}")
     min_workers = args.min_workers if args.min_workers is not None else max(1, args.workers)
+    checkpoint_key = npzfile.load_key(args.checkpoint_key) if args.checkpoint_key is not None else None
     return ServiceConfig(bind=args.bind or "tcp://127.0.0.1:*", min_workers=min_workers,
                          heartbeat_timeout=args.heartbeat_timeout, task_timeout=args.task_timeout,
                          checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every,
-                         max_workers=args.max_workers, verify_fraction=args.verify_fraction)
+                         max_workers=args.max_workers, verify_fraction=args.verify_fraction,
+                         checkpoint_key=checkpoint_key)
+
+
+def refuse_insecure_bind(args: argparse.Namespace) -> None:
+    """Anything that listens beyond loopback authenticates its peers, unless the operator says --insecure."""
+    import zmq
+
+    from coordinator import keys
+    from coordinator.endpoint import check_bindable
+
+    if args.bind is None or args.curve_secret_key is not None or args.insecure or keys.is_loopback_endpoint(args.bind):
+        return
+    check_bindable(zmq.Context.instance(), args.bind)  # an unusable address is a network error first
+    raise UsageError(f"refusing to listen on {args.bind} without CURVE: give --curve-secret-key and "
+                     "--curve-authorized-dir (python -m coordinator.keys makes them), or --insecure")
 
 
 def curve_setup(args: argparse.Namespace, service: ServiceConfig, keydir: Path) -> tuple[ServiceConfig, list[str]]:
@@ -148,13 +170,15 @@ def curve_setup(args: argparse.Namespace, service: ServiceConfig, keydir: Path) 
     server_keys = keys.load_keypair(args.curve_secret_key)
     allowed = keys.load_allowed(args.curve_authorized_dir)
     local_args: list[str] = []
+    fixed: frozenset[bytes] = frozenset()  # admitted whatever a reload of the directory says
     if args.workers:  # for this run only, in a directory removed at exit
         local_public, local_secret = keys.generate(keydir, "local-workers")
-        allowed |= {keys.load_public(local_public)}
+        fixed = frozenset({keys.load_public(local_public)})
         server_file = keys.write_public(keydir / "coordinator.key", server_keys.public)
         local_args = ["--curve-secret-key", str(local_secret), "--curve-server-key", str(server_file)]
-    log.info("CURVE on: %d worker keys admitted", len(allowed))
-    return dataclasses.replace(service, curve=keys.CurveServer(server_keys, frozenset(allowed))), local_args
+    log.info("CURVE on: %d worker keys admitted", len(allowed | fixed))
+    curve = keys.CurveServer(server_keys, allowed | fixed, authorized_dir=args.curve_authorized_dir, fixed=fixed)
+    return dataclasses.replace(service, curve=curve), local_args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -168,6 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lenet.curves import write_curves
     from lenet.data import load_mnist
     from lenet.runtime import tune_malloc
+    from lenet.tempfiles import sweep_stale_temporaries
     from lenet.train import save_model
 
     try:
@@ -176,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         service = service_config(args)
     except ValueError as err:
         raise UsageError(str(err)) from None
+    refuse_insecure_bind(args)
     handler = ClearProgressHandler(sys.stderr) if args.progress else logging.StreamHandler(sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s", handlers=[handler])
     tune_malloc()
@@ -183,8 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         service, local_args = curve_setup(args, service, Path(keydir))
         if args.checkpoint_dir is not None:
             ckpt.check_writable(args.checkpoint_dir)
+            for stale in sweep_stale_temporaries(args.checkpoint_dir):
+                log.info("removed a temporary file left by an earlier run: %s", stale)
         data = load_mnist(args.data_dir)
-        resume_from = ckpt.load_latest(args.checkpoint_dir) if args.resume else None
+        resume_from = ckpt.load_latest(args.checkpoint_dir, service.checkpoint_key) if args.resume else None
         if args.resume and resume_from is None:
             log.info("no checkpoint in %s: starting from scratch", args.checkpoint_dir)
         metrics, history = Metrics(CollectorRegistry()), RunHistory()
@@ -197,6 +225,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         stop_signal: list[int] = []
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, frame: stop_signal.append(signum))
+        hup: list[int] = []  # SIGHUP: reload the CURVE allow-list, in the loop (not in the handler)
+        signal.signal(signal.SIGHUP, lambda signum, frame: hup.append(signum))
+
+        def reload_keys() -> bool:
+            pending = bool(hup)
+            hup.clear()
+            return pending
         training = Training(train_config, args.shards, data)
         show = Progress() if args.progress else None
 
@@ -209,7 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         start = time.monotonic()
         try:
             outcome = run_service(training, service, metrics, local_workers=args.workers, local_worker_args=local_args,
-                                  resume_from=resume_from, stop=lambda: bool(stop_signal), progress=progress)
+                                  resume_from=resume_from, stop=lambda: bool(stop_signal), reload_keys=reload_keys,
+                                  progress=progress)
         except TrainingDiverged as err:
             raise UsageError(f"training diverged ({err}); lower --lr") from None
         finally:

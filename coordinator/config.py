@@ -26,6 +26,7 @@ class ServiceConfig:
     verify_fraction: float = 0.0  # units computed twice and compared bit for bit
     registrations_per_second: float = 32.0  # after a burst: 64 workers joining at once are admitted
     registration_burst: int = 128
+    checkpoint_key: bytes | None = None  # signs checkpoints (HMAC); with it, unsigned ones are refused
 
     def __post_init__(self) -> None:
         if self.min_workers < 1:

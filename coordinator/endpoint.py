@@ -20,6 +20,17 @@ RECEIVE_QUEUE = 64  # messages queued per peer before ZeroMQ drops its further o
 SEND_QUEUE = 64  # a step sends a peer its parameters and at most PREFETCH tasks, plus heartbeats
 
 
+def check_bindable(context: zmq.Context, bind: str) -> None:
+    """NetworkError if `bind` cannot be listened on at all (checked before anything else is said of it)."""
+    probe = context.socket(zmq.ROUTER)
+    try:
+        probe.bind(bind)
+    except zmq.ZMQError as err:
+        raise NetworkError(f"cannot bind {bind}: {err.strerror}") from None
+    finally:
+        probe.close(linger=0)
+
+
 class RouterEndpoint:
     def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None):
         self.sock = context.socket(zmq.ROUTER)

@@ -38,6 +38,7 @@ class Member:
     suspect_since: float | None = None  # missed a task deadline; no new work until it answers
     misses: int = 0  # deadlines missed since its last valid result
     label: str = ""  # its metric label: the name, made unique if another member has it
+    key: bytes | None = None  # the CURVE public key it registered with (None without CURVE)
 
 
 class Membership(Generic[W]):
@@ -61,7 +62,7 @@ class Membership(Generic[W]):
     def full(self) -> bool:
         return len(self.members) >= self.max_members
 
-    def join(self, identity: W, name: str, pid: int, now: float, tag: str = "") -> bool:
+    def join(self, identity: W, name: str, pid: int, now: float, tag: str = "", key: bytes | None = None) -> bool:
         """Register `identity` (again); returns True if it is new.
 
         The caller has checked the name (`valid_name`), the ban list and `full`.
@@ -71,7 +72,7 @@ class Membership(Generic[W]):
         if member is None:
             taken = {m.label for m in self.members.values()}
             label = name if name not in taken else f"{name}~{tag}"
-            self.members[identity] = Member(name=name, pid=pid, last_seen=now, label=label)
+            self.members[identity] = Member(name=name, pid=pid, last_seen=now, label=label, key=key)
             return True
         member.last_seen = now
         return False
@@ -109,6 +110,10 @@ class Membership(Generic[W]):
     def silent(self, now: float) -> list[tuple[W, float]]:
         """Members silent for longer than the heartbeat timeout, presumed dead: (identity, seconds silent)."""
         return [(i, now - m.last_seen) for i, m in self.members.items() if now - m.last_seen > self.heartbeat_timeout]
+
+    def with_keys(self, keys: Iterable[bytes]) -> list[W]:
+        wanted = set(keys)
+        return [i for i, m in self.members.items() if m.key in wanted]
 
     def with_pids(self, pids: Iterable[int]) -> list[W]:
         wanted = set(pids)

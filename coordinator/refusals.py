@@ -39,6 +39,9 @@ class Reason(str, enum.Enum):
     FULL = "full"  # --max-workers are registered
     RATE_LIMITED = "rate_limited"  # registrations arrive faster than they are admitted
     BANNED = "banned"  # from a worker banned for the run
+    # CURVE: who sent it (the User-Id of the message) is not who may.
+    KEY_MISMATCH = "key_mismatch"  # a registered worker's message sent with another key than it registered with
+    REVOKED_KEY = "revoked_key"  # sent with a key removed from the allow-list (SIGHUP) since its handshake
     # The coordinator failed handling a message (a bug): the message is refused, training goes on.
     INTERNAL_ERROR = "internal_error"
 

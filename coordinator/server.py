@@ -36,6 +36,7 @@ from pathlib import Path
 import zmq
 
 from coordinator import checkpoint as ckpt
+from coordinator import keys
 from coordinator import protocol as P
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
@@ -51,6 +52,7 @@ from lenet.model import LeNet5
 from lenet.params import Params
 from lenet.probe import probe_digest
 from lenet.shards import unit_sums
+from lenet.status import UserError
 
 log = logging.getLogger("coordinator")
 
@@ -78,7 +80,7 @@ class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
         self.members = Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers)
-        self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics)
+        self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, key=service.checkpoint_key)
         self.step: Step | None = None
         self.next_plan: StepPlan | None = None
         self.epoch_started = 0.0
@@ -128,7 +130,7 @@ class Coordinator:
 
     # ------------------------------------------------------------------ membership
 
-    def _register(self, identity: bytes, msg: P.Register, now: float) -> None:
+    def _register(self, identity: bytes, msg: P.Register, now: float, key: bytes | None) -> None:
         if identity not in self.members:
             refusal = self._admission(msg, now)
             if refusal is not None:
@@ -137,7 +139,7 @@ class Coordinator:
                 if reason is not Reason.RATE_LIMITED:  # unanswered, it simply retries with back-off
                     self._refuse_peer(identity, reason.value, text, now)
                 return
-        if self.members.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6]):
+        if self.members.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6], key=key):
             if self.join_lines.take(now):
                 more = f" (+{self.joins_unlogged} more joined since the last report)" if self.joins_unlogged else ""
                 log.info("worker %s joined (%d live)%s", self._name(identity), len(self.members), more)
@@ -194,6 +196,22 @@ class Coordinator:
                 step.scheduler.excluded.pop(unit, None)
         self._forget(identity, member, f"banned for the run: {why}")
 
+    def reload_keys(self) -> None:
+        """Re-read the CURVE allow-list (SIGHUP): new keys may connect; revoked keys' workers are dropped."""
+        if self.endpoint.auth is None:
+            log.warning("SIGHUP: CURVE is off, no keys to reload")
+            return
+        try:
+            added, removed = self.endpoint.auth.reload()
+        except UserError as err:
+            log.warning("SIGHUP: keeping the allow-list as it was: %s", err)
+            return
+        revoked = self.members.with_keys(removed)
+        for identity in revoked:
+            self._remove_worker(identity, "dropped: its key was revoked")
+        log.info("SIGHUP: allow-list reloaded: %d keys added, %d revoked, %d workers dropped", len(added),
+                 len(removed), len(revoked))
+
     def forget_exited(self, pids: list[int]) -> None:
         """Local worker processes seen to exit: drop them now rather than at the heartbeat timeout."""
         for identity in self.members.with_pids(pids):
@@ -243,20 +261,31 @@ class Coordinator:
             if len(frames) != 2 or identity is None:
                 self._reject(Reason.MALFORMED, identity, f"{len(frames)} frames, expected 2")
                 continue
+            key = keys.sender_key(frames[1]) if self.endpoint.auth is not None else None
             try:
-                self._handle(identity, frames[1].buffer, time.monotonic())
+                self._handle(identity, frames[1].buffer, time.monotonic(), key)
             except TrainingDiverged:
                 raise
             except Exception as err:  # a bug must not end the run: refuse the message, say where
                 self._reject(Reason.INTERNAL_ERROR, identity, f"{type(err).__name__}: {err}")
                 self._warn_limited("internal_error_traceback", "handling it failed:\n" + traceback.format_exc())
 
-    def _handle(self, identity: bytes, frame: bytes | memoryview, now: float) -> None:
+    def _handle(self, identity: bytes, frame: bytes | memoryview, now: float, key: bytes | None = None) -> None:
+        """One message; `key` is the CURVE public key that sent it (None without CURVE)."""
         if identity in self.members.banned:
             self._reject(Reason.BANNED, identity, f"{len(frame)} bytes from a banned worker: dropped unread")
             self._refuse_peer(identity, "banned", "banned for this run: it returned results the coordinator's own "
                               "computation contradicts", now)
             return
+        if self.endpoint.auth is not None:
+            if not self.endpoint.auth.allows(key):
+                self._reject(Reason.REVOKED_KEY, identity, "sent with a key no longer admitted: dropped unread")
+                return
+            member = self.members.get(identity)
+            if member is not None and member.key != key:
+                self._reject(Reason.KEY_MISMATCH, identity, "sent with another key than it registered with: "
+                             "dropped unread")
+                return
         if identity not in self.members and len(frame) > P.MAX_REGISTER_BYTES:
             self._reject(Reason.UNREGISTERED, identity, f"{len(frame)} bytes from an unknown peer: dropped unread")
             self._refuse_peer(identity, "unregistered", "register first", now)
@@ -267,7 +296,7 @@ class Coordinator:
             self._reject(err.reason, identity, err.detail)
             return
         if isinstance(msg, P.Register):
-            self._register(identity, msg, now)
+            self._register(identity, msg, now, key)
             return
         member = self.members.touch(identity, now)
         if member is None:

@@ -32,9 +32,12 @@ class ServiceOutcome(RunOutcome):
 
 def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *, local_workers: int = 0,
                 local_worker_args: Sequence[str] = (), resume_from: ckpt.Checkpoint | None = None,
-                stop: Callable[[], bool] = lambda: False,
+                stop: Callable[[], bool] = lambda: False, reload_keys: Callable[[], bool] = lambda: False,
                 progress: Progress = lambda report, workers: None) -> ServiceOutcome:
     """Train `training` with `local_workers` processes started here plus any that connect.
+
+    `stop()` true ends the run early; `reload_keys()` true (a SIGHUP) re-reads the
+    CURVE allow-list.
 
     Raises TrainingDiverged (after checkpointing) if every worker's gradients turn
     non-finite; user errors (an unusable address or checkpoint) as lenet.status errors.
@@ -54,6 +57,8 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
         def tick() -> None:
             if supervised is not None:
                 coordinator.forget_exited(supervised.supervise())
+            if reload_keys():
+                coordinator.reload_keys()
 
         try:
             outcome = coordinator.run(stop=stop, tick=tick, progress=progress)

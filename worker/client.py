@@ -82,9 +82,9 @@ class Worker:
         sock.connect(self.config.connect)
         return sock
 
-    def _close(self) -> None:
+    def _close(self, linger_ms: int = 0) -> None:
         if self.sock is not None:
-            self.sock.close(linger=0)
+            self.sock.close(linger=linger_ms)
             self.sock = None
 
     def _send(self, msg: P.Message) -> None:
@@ -164,6 +164,8 @@ class Worker:
         while True:
             if self.stopping:
                 self._send(P.Leave())
+                # Up to a second for the Leave to get out: it may be queued behind a Result.
+                self._close(linger_ms=1000)
                 log.info("leaving: told the coordinator")
                 return "stopped"
             msg = self._recv(min(0.2, cfg.heartbeat_interval))

@@ -91,6 +91,78 @@ def test_bad_key_files_are_user_errors(tmp_path, procs, mnist_dir):
     assert out.returncode == 2 and "cannot read CURVE key file" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_sighup_revokes_a_key_and_its_worker_is_dropped(tmp_path, procs, mnist_dir):
+    """Remove a worker's public key from the directory, SIGHUP: it is dropped, its messages refused, the run goes on."""
+    import signal as sig
+
+    _, server_secret = keygen(tmp_path / "server", "coordinator")
+    server_pub = tmp_path / "server" / "coordinator.key"
+    keys = {name: keygen(tmp_path / "admitted", name) for name in ("stays", "goes")}
+    port, metrics_port = free_port(), free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--min-workers", "2", "--max-steps", "300",
+                        "--checkpoint-dir", "off", "--metrics-port", str(metrics_port), "--curve-secret-key",
+                        str(server_secret), "--curve-authorized-dir", str(tmp_path / "admitted"),
+                        "--output", str(tmp_path / "m.npz"))
+    procs.append(coord)
+    procs.extend(worker(tmp_path, endpoint, name, "--curve-secret-key", str(secret), "--curve-server-key",
+                        str(server_pub)) for name, (_, secret) in keys.items())
+    coord.wait_for("training:")
+    keys["goes"][0].unlink()
+    coord.signal(sig.SIGHUP)
+    coord.wait_for("worker goes dropped: its key was revoked")
+    coord.wait_for("1 revoked, 1 workers dropped")
+    deadline, m = time.monotonic() + 20, {}
+    while time.monotonic() < deadline and m.get("lenet_rejected_messages_total{reason=revoked_key}", 0) == 0:
+        m = scrape(metrics_port)
+        time.sleep(0.2)
+    assert m["lenet_rejected_messages_total{reason=revoked_key}"] > 0  # its heartbeats, unread
+    assert m["lenet_workers_alive"] == 1
+    assert coord.wait() == 0, coord.log()
+    assert identical(params(tmp_path / "m.npz"), trainer_params(tmp_path, "--max-steps", "300"))
+
+
+def test_a_registered_id_under_another_key_is_refused(tmp_path, procs, mnist_dir):
+    """Messages for a registered worker's routing id, sent with another admitted key, are refused and counted."""
+    server_pub, server_secret = keygen(tmp_path / "server", "coordinator")
+    a_pub, a_secret = keygen(tmp_path / "admitted", "a")
+    b_pub, b_secret = keygen(tmp_path / "admitted", "b")
+    port, metrics_port = free_port(), free_port()
+    endpoint = f"tcp://127.0.0.1:{port}"
+    coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--min-workers", "5", "--checkpoint-dir",
+                        "off", "--metrics-port", str(metrics_port), "--curve-secret-key", str(server_secret),
+                        "--curve-authorized-dir", str(tmp_path / "admitted"), "--output", str(tmp_path / "m.npz"))
+    procs.append(coord)
+    coord.wait_for("waiting for 5 workers")
+    from coordinator import keys as K
+    from hostile import this_machines_probe
+
+    ctx = zmq.Context()
+
+    def peer(pub, secret):
+        s = ctx.socket(zmq.DEALER)
+        s.setsockopt(zmq.LINGER, 0)
+        s.setsockopt(zmq.ROUTING_ID, b"the-same-id")
+        K.secure_client(s, K.CurveClient(K.load_keypair(secret), K.load_public(server_pub)))
+        s.connect(endpoint)
+        return s
+
+    first = peer(a_pub, a_secret)
+    first.send(P.encode(P.Register(name="a", pid=1, probe=this_machines_probe())))
+    assert first.poll(10_000)  # registered
+    first.close(linger=0)
+    time.sleep(0.5)
+    second = peer(b_pub, b_secret)
+    for _ in range(5):
+        second.send(P.encode(P.Heartbeat()))
+    time.sleep(1.0)
+    m = scrape(metrics_port)
+    second.close(linger=0)
+    ctx.term()
+    assert m["lenet_rejected_messages_total{reason=key_mismatch}"] == 5
+    assert "worker a joined" in coord.log() and coord.log().count("joined") == 1
+
+
 # ---------------------------------------------------------------- the CURVE layer at the socket level
 # What the coordinator builds on: a ROUTER made secure by keys.secure_server, and
 # DEALER clients, with no training in the way.

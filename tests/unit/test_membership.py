@@ -87,3 +87,11 @@ def test_when_every_member_is_suspect_all_are_on_probation_rather_than_the_run_s
     m.suspect("b", now=1.0)
     assert m.eligible() == ["a", "b"]
 
+
+def test_members_are_found_by_the_key_they_registered_with():
+    m = Membership[str](heartbeat_timeout=10.0)
+    m.join("a", "alpha", 1, 0.0, key=b"K1")
+    m.join("b", "beta", 2, 0.0, key=b"K2")
+    m.join("c", "gamma", 3, 0.0)
+    assert m.with_keys([b"K2", b"K3"]) == ["b"] and m.get("a").key == b"K1" and m.get("c").key is None
+
