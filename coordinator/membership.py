@@ -90,13 +90,14 @@ class Membership(Generic[W]):
         if member is not None:
             member.suspect_since, member.misses = None, 0
 
-    def suspect(self, identity: W, now: float) -> bool:
-        """A member missed a task deadline; True if it has now missed too many in a row to stay."""
+    def suspect(self, identity: W, now: float, missed: bool = True) -> bool:
+        """A member missed a task deadline (`missed`), or was overtaken by a backup before it (not a miss:
+        it may still answer).  True if it has now missed too many deadlines in a row to stay."""
         member = self.members.get(identity)
         if member is None:
             return False
         member.suspect_since = now
-        member.misses += 1
+        member.misses += missed
         return member.misses >= self.max_misses
 
     def ban(self, identity: W) -> Member | None:

@@ -407,10 +407,7 @@ class Coordinator:
             self._warn_limited(f"overtaken {self._name(other)}",
                                f"shards {lo}-{hi - 1} of step {result.step}: {self._name(other)} was overtaken by a "
                                "backup; no new work for it until it answers")
-            if self.members.suspect(other, now):
-                self.metrics.workers_removed.inc()
-                self._remove_worker(other, f"removed: overtaken {self.members.max_misses} times in a row "
-                                           "without answering")
+            self.members.suspect(other, now, missed=False)
 
     # ------------------------------------------------------------------ steps
 

@@ -229,8 +229,10 @@ def impossible_values(tmp: Path) -> Run:
                  H.ScriptedWorker(endpoint, "evil\ncoordinator done: forged", H.honest_answer, seconds=300),
                  H.ScriptedWorker(endpoint, "twin", H.honest_answer, seconds=300),
                  H.ScriptedWorker(endpoint, "twin", H.honest_answer, seconds=300)]
-        for p in peers:
+        for p in peers:  # in turn: the first members get work (5 workers share 4 units of 2 shards)
             p.start()
+            if p is not peers[1]:  # (that one is refused)
+                p.registered.wait(10)
         return peers
 
     run, peers = run_training(tmp, start, min_workers=5)
@@ -254,11 +256,13 @@ def near_honest_liar(tmp: Path) -> Run:
 
 def nonconforming_worker(tmp: Path) -> Run:
     """Finding 7: an honest worker on another CPU kernel.  Simulated by a real worker process whose gradient
-    code flips the lowest bit of one element (OPENBLAS_CORETYPE is left alone, as the workplace asks)."""
-    patch = ("import sys, numpy as np; from lenet import model as m; real = m.LeNet5.sum_loss_and_grads\n"
-             "def flipped(self, x, y):\n"
-             "    r = real(self, x, y); b = r.grads['fc3.bias']; b.view(np.uint32)[0] ^= 1; return r\n"
-             "m.LeNet5.sum_loss_and_grads = flipped\n"
+    code is one unit in the last place off in one element (OPENBLAS_CORETYPE is left alone, as the workplace
+    asks)."""
+    patch = ("import sys, numpy as np; from lenet import model as m; real = m.LeNet5.stacked_shard_sums\n"
+             "def flipped(self, x, y, sizes):\n"
+             "    r = real(self, x, y, sizes); b = r.grads['fc3.bias']; i = (0,) * b.ndim\n"
+             "    b[i] = np.nextafter(b[i], np.float32(np.inf)); return r  # one unit in the last place\n"
+             "m.LeNet5.stacked_shard_sums = flipped\n"
              "from worker.__main__ import main; from lenet.status import run_main; sys.exit(run_main(main, 'worker'))")
 
     def start(endpoint: str) -> list:

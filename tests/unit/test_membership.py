@@ -40,6 +40,9 @@ def test_one_that_keeps_missing_without_answering_must_go_one_that_answers_never
     for t in range(10):  # slow but answering: every miss is followed by a valid (late) result
         assert not m.suspect("b", now=float(t))
         m.vouch("b")
+    for t in range(10):  # overtaken by backups is suspect, but no miss: it may still answer
+        assert not m.suspect("b", now=20.0 + t, missed=False)
+    assert m.get("b").misses == 0
 
 
 def test_names_are_safe_text_and_labels_unique():
