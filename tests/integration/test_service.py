@@ -103,7 +103,8 @@ def test_worker_killed_mid_run_changes_nothing(reference, tmp_path, procs):
     time.sleep(0.5)
     workers[1].signal(signal.SIGKILL)
     assert coord.wait() == 0, coord.log()
-    assert "worker w1 lost" in coord.log()
+    # Noticed dead at the heartbeat timeout, or (a short run) only overtaken by a backup before that.
+    assert "worker w1 lost" in coord.log() or "w1 was overtaken" in coord.log()
     assert identical(params(tmp_path / "m.npz"), reference)
 
 
