@@ -6,6 +6,7 @@ what came out of it.
 from __future__ import annotations
 
 import re
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -73,10 +74,17 @@ def run_training(tmp: Path, attackers: Callable[[str], list] = lambda endpoint: 
                         "--metrics-port", str(metrics_port), "--output", str(tmp / "m.npz"), *extra)
     started: list = attackers(endpoint)
     honest = [worker(tmp, endpoint, f"w{i}") for i in range(2)]
-    peak, last = 0.0, {}
+    peak, last = [0.0], {}
+
+    def sample_peak() -> None:  # apart from the loop below, which `during` may hold up
+        while coord.popen.poll() is None:
+            peak[0] = max(peak[0], _peak_rss_mb(coord.pid) or 0.0)
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample_peak, daemon=True)
+    sampler.start()
     try:
         while coord.popen.poll() is None and time.monotonic() - start < 600:
-            peak = max(peak, _peak_rss_mb(coord.pid) or 0.0)
             try:
                 last = scrape(metrics_port)
             except OSError:
@@ -96,7 +104,8 @@ def run_training(tmp: Path, attackers: Callable[[str], list] = lambda endpoint: 
                 stop.set()
         for p in [coord, *honest]:
             p.stop()
-    run = Run(status, params(tmp / "m.npz") if status == 0 else {}, seconds, peak, coord.log(), last)
+    sampler.join(5)
+    run = Run(status, params(tmp / "m.npz") if status == 0 else {}, seconds, peak[0], coord.log(), last)
     return run, started
 
 
