@@ -35,7 +35,7 @@ import tokenize
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -105,12 +105,23 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict
     entries[DIGEST_KEY] = np.array(digest(arrays, meta_json))
     if key is not None:
         entries[HMAC_KEY] = np.array(signature(key, arrays, meta_json))
+    _write_atomic(path, lambda f: np.savez(f, **entries))
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` as `write_npz` writes (exclusive temporary file, fsync, rename, directory fsync)."""
+    return _write_atomic(path, lambda f: f.write(data))
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """`write(f)` into a temporary file created exclusively beside `path`, then fsync, rename, fsync the directory."""
+    path = Path(path)
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = create_beside(path)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **entries)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -121,27 +132,6 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict
         try:
             if tmp is not None:
                 tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # the directory itself is unusable: the error above says so
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
-    """Write `data` to `path` as `write_npz` writes (temporary file, fsync, rename, directory fsync)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except OSError as err:
-        raise StorageError(f"cannot write {path}: {err.strerror or err}") from None
-    finally:
-        try:
-            tmp.unlink(missing_ok=True)
         except OSError:
             pass  # the directory itself is unusable: the error above says so
     return path
