@@ -116,17 +116,20 @@ def test_dashboard_draws_live_curves_that_agree_with_metrics(browser, tmp_path, 
         time.sleep(1.0)  # a result already on its way may still complete one step
         metrics = scrape(port)
         page = page_after(browser, time.time() + 3.5)  # both workers have been silent > 3 s by then
-        assert scrape(port)["lenet_steps_total"] == metrics["lenet_steps_total"]  # frozen all along
+        after = scrape(port)
+        assert after["lenet_steps_total"] == metrics["lenet_steps_total"]  # frozen all along
     finally:
         for w in workers:
             w.signal(signal.SIGCONT)
     shown = {name: float(value) for name, value in page["shown"].items()}
+    # The page's moment lies between the two scrapes.  Training is frozen, but the coordinator is
+    # not: the stopped workers' units pass their deadline (3 s) and are re-dispatched meanwhile.
     for name in ("lenet_steps_total", "lenet_samples_total", "lenet_epoch", "lenet_epoch_samples",
                  "lenet_learning_rate", "lenet_train_loss", "lenet_train_accuracy", "lenet_test_accuracy",
                  "lenet_workers_alive", "lenet_workers_lost_total", "lenet_shards_redispatched_total",
                  "lenet_checkpoint_duration_seconds_count", "lenet_checkpoint_failures_total",
                  "lenet_sent_bytes_total", "lenet_received_bytes_total"):
-        assert shown[name] == metrics[name], name
+        assert metrics[name] <= shown[name] <= after[name], (name, metrics[name], shown[name], after[name])
     assert shown["lenet_workers_alive"] == 2 and shown["lenet_checkpoint_duration_seconds_count"] >= 2
     assert [[row[0], row[1], row[2].replace(",", "")] for row in page["workers"]] == [
         [f"w{i}", "silent", f"{metrics[f'lenet_worker_accepted_shards_total{{worker=w{i}}}']:.0f}"] for i in range(2)]
