@@ -11,6 +11,7 @@ parameters must be those of an undisturbed run of as many steps.
 
 import re
 import signal
+import time
 
 import msgpack
 import numpy as np
@@ -22,7 +23,7 @@ from hypothesis import strategies as st
 from coordinator import protocol as P
 from hostile import ScriptedWorker, bogus_answers, nan_grads
 from lenet.model import init_params
-from procs import coordinator, free_port, identical, trainer_params, worker
+from procs import coordinator, free_port, identical, scrape, trainer_params, worker
 
 MESSAGES = 10_500
 CONFIG = ("--train-subset", "12800", "--epochs", "100", "--batch-size", "128")  # outlasts the flood
@@ -109,14 +110,16 @@ class Flood:
 def run(tmp_path_factory, mnist_dir):
     tmp = tmp_path_factory.mktemp("fuzz")
     endpoint = f"tcp://127.0.0.1:{free_port()}"
+    metrics_port = free_port()
     procs = [coordinator(tmp, *CONFIG, "--workers", "0", "--bind", endpoint, "--min-workers", "3",
-                         "--checkpoint-dir", str(tmp / "ckpt"), "--output", str(tmp / "m.npz"))]
+                         "--checkpoint-dir", str(tmp / "ckpt"), "--output", str(tmp / "m.npz"),
+                         "--metrics-port", str(metrics_port))]
     procs += [worker(tmp, endpoint, f"w{i}") for i in range(2)]
     hostile = ScriptedWorker(endpoint, "hostile", bogus_answers, seconds=600)
     hostile.start()
     procs[0].wait_for("training:")
     flood = Flood(endpoint)
-    yield {"tmp": tmp, "coordinator": procs[0], "flood": flood, "hostile": hostile}
+    yield {"tmp": tmp, "coordinator": procs[0], "flood": flood, "hostile": hostile, "metrics_port": metrics_port}
     flood.close()
     hostile.stop.set()
     for p in procs:
@@ -140,6 +143,13 @@ def test_training_goes_on_as_if_nothing_happened(run, tmp_path):
     from coordinator.checkpoint import load_latest
 
     coord = run["coordinator"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # let it read what is still queued before it is stopped
+        refused = sum(v for k, v in scrape(run["metrics_port"]).items()
+                      if k.startswith("lenet_rejected_messages_total"))
+        if refused >= MESSAGES:
+            break
+        time.sleep(0.2)
     coord.signal(signal.SIGTERM)
     assert coord.wait(timeout=30) == 130, coord.log()[-3000:]
     assert run["flood"].sent >= MESSAGES
