@@ -50,7 +50,7 @@ from coordinator.training import RunState, StepReport, Training, TrainingDiverge
 from lenet.bounds import implausible, per_sample_bounds
 from lenet.model import LeNet5
 from lenet.params import Params
-from lenet.probe import probe_digest
+from lenet.probe import PROBE_SIZES, probe_digest
 from lenet.shards import unit_sums
 from lenet.status import UserError
 
@@ -91,7 +91,12 @@ class Coordinator:
         self.replies = ReplyLimiter(interval=1.0)
         self.registrations = TokenBucket(rate=service.registrations_per_second, burst=service.registration_burst)
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
+        started = time.perf_counter()
         self.probe = probe_digest()
+        # Its own probe is the first measurement of the time per sample: deadlines follow it from
+        # the first step, rather than starting at the --task-timeout cap (a flood of ghosts at step
+        # 0 would hold it that long).
+        self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
         self.local_model = LeNet5()  # settles doubts by computing a unit here
         self.bounds: tuple[int, dict[str, float]] = (-1, {})  # (step, per-sample gradient bounds)
         self.endpoint = RouterEndpoint(context, service.bind, service.curve)
