@@ -39,8 +39,9 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
     `stop()` true ends the run early; `reload_keys()` true (a SIGHUP) re-reads the
     CURVE allow-list.
 
-    Raises TrainingDiverged (after checkpointing) if every worker's gradients turn
-    non-finite; user errors (an unusable address or checkpoint) as lenet.status errors.
+    Raises TrainingDiverged (after checkpointing) when the coordinator's own computation
+    confirms that the model diverged; user errors (an unusable address or checkpoint) as
+    lenet.status errors.
     """
     context = zmq.Context()
     coordinator = None
@@ -52,11 +53,10 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
         log.info("listening on %s", coordinator.endpoint.address)
         if local_workers:
             local = LocalWorkers(local_workers, coordinator.endpoint.local_address, list(local_worker_args))
-        supervised = local
 
         def tick() -> None:
-            if supervised is not None:
-                coordinator.forget_exited(supervised.supervise())
+            if local is not None:
+                coordinator.forget_exited(local.supervise())
             if reload_keys():
                 coordinator.reload_keys()
 

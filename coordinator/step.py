@@ -90,7 +90,9 @@ class Step:
                    params_frame=P.encode(P.Params(step=plan.step, params=params)), started=now, verify=verify)
 
     def task(self, unit: int) -> P.Task:
-        return P.decode(self.plan.tasks[unit])  # type: ignore[return-value]
+        task = P.decode(self.plan.tasks[unit])
+        assert isinstance(task, P.Task)  # encoded by plan_step
+        return task
 
     @property
     def number(self) -> int:
