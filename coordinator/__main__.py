@@ -32,9 +32,11 @@ from coordinator.config import ServiceConfig  # noqa: E402
 from lenet import npzfile  # noqa: E402
 from lenet.cli import add_flag, optional, parse_bool, serve_metrics  # noqa: E402
 from lenet.config import add_training_flags, config_from_args  # noqa: E402
+from lenet.shards import DEFAULT_SHARDS  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
 if TYPE_CHECKING:
+    from coordinator import checkpoint as ckpt
     from coordinator.training import StepReport
 
 log = logging.getLogger("coordinator")
@@ -61,7 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
              "workers that must register before training starts (default: --workers, at least 1)")
     add_flag(parser, "--bind", None, str, "ZeroMQ endpoint for external workers, e.g. tcp://0.0.0.0:5555 "
              "(default: a private loopback port for local workers only)")
-    add_flag(parser, "--shards", 8, int, "shards per global batch (fixed: results do not depend on worker count)")
+    add_flag(parser, "--shards", None, optional(int), "shards per global batch, and so the most workers a step can "
+             f"use; results do not depend on the worker count (default: {DEFAULT_SHARDS}, or on --resume the "
+             "checkpoint's)")
     add_flag(parser, "--metrics-port", 9110, int, "port of the Prometheus /metrics endpoint and the dashboard "
              "at / (0: off)")
     add_flag(parser, "--metrics-addr", "127.0.0.1", str, "address of the /metrics endpoint (0.0.0.0: all)")
@@ -124,11 +128,22 @@ class ClearProgressHandler(logging.StreamHandler):
         super().emit(record)
 
 
+def shard_count(asked: int | None, resume_from: ckpt.Checkpoint | None) -> int:
+    """--shards if given; else the checkpoint's, so that a resumed run goes on as it started; else the default."""
+    made_with = resume_from.meta["num_shards"] if resume_from is not None else None
+    if asked is None:
+        return made_with if made_with is not None else DEFAULT_SHARDS
+    if made_with is not None and made_with != asked:
+        log.info("resuming a run made with --shards %d with --shards %d, as asked: from here its numbers differ "
+                 "from an uninterrupted %d-shard run", made_with, asked, made_with)
+    return asked
+
+
 def service_config(args: argparse.Namespace) -> ServiceConfig:
     """The service settings the flags ask for (ValueError: a flag the user must fix)."""
     if args.workers < 0:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
-    if args.shards < 1:
+    if args.shards is not None and args.shards < 1:
         raise ValueError(f"shards must be >= 1, got {args.shards}")
     if args.resume and args.checkpoint_dir is None:
         raise ValueError("--resume needs a --checkpoint-dir")
@@ -232,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pending = bool(hup)
             hup.clear()
             return pending
-        training = Training(train_config, args.shards, data)
+        training = Training(train_config, shard_count(args.shards, resume_from), data)
         show = Progress() if args.progress else None
 
         def progress(report: StepReport, workers: int) -> None:

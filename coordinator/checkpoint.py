@@ -63,10 +63,12 @@ def snapshot(run: Training) -> Checkpoint:
 
 
 def restore(run: Training, c: Checkpoint) -> None:
-    """Continue `run` from a checkpoint of the same configuration, shard count and data.
+    """Continue `run` from a checkpoint of the same configuration and data.
 
     UsageError if it was made with other settings (the user can pass the same
-    flags), StorageError if its arrays do not fit the model.
+    flags), StorageError if its arrays do not fit the model.  The shard count may
+    differ: the caller chose it (`coordinator.__main__.shard_count`), and the run
+    goes on with `run.num_shards`.
     """
     saved = TrainConfig.from_dict(c.meta.get("config", {}))
     ours = run.config.to_dict()
@@ -74,8 +76,6 @@ def restore(run: Training, c: Checkpoint) -> None:
              if k != "max_steps" and ours.get(k) != v]
     if diffs:
         raise UsageError("checkpoint was made with " + ", ".join(diffs) + ": pass the same flags to resume")
-    if c.meta.get("num_shards") != run.num_shards:
-        raise UsageError(f"checkpoint was made with --shards {c.meta.get('num_shards')}, this run has {run.num_shards}")
     if c.meta.get("data_checksums") != run.data.checksums:
         raise UsageError("checkpoint was made with different MNIST files (checksums differ)")
     try:

@@ -32,11 +32,12 @@ def check_bindable(context: zmq.Context, bind: str) -> None:
 
 
 class RouterEndpoint:
-    def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None):
+    def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None, max_samples: int = 1):
         self.sock = context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        # Nothing a worker may send is larger than a Result: larger frames are cut off unread.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_RESULT_BYTES)
+        # Nothing a worker may send is larger than a Result of a whole batch (`max_samples`):
+        # larger frames are cut off unread.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.max_result_bytes(max_samples))
         # Queues per peer are bounded, so a flooding or stalled peer costs bounded memory.
         self.sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         self.sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)

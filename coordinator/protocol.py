@@ -12,7 +12,7 @@ Conversation (W = worker, C = coordinator):
     W -> C  Heartbeat           C -> W  Heartbeat
     C -> W  Params(step)        once per step, before the worker's first task of that step
     C -> W  Task(step, first, sizes)      a subtree of consecutive shards (lenet.reduction)
-    W -> C  Result(step, first, shards)   the subtree's summed gradients, added in the tree
+    W -> C  Result(step, first, shards)   the subtree's summed gradients and its samples' factors
     W -> C  Leave               on SIGTERM / shutdown
     C -> W  Shutdown            training is over (or the coordinator is stopping)
     C -> W  Error               "unregistered": register again; any other code: refused, say why
@@ -30,17 +30,24 @@ import msgpack
 import numpy as np
 
 from coordinator.refusals import Reason
-from lenet.model import PARAM_SHAPES
+from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS
 
-PROTOCOL_VERSION = 2  # 2: Register carries the conformance probe's digest
+PROTOCOL_VERSION = 3  # 2: Register carries the conformance probe's digest; 3: Result carries factors
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
 MAX_SHARD_SAMPLES = 16384  # samples in one task
 MAX_SHARDS = 1024
 MAX_TEXT = 256
-# Worker -> coordinator: nothing a worker may send is larger than a Result, whose
-# size is fixed by the parameter shapes.  The coordinator's socket cuts off larger
-# frames unread, so decoding memory stays a small multiple of this.
-MAX_RESULT_BYTES = 4 * sum(math.prod(shape) for shape in PARAM_SHAPES.values()) + 4096
+
+
+def max_result_bytes(samples: int) -> int:
+    """The largest Result of a unit of `samples` samples: nothing else a worker may send is larger.
+
+    The coordinator's socket cuts off larger frames unread (its ZMQ_MAXMSGSIZE is this
+    for the run's batch size), so decoding memory stays a small multiple of it.
+    """
+    tree = sum(math.prod(PARAM_SHAPES[name]) for name in TREE_PARAMS)
+    return 4 * (tree + samples * sum(FACTOR_WIDTHS.values())) + 4096
+
 MAX_REGISTER_BYTES = 2 * MAX_TEXT + 256  # what an unregistered peer may send before it is decoded
 
 
@@ -108,6 +115,18 @@ def _params(value: Any, name: str) -> dict[str, np.ndarray]:
     if not isinstance(value, dict) or set(value) != set(PARAM_SHAPES):
         raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the LeNet-5 parameter names")
     return {k: decode_array(value[k], f"{name}.{k}", "<f4", shape) for k, shape in PARAM_SHAPES.items()}
+
+
+def _tree_grads(value: Any, name: str) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict) or set(value) != set(TREE_PARAMS):
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the gradients {list(TREE_PARAMS)}")
+    return {k: decode_array(value[k], f"{name}.{k}", "<f4", PARAM_SHAPES[k]) for k in TREE_PARAMS}
+
+
+def _factors(value: Any, name: str) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict) or set(value) != set(FACTOR_WIDTHS):
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the factors {list(FACTOR_WIDTHS)}")
+    return {k: decode_array(value[k], f"{name}.{k}", "<f4", (None, width)) for k, width in FACTOR_WIDTHS.items()}
 
 
 def _pixels(value: Any, name: str) -> np.ndarray:
@@ -195,7 +214,9 @@ class Task:
 
 @dataclass(frozen=True)
 class Result:
-    """Summed loss, correct count and tree-summed gradients of a task's shards."""
+    """What a task's shards contribute (lenet.shards.UnitSums): summed loss and correct
+    count, the tree parameters' gradients added in the tree, and one row of linear-layer
+    factors per sample, in order."""
 
     TYPE: ClassVar[str] = "result"
     step: int = _f(_int)
@@ -205,11 +226,15 @@ class Result:
     loss_sum: float = _f(_float)
     correct: int = _f(_int)
     compute_seconds: float = _f(_float)
-    grads: dict[str, np.ndarray] = _f(_params)
+    grads: dict[str, np.ndarray] = _f(_tree_grads)
+    factors: dict[str, np.ndarray] = _f(_factors)
 
     def __post_init__(self) -> None:
         if self.correct > self.count:
             raise ProtocolError(Reason.BAD_FIELD, f"{self.correct} correct out of {self.count} samples")
+        rows = {len(a) for a in self.factors.values()}
+        if rows != {self.count}:
+            raise ProtocolError(Reason.BAD_ARRAY, f"factors of {sorted(rows)} samples for a count of {self.count}")
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class Coordinator:
         self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
         self.local_model = LeNet5()  # settles doubts by computing a unit here
         self.bounds: tuple[int, dict[str, float]] = (-1, {})  # (step, per-sample gradient bounds)
-        self.endpoint = RouterEndpoint(context, service.bind, service.curve)
+        self.endpoint = RouterEndpoint(context, service.bind, service.curve, training.config.batch_size)
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -353,11 +353,11 @@ class Coordinator:
 
     def _doubt(self, msg: P.Result) -> Reason | None:
         """Why a result's gradients cannot be true (NaN/Inf, or larger than any honest result), or None."""
-        if not P.all_finite(msg.grads):
+        if not (P.all_finite(msg.grads) and P.all_finite(msg.factors)):
             return Reason.NON_FINITE
         if self.bounds[0] != msg.step:
             self.bounds = (msg.step, per_sample_bounds(self.training.params))
-        return Reason.IMPLAUSIBLE if implausible(msg.grads, msg.count, self.bounds[1]) else None
+        return Reason.IMPLAUSIBLE if implausible(msg.grads, msg.factors, msg.count, self.bounds[1]) else None
 
     def _compute_locally(self, unit: int) -> P.Result:
         """The unit computed here, with the step's parameters: the reference every doubt is settled by."""
@@ -369,13 +369,13 @@ class Coordinator:
         self.metrics.units_recomputed_locally.inc()
         return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
                         loss_sum=sums.loss_sum, correct=sums.correct,
-                        compute_seconds=time.perf_counter() - start, grads=sums.grads)
+                        compute_seconds=time.perf_counter() - start, grads=sums.grads, factors=sums.factors)
 
     def _settle(self, identity: bytes, unit: int, reason: Reason, detail: str) -> None:
         """A result that cannot be true: compute the unit here; a finite answer convicts the peer."""
         self._reject(reason, identity, detail)
         own = self._compute_locally(unit)
-        if not P.all_finite(own.grads):
+        if not (P.all_finite(own.grads) and P.all_finite(own.factors)):
             raise TrainingDiverged(f"step {own.step}: the coordinator's own computation of shards "
                                    f"{own.first}-{own.first + own.shards - 1} is not finite either")
         self._ban(identity, detail)

@@ -3,7 +3,7 @@
 `Training` owns everything a run's result depends on: the configuration, the shard
 count, the training data, the model and its optimizer.  It plans each step's work
 (`plan`), applies a finished step (`apply`: the units' sums added up the rest of
-the fixed tree, divided by the batch size, one optimizer step at `schedule(step)`)
+the fixed tree and the linear layers' factors multiplied out, divided by the batch size, one optimizer step at `schedule(step)`)
 and closes epochs (`end_epoch`: test accuracy and the epoch's statistics).  What a
 checkpoint must restore is `state` plus the parameters and optimizer state
 (coordinator/checkpoint.py).
@@ -22,7 +22,8 @@ from lenet.config import TrainConfig, make_optimizer, make_schedule
 from lenet.data import MNIST, epoch_batches, steps_per_epoch, training_subset
 from lenet.model import LeNet5
 from lenet.params import Params
-from lenet.reduction import Node, mean_gradient
+from lenet.reduction import Node
+from lenet.shards import mean_gradient
 from lenet.train import EpochStats, evaluate
 
 
@@ -100,7 +101,7 @@ class Training:
         """Add a finished step's unit results up the tree and step the optimizer."""
         ordered = [results[unit] for unit in units]
         n = sum(r.count for r in ordered)
-        grads = mean_gradient({node: r.grads for node, r in results.items()}, units[-1][1], n)
+        grads = mean_gradient({node: (r.grads, r.factors) for node, r in results.items()}, units[-1][1], n)
         lr = self.schedule(self.state.step)
         before = ({k: v.copy() for k, v in self.model.params.items()}, self.optimizer.state_dict())
         self.optimizer.step(self.model.params, grads, lr)

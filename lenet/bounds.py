@@ -9,7 +9,10 @@ pooling never enlarge a value; the softmax cross-entropy's gradient is within
 [-1, 1] per logit; going back, a layer's input gradient is at most (sum of
 |weights| reaching one input) x (largest output gradient); max pooling routes
 each gradient to one input.  A weight gradient is then at most (positions the
-kernel visits) x (largest output gradient) x (largest input).  Every honest
+kernel visits) x (largest output gradient) x (largest input).  The linear layers'
+per-sample factors (lenet.model.FACTOR_WIDTHS) are bounded directly: an input is
+a ReLU's output, so within [0, largest activation]; a delta is at most the largest
+output gradient.  Every honest
 result is within the bound (the rule never refuses one: `tests/unit/test_bounds.py`
 checks it on real data and trained parameters); the bound is loose, so it stops
 gross poison only; subtle lies are for verification by recomputation.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from lenet.data import MEAN, STD
+from lenet.model import Factors
 from lenet.params import Params
 
 MAX_PIXEL = max(abs((0.0 - MEAN) / STD), abs((1.0 - MEAN) / STD))
@@ -42,7 +46,7 @@ def _in_grad_bound(w: np.ndarray, d: float) -> float:
 
 
 def per_sample_bounds(params: Params) -> dict[str, float]:
-    """For each parameter, the largest |gradient element| one sample's loss can give."""
+    """The largest |element| one sample can give: for every parameter's gradient and every factor."""
     p = params
     a0 = MAX_PIXEL
     a1 = _out_bound(p["conv1.weight"], p["conv1.bias"], a0)  # (after pool, ReLU: not larger)
@@ -61,13 +65,29 @@ def per_sample_bounds(params: Params) -> dict[str, float]:
         "fc1.weight": d3 * a2, "fc1.bias": d3,
         "fc2.weight": d4 * a3, "fc2.bias": d4,
         "fc3.weight": d5 * a4, "fc3.bias": d5,
+        "fc1.input": a2, "fc1.delta": d3,
+        "fc2.input": a3, "fc2.delta": d4,
+        "fc3.input": a4, "fc3.delta": d5,
     }
 
 
-def implausible(grads: Params, count: int, bounds: dict[str, float]) -> str | None:
-    """The first parameter whose summed gradient of `count` samples exceeds any honest one, or None."""
-    for name, bound in bounds.items():
-        largest = float(np.abs(grads[name]).max())
-        if not largest <= SAFETY * count * bound:  # also true for NaN
-            return f"{name}: |gradient| {largest:.3g} > {SAFETY * count * bound:.3g} possible for {count} samples"
+def implausible(grads: Params, factors: Factors, count: int, bounds: dict[str, float]) -> str | None:
+    """The first array of a unit of `count` samples that no honest computation gives, or None.
+
+    grads: summed gradients (any subset of the parameters), each within `count`
+    samples' bound; factors: per-sample rows, each element within one sample's
+    bound, and the inputs (ReLU outputs) not negative.
+    """
+    for name, g in grads.items():
+        largest, bound = float(np.abs(g).max()), SAFETY * count * bounds[name]
+        if not largest <= bound:  # also true for NaN
+            return f"{name}: |gradient| {largest:.3g} > {bound:.3g} possible for {count} samples"
+    for name, f in factors.items():
+        if not f.size:
+            continue
+        largest, bound = float(np.abs(f).max()), SAFETY * bounds[name]
+        if not largest <= bound:
+            return f"{name}: |factor| {largest:.3g} > {bound:.3g} possible for one sample"
+        if name.endswith(".input") and not float(f.min()) >= 0:
+            return f"{name}: a negative input {float(f.min()):.3g}, but inputs are ReLU outputs"
     return None

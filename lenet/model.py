@@ -8,9 +8,13 @@
 
 ReLU and max pooling commute (max is monotone, and both route the gradient to the
 same single element, or to none), so the code pools first and applies ReLU to a
-tensor four times smaller.  Image tensors are (N, C, H, W), and every product of
-the convolutional half is one GEMM per sample (see layers.py for why).  The
-function and its gradients are exactly those of conv -> ReLU -> pool.
+tensor four times smaller.  Image tensors are (N, C, H, W), and every product of a
+training pass is one GEMM per sample (see layers.py for why).  The function and
+its gradients are exactly those of conv -> ReLU -> pool.
+
+Gradients leave a pass in two forms (see TREE_PARAMS and FACTOR_WIDTHS): the
+convolutions' as sums per shard, for the reduction tree; the linear layers' as
+per-sample factors, multiplied out once per batch by `linear_grads`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import numpy as np
 
 from lenet import layers
 from lenet.params import Params
-from lenet.reduction import add, mean_gradient
+from lenet.reduction import add, divide
 
 
 # name -> shape, in PyTorch state_dict order and layouts.
@@ -40,10 +44,25 @@ PARAM_SHAPES: dict[str, tuple[int, ...]] = {
 }
 
 CHUNK = 64  # samples per pass: measured best of 16-256 here (the working set of a pass stays near L2)
-FC_PARAMS = ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias")
+LINEAR_LAYERS = ("fc1", "fc2", "fc3")
+# Gradients summed per shard and added in lenet.reduction's tree: small, so a shard's
+# sum costs little however small the shard.
+TREE_PARAMS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")
+# The linear layers' gradients are products over the samples, delta^T @ input: each
+# sample's factors (its input to the layer and the loss gradient at the layer's
+# output) are kept instead, and one product over the whole batch is taken at the
+# root (`linear_grads`).  Per-shard sums of fc1's 48,000 weights would cost every
+# shard a 190 KB matrix; factors cost 3.3 KB per sample, whatever the shard count.
+FACTOR_WIDTHS: dict[str, int] = {
+    "fc1.input": 400, "fc1.delta": 120,
+    "fc2.input": 120, "fc2.delta": 84,
+    "fc3.input": 84, "fc3.delta": 10,
+}
 
 # Fan-in of each weight, for initialisation.
 _FAN_IN = {"conv1.weight": 25, "conv2.weight": 150, "fc1.weight": 400, "fc2.weight": 120, "fc3.weight": 84}
+
+Factors = dict[str, np.ndarray]  # FACTOR_WIDTHS name -> (N, width), one row per sample in batch order
 
 
 class SumLossGrads(NamedTuple):
@@ -55,15 +74,35 @@ class SumLossGrads(NamedTuple):
 
 
 class StackedSums(NamedTuple):
-    """SumLossGrads of S shards as stacks: loss_sums (S,) float64, correct (S,) int, grads name -> (S, *shape)."""
+    """Consecutive shards' sums: loss_sums (S,) float64, correct (S,) int, grads TREE_PARAMS name -> (S, *shape)
+    (row s: shard s), and factors FACTOR_WIDTHS name -> (N, width) (row i: sample i)."""
 
     loss_sums: np.ndarray
     correct: np.ndarray
     grads: Params
+    factors: Factors
 
-    def row(self, s: int) -> SumLossGrads:
-        """Shard s's sums."""
-        return SumLossGrads(float(self.loss_sums[s]), int(self.correct[s]), {k: g[s] for k, g in self.grads.items()})
+
+def linear_grads(factors: Factors) -> Params:
+    """The linear layers' summed gradients from the factors of a batch's samples.
+
+    weight: delta^T @ input (one product over all N samples), bias: delta summed
+    over the samples in order.  Computed once, where the whole batch's factors are
+    known, so the result depends on the batch and not on who computed which sample.
+    """
+    grads: Params = {}
+    for layer in LINEAR_LAYERS:
+        delta, x = factors[f"{layer}.delta"], factors[f"{layer}.input"]
+        grads[f"{layer}.weight"] = delta.T @ x
+        grads[f"{layer}.bias"] = delta.sum(axis=0)
+    return grads
+
+
+def concat_factors(parts: Sequence[Factors]) -> Factors:
+    """Factors of consecutive runs of samples, joined in order (exact: a copy)."""
+    if len(parts) == 1:
+        return parts[0]
+    return {k: np.concatenate([p[k] for p in parts]) for k in FACTOR_WIDTHS}
 
 
 def init_params(seed: int, dtype: type = np.float32) -> Params:
@@ -127,42 +166,29 @@ class LeNet5:
         return self._fc_forward(h)[0]
 
     def sum_loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> SumLossGrads:
-        """Cross-entropy and gradients summed (not averaged) over the batch.
+        """Cross-entropy and gradients summed (not averaged) over the batch, as one shard.
 
         The distributed service adds these up shard by shard and divides once by the
-        batch size.  Batches above CHUNK samples are computed CHUNK at a time and
-        summed in order: a pass's working set (conv1's im2col matrix alone is 80 KB
-        per sample) then stays near the L2 cache, and memory stays bounded.
+        batch size.  Batches above CHUNK samples are computed CHUNK at a time: a pass's
+        working set (conv1's im2col matrix alone is 80 KB per sample) then stays near
+        the L2 cache, and memory stays bounded.
         """
-        y = np.asarray(y, dtype=np.intp)
-        n = len(y)
-        parts = [self._pass(x[i : i + CHUNK], y[i : i + CHUNK], [min(CHUNK, n - i)]).row(0)
-                 for i in range(0, max(1, n), CHUNK)]
-        if len(parts) == 1:
-            return parts[0]
-        grads = parts[0].grads
-        for part in parts[1:]:
-            grads = add(grads, part.grads)
-        return SumLossGrads(sum(p.loss_sum for p in parts), sum(p.correct for p in parts), grads)
-
-    def shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> list[SumLossGrads]:
-        """`sum_loss_and_grads` of each of consecutive shards of x (N, 1, 28, 28), `sizes[i]` samples each.
-
-        Each shard's sums are bit for bit what `sum_loss_and_grads` gives for that
-        shard alone (the reduction tree adds them, and its result must not depend on
-        how shards were grouped into calls), yet consecutive shards are computed
-        together (see `stacked_shard_sums`).
-        """
-        stacked = self.stacked_shard_sums(x, y, sizes)
-        return [stacked.row(s) for s in range(len(sizes))]
+        stacked = self.stacked_shard_sums(x, y, [len(y)])
+        grads = {k: g[0] for k, g in stacked.grads.items()}
+        grads.update(linear_grads(stacked.factors))
+        return SumLossGrads(float(stacked.loss_sums[0]), int(stacked.correct[0]),
+                            {name: grads[name] for name in PARAM_SHAPES})
 
     def stacked_shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
-        """`shard_sums` as stacks: shard s's sums are row s of every array.
+        """The sums of consecutive shards of x (N, 1, 28, 28), `sizes[i]` samples each, as stacks.
 
+        Shard s's tree gradients are row s of every `grads` array, bit for bit what
+        the shard alone would give (the reduction tree adds them, and its result
+        must not depend on how shards were grouped into calls); sample i's factors
+        are row i of every `factors` array, likewise independent of the grouping.
         Consecutive shards are computed together, up to CHUNK samples per pass: the
-        layers' products are per sample or per shard (see layers.py), so a shard's
-        numbers do not depend on its neighbours.  A shard larger than CHUNK is
-        computed alone, in CHUNK pieces, exactly as `sum_loss_and_grads` does.
+        layers' products are per sample (see layers.py).  A shard larger than CHUNK
+        is computed alone, in CHUNK pieces whose sums are added in order.
         """
         if any(s < 1 for s in sizes) or sum(sizes) != len(y) or len(x) != len(y):
             raise ValueError(f"shard sizes {list(sizes)} do not split {len(x)} images and {len(y)} labels")
@@ -178,51 +204,53 @@ class LeNet5:
             if size is None:
                 break
             if size > CHUNK:
-                alone = self.sum_loss_and_grads(x[lo : lo + size], y[lo : lo + size])
-                parts.append(StackedSums(np.array([alone.loss_sum]), np.array([alone.correct]),
-                                         {k: g[None] for k, g in alone.grads.items()}))
+                parts.append(self._large_shard(x[lo : lo + size], y[lo : lo + size]))
                 lo += size
             else:
                 group.append(size)
         if len(parts) == 1:
             return parts[0]
         return StackedSums(np.concatenate([p.loss_sums for p in parts]), np.concatenate([p.correct for p in parts]),
-                           {k: np.concatenate([p.grads[k] for p in parts]) for k in PARAM_SHAPES})
+                           {k: np.concatenate([p.grads[k] for p in parts]) for k in TREE_PARAMS},
+                           concat_factors([p.factors for p in parts]))
+
+    def _large_shard(self, x: np.ndarray, y: np.ndarray) -> StackedSums:
+        """One shard of more than CHUNK samples, CHUNK at a time: its sums added in order, its factors joined."""
+        pieces = [self._pass(x[i : i + CHUNK], y[i : i + CHUNK], [len(y[i : i + CHUNK])])
+                  for i in range(0, len(y), CHUNK)]
+        grads = pieces[0].grads
+        for piece in pieces[1:]:
+            grads = add(grads, piece.grads)
+        return StackedSums(np.array([sum(float(p.loss_sums[0]) for p in pieces)]),
+                           np.array([sum(int(p.correct[0]) for p in pieces)]), grads,
+                           concat_factors([p.factors for p in pieces]))
 
     def _pass(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
         """Sums of consecutive shards computed in one pass (at most CHUNK samples).
 
         The convolutional half runs per sample, its weight and bias gradients added
-        up per shard in sample order; the linear layers run per shard, shards of
-        equal size stacked into one call (see layers.py).
+        up per shard in sample order; the linear layers run per sample too (a stack
+        of N one-row products), and leave their factors.
         """
-        n = len(y)
         h, conv_caches = self._conv_forward(x)
-        dh = np.empty_like(h)
-        grads: dict[str, list[np.ndarray]] = {name: [] for name in FC_PARAMS}  # run by run
-        losses, correct = np.empty(n, dtype=np.float64), np.empty(n, dtype=bool)
-        for lo, count, size in layers.runs(sizes):
-            hi = lo + count * size
-            logits, caches = self._fc_forward(h[lo:hi].reshape(count, size, 400))
-            losses[lo:hi], correct[lo:hi], dlogits = layers.softmax_cross_entropy(logits.reshape(-1, 10), y[lo:hi])
-            dh[lo:hi] = self._fc_backward(dlogits.reshape(count, size, 10), caches, grads).reshape(-1, 400)
-        per_shard: Params = {name: parts[0] if len(parts) == 1 else np.concatenate(parts)
-                             for name, parts in grads.items()}
-        per_shard.update(self._conv_backward(dh, conv_caches, sizes))
+        logits, fc_caches = self._fc_forward(h[:, None, :])  # (N, 1, 400): one product per sample
+        losses, correct, dlogits = layers.softmax_cross_entropy(logits[:, 0], y)
+        dh, factors = self._fc_backward(dlogits[:, None, :], fc_caches)
+        grads = self._conv_backward(dh[:, 0], conv_caches, sizes)
         return StackedSums(layers.segment_sums(losses, sizes), layers.segment_sums(correct.astype(np.intp), sizes),
-                           {name: per_shard[name] for name in PARAM_SHAPES})
+                           grads, factors)
 
-    def _fc_backward(self, dlogits: np.ndarray, caches: list, g: dict[str, list[np.ndarray]]) -> np.ndarray:
-        """Backward through the linear layers of a stack of shards; appends each shard's gradients to g."""
+    def _fc_backward(self, dlogits: np.ndarray, caches: list) -> tuple[np.ndarray, Factors]:
+        """Backward through the linear layers, dlogits (N, 1, 10) -> dh (N, 1, 400) and each layer's factors."""
         f1, r3, f2, r4, f3 = caches
         dh = dlogits
-        for name, layer, relu in (("fc3", f3, r4), ("fc2", f2, r3), ("fc1", f1, None)):
-            dh, dw, db = layers.linear_backward(dh, layer)
-            g[f"{name}.weight"].append(dw)
-            g[f"{name}.bias"].append(db)
+        factors: Factors = {}
+        for name, (x, w), relu in (("fc3", f3, r4), ("fc2", f2, r3), ("fc1", f1, None)):
+            factors[f"{name}.delta"], factors[f"{name}.input"] = dh[:, 0], x[:, 0]
+            dh = dh @ w
             if relu is not None:
                 dh = layers.relu_backward(dh, relu)
-        return dh
+        return dh, {k: factors[k] for k in FACTOR_WIDTHS}
 
     def _conv_backward(self, dh: np.ndarray, caches: list, sizes: Sequence[int]) -> Params:
         """Backward through the convolutional half from dh (N, 400): gradients per shard (S, ...)."""
@@ -233,12 +261,12 @@ class LeNet5:
         dh, g["conv2.weight"], g["conv2.bias"] = layers.conv_backward(dh, c2, sizes)  # (N, 6, 14, 14)
         dh = layers.relu_backward(dh, r1)
         g["conv1.weight"], g["conv1.bias"] = layers.conv_pool_backward(dh, c1, sizes)
-        return g
+        return {name: g[name] for name in TREE_PARAMS}
 
     def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
         """Mean cross-entropy over the batch and its gradients (same keys as params)."""
         result = self.sum_loss_and_grads(x, y)
-        return result.loss_sum / x.shape[0], mean_gradient({(0, 1): result.grads}, 1, x.shape[0])
+        return result.loss_sum / x.shape[0], divide(result.grads, x.shape[0])
 
 
 def check_params(params: dict[str, np.ndarray], origin: str) -> Params:

@@ -16,7 +16,7 @@ import hashlib
 
 import numpy as np
 
-from lenet.model import PARAM_SHAPES, LeNet5
+from lenet.model import LeNet5
 from lenet.shards import unit_sums
 
 PROBE_SEED = 5  # fixes the parameters, the images and the labels
@@ -24,13 +24,14 @@ PROBE_SIZES = (7, 9)  # two shards of odd sizes: the tree's addition is part of 
 
 
 def probe_digest() -> str:
-    """SHA-256 (hex) of the probe's loss, correct count and gradient bytes."""
+    """SHA-256 (hex) of the probe's loss, correct count, gradient and factor bytes."""
     rng = np.random.default_rng(PROBE_SEED)  # PCG64: the same stream on every platform
     n = sum(PROBE_SIZES)
     pixels = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=n, dtype=np.uint8)
     sums = unit_sums(LeNet5(seed=PROBE_SEED), pixels, labels, PROBE_SIZES)
     h = hashlib.sha256(np.float64(sums.loss_sum).tobytes() + sums.correct.to_bytes(8, "little"))
-    for name in PARAM_SHAPES:
-        h.update(np.ascontiguousarray(sums.grads[name], dtype="<f4").tobytes())
+    for arrays in (sums.grads, sums.factors):
+        for name in sorted(arrays):
+            h.update(np.ascontiguousarray(arrays[name], dtype="<f4").tobytes())
     return h.hexdigest()

@@ -1,7 +1,8 @@
 """How shard gradients add up: one fixed binary tree, whoever does the adding.
 
 A batch is cut into S shards (`lenet.shards.split_batch`).  Their summed gradients
-are added pairwise in the tree over the shard range [0, S) in which a node
+(of the convolutions; the linear layers' are multiplied out from per-sample
+factors at the root, see `lenet.shards.mean_gradient`) are added pairwise in the tree over the shard range [0, S) in which a node
 [lo, hi) splits at lo + (largest power of two below hi - lo).  Every node is
 `left + right`, elementwise in float32, so a node's value does not depend on
 where it was computed: a worker may add up the subtree it was given and send one
@@ -80,9 +81,8 @@ def stacked_tree_sum(stack: Mapping[str, np.ndarray]) -> Params:
     return add({k: v[0] for k, v in left.items()}, stacked_tree_sum({k: v[half:] for k, v in stack.items()}))
 
 
-def mean_gradient(values: Mapping[Node, Params], num_shards: int, n: int) -> Params:
-    """The batch's mean gradient: the whole tree's sum divided by the n samples."""
+def divide(grads: Params, n: int) -> Params:
+    """Summed gradients of n samples -> their mean (one float32 multiplication per element)."""
     if n < 1:
         raise ValueError(f"need at least one sample, got n={n}")
-    total = tree_sum(values, 0, num_shards)
-    return {k: g * g.dtype.type(1.0 / n) for k, g in total.items()}
+    return {k: g * g.dtype.type(1.0 / n) for k, g in grads.items()}

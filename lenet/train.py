@@ -5,7 +5,8 @@
 Each step takes the batch `epoch_batches(seed, epoch, ...)[i]`, computes summed
 gradients, averages them with `mean_gradient`, and applies the optimizer at the
 scheduled learning rate.  With `shards=S` the batch is cut by `split_batch` and the
-shard sums are added in the fixed tree by `lenet.shards.unit_sums`: exactly the
+shard sums are added in the fixed tree by `lenet.shards.unit_sums` and the linear
+layers' gradients multiplied out over the batch by `mean_gradient`: exactly the
 service's arithmetic, so the result is bit-identical to the coordinator run with `--shards S`.
 """
 
@@ -32,8 +33,7 @@ from lenet.data import (  # noqa: E402
     MNIST, epoch_batches, load_mnist, standardize, steps_per_epoch, training_subset)
 from lenet.model import PARAM_SHAPES, LeNet5, check_params  # noqa: E402
 from lenet.params import Params  # noqa: E402
-from lenet.reduction import mean_gradient  # noqa: E402
-from lenet.shards import split_batch, unit_sums  # noqa: E402
+from lenet.shards import DEFAULT_SHARDS, mean_gradient, split_batch, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, write_npz  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
@@ -86,7 +86,8 @@ def load_model(path: str | Path) -> tuple[Params, dict]:
         raise UsageError(str(err)) from None
 
 
-def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print, shards: int = 1) -> TrainResult:
+def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
+          shards: int = DEFAULT_SHARDS) -> TrainResult:
     """Train from scratch; one log line per epoch.  `shards`: see the module docstring."""
     data = training_subset(data, config.train_subset)
     model = LeNet5(seed=config.seed)
@@ -103,7 +104,7 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print, 
             sizes = [len(s) for s in split_batch(idx, shards)]
             sums = unit_sums(model, data.train_images[idx], data.train_labels[idx], sizes)
             root = (0, len(sizes))  # the whole batch: the tree's root node
-            optimizer.step(model.params, mean_gradient({root: sums.grads}, len(sizes), len(idx)),
+            optimizer.step(model.params, mean_gradient({root: (sums.grads, sums.factors)}, len(sizes), len(idx)),
                            schedule(result.steps))
             result.steps += 1
             loss_sum += sums.loss_sum
@@ -130,9 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", default=None, help="directory with the MNIST files (default: $MNIST_DIR, "
                         "else the per-user cache, downloading if needed)")
     parser.add_argument("--output", default="lenet5.npz", help="where to save the model (default: lenet5.npz)")
-    parser.add_argument("--shards", type=int, default=1, help="sum each batch's gradient over this many shards, "
-                        "as the coordinator's --shards does: the result is then bit-identical to the service's "
-                        "(default: 1, one gradient per batch)")
+    parser.add_argument("--shards", type=int, default=DEFAULT_SHARDS,
+                        help="sum each batch's gradient over this many shards, as the coordinator's --shards does: "
+                        f"the result is then bit-identical to the service's (default: {DEFAULT_SHARDS}, the "
+                        "coordinator's default)")
     return parser
 
 

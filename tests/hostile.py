@@ -19,7 +19,7 @@ import numpy as np
 import zmq
 
 from coordinator import protocol as P
-from lenet.model import PARAM_SHAPES, LeNet5
+from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS, LeNet5
 from lenet.probe import probe_digest
 from lenet.shards import unit_sums
 
@@ -35,7 +35,11 @@ def this_machines_probe() -> str:
 
 
 def nan_grads() -> dict[str, np.ndarray]:
-    return {k: np.full(shape, np.nan, dtype=np.float32) for k, shape in PARAM_SHAPES.items()}
+    return {k: np.full(PARAM_SHAPES[k], np.nan, dtype=np.float32) for k in TREE_PARAMS}
+
+
+def zero_factors(count: int) -> dict[str, np.ndarray]:
+    return {k: np.zeros((count, width), np.float32) for k, width in FACTOR_WIDTHS.items()}
 
 
 class ScriptedWorker(threading.Thread):
@@ -60,7 +64,8 @@ class ScriptedWorker(threading.Thread):
         """The true result of `task` (computed with the parameters the coordinator sent)."""
         sums = unit_sums(self.model, task.pixels, task.labels, task.sizes)
         return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                        loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=0.01, grads=sums.grads)
+                        loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=0.01, grads=sums.grads,
+                        factors=sums.factors)
 
     def run(self) -> None:
         sock = zmq.Context.instance().socket(zmq.DEALER)
@@ -118,8 +123,10 @@ def negative_seconds_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Messag
 
 
 def poison_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
-    """Finite poison: every gradient 1e30 (no NaN check catches it)."""
-    return [_with(peer.honest(task), grads={k: np.full(s, 1e30, np.float32) for k, s in PARAM_SHAPES.items()})]
+    """Finite poison: every gradient and factor 1e30 (no NaN check catches it)."""
+    good = peer.honest(task)
+    return [_with(good, grads={k: np.full_like(v, 1e30) for k, v in good.grads.items()},
+                  factors={k: np.full_like(v, 1e30) for k, v in good.factors.items()})]
 
 
 def _raw(result: P.Result, **changes) -> bytes:
@@ -139,7 +146,8 @@ def other_numerics_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]
     model = LeNet5(dtype=np.float64)
     model.params = {k: v.astype(np.float64) for k, v in peer.model.params.items()}
     sums = unit_sums(model, task.pixels, task.labels, task.sizes)
-    return [_with(peer.honest(task), grads={k: v.astype(np.float32) for k, v in sums.grads.items()})]
+    return [_with(peer.honest(task), grads={k: v.astype(np.float32) for k, v in sums.grads.items()},
+                  factors={k: v.astype(np.float32) for k, v in sums.factors.items()})]
 
 
 def replay_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
@@ -160,7 +168,9 @@ def someone_elses_unit_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Mess
 def bogus_answers(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
     """Results that may not be applied: NaN, then for a future step, an unknown shard, a wrong count."""
     good = _with(peer.honest(task), grads=nan_grads(), loss_sum=1.0, correct=0)
-    return [_with(good, step=task.step + 1000), _with(good, first=999), _with(good, count=len(task.labels) + 1), good]
+    one_more = {k: np.concatenate([v, v[:1]]) for k, v in good.factors.items()}  # a sample the task did not have
+    return [_with(good, step=task.step + 1000), _with(good, first=999),
+            _with(good, count=len(task.labels) + 1, factors=one_more), good]
 
 
 def result_flood_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from lenet.shards import DEFAULT_SHARDS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -101,9 +103,10 @@ def params(path: Path) -> dict[str, np.ndarray]:
 
 
 def trainer_params(tmp: Path, *args: str) -> dict[str, np.ndarray]:
-    """Parameters from `python -m lenet.train ARGS --shards 8`: the service's arithmetic in one process."""
+    """Parameters from `python -m lenet.train ARGS` with the coordinator's default shard count: the service's
+    arithmetic in one process."""
     out = tmp / "trainer.npz"
-    proc = Proc(["-m", "lenet.train", *args, "--shards", "8", "--output", str(out)], tmp / "trainer.log")
+    proc = Proc(["-m", "lenet.train", *args, "--shards", str(DEFAULT_SHARDS), "--output", str(out)], tmp / "trainer.log")
     try:
         assert proc.wait() == 0, proc.log()
     finally:

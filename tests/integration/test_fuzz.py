@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from coordinator import protocol as P
-from hostile import ScriptedWorker, bogus_answers, nan_grads
-from lenet.model import init_params
+from hostile import ScriptedWorker, bogus_answers, nan_grads, zero_factors
+from lenet.model import TREE_PARAMS, init_params
 from procs import coordinator, free_port, identical, scrape, trainer_params, worker
 
 MESSAGES = 10_500
@@ -32,7 +32,8 @@ VALID = [
     P.Register(name="fuzz", pid=1, probe="0" * 64),
     P.Heartbeat(),
     P.Leave(),
-    P.Result(step=3, first=0, shards=2, count=32, loss_sum=1.0, correct=3, compute_seconds=0.1, grads=init_params(0)),
+    P.Result(step=3, first=0, shards=2, count=32, loss_sum=1.0, correct=3, compute_seconds=0.1,
+             grads={k: v for k, v in init_params(0).items() if k in TREE_PARAMS}, factors=zero_factors(32)),
     P.Task(step=1, first=0, sizes=[2], pixels=np.zeros((2, 28, 28), np.uint8), labels=np.zeros(2, np.uint8)),
 ]
 VALID_FRAMES = [P.encode(m) for m in VALID]
@@ -73,7 +74,8 @@ frames = st.one_of(
     st.builds(lambda name, shape: array_with(name, shape=shape), arrays, st.lists(st.integers(-2, 500), max_size=5)),
     st.builds(lambda name, data: array_with(name, data=data), arrays, st.binary(max_size=64)),
     st.builds(lambda step, first: P.encode(P.Result(step=step, first=first, shards=1, count=16, loss_sum=0.0,
-                                                    correct=0, compute_seconds=0.0, grads=nan_grads())),
+                                                    correct=0, compute_seconds=0.0, grads=nan_grads(),
+                                                    factors=zero_factors(16))),
               st.integers(0, 2**40), st.integers(0, 2**20)),  # NaN results for steps/shards that do not exist
     st.builds(lambda body: msgpack.packb(body, use_bin_type=True), json_like),
 )

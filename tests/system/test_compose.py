@@ -18,6 +18,7 @@ import urllib.request
 
 import pytest
 
+from lenet.shards import DEFAULT_SHARDS
 from procs import ROOT, free_port, identical, params
 
 pytestmark = pytest.mark.system
@@ -138,12 +139,12 @@ def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
     sh(*compose, "build", env=env, timeout=900)
 
     # The same configuration, undisturbed, in the same image: the single-process
-    # trainer with the service's 8 shards is bit-identical to an undisturbed run.
+    # trainer with the service's default shard count is bit-identical to an undisturbed run.
     out = tmp_path / "out"
     out.mkdir()
     out.chmod(0o777)
     sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", IMAGE,
-       "python", "-m", "lenet.train", "--max-steps", str(STEPS), "--shards", "8", "--output", "/out/ref.npz",
+       "python", "-m", "lenet.train", "--max-steps", str(STEPS), "--shards", str(DEFAULT_SHARDS), "--output", "/out/ref.npz",
        timeout=900)
     reference = params(out / "ref.npz")
     outsider = f"{PROJECT}-outsider"

@@ -6,7 +6,8 @@ import pytest
 from lenet.bounds import implausible, per_sample_bounds
 from lenet.config import TrainConfig
 from lenet.data import standardize
-from lenet.model import PARAM_SHAPES, LeNet5
+from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS, LeNet5
+from lenet.shards import unit_sums
 from lenet.train import train
 
 
@@ -26,22 +27,30 @@ def test_every_honest_sample_is_within_the_bound(mnist, trained, which):
         model.params = trained
     bounds = per_sample_bounds(model.params)
     images, labels = mnist.train_images[:300], mnist.train_labels[:300]
-    worst = {k: 0.0 for k in PARAM_SHAPES}
+    worst = {k: 0.0 for k in bounds}
     for i in range(len(labels)):  # one sample at a time: the tightest case for the per-sample bound
         g = model.sum_loss_and_grads(standardize(images[i : i + 1]), labels[i : i + 1]).grads
-        worst = {k: max(worst[k], float(np.abs(g[k]).max())) for k in g}
-        assert implausible(g, 1, bounds) is None
+        unit = unit_sums(model, images[i : i + 1], labels[i : i + 1], [1])
+        worst = {k: max(worst[k], float(np.abs({**g, **unit.factors}[k]).max())) for k in worst}
+        assert implausible(g, {}, 1, bounds) is None
+        assert implausible(unit.grads, unit.factors, 1, bounds) is None
     assert all(worst[k] <= bounds[k] for k in bounds)  # the exact bound holds, before any safety factor
-    batch = model.sum_loss_and_grads(standardize(images), labels).grads
-    assert implausible(batch, len(labels), bounds) is None
+    batch = unit_sums(model, images, labels, [len(labels)])
+    assert implausible(batch.grads, batch.factors, len(labels), bounds) is None
 
 
 def test_poison_is_refused(mnist):
     params = LeNet5(seed=3).params
     bounds = per_sample_bounds(params)
-    honest = LeNet5(seed=3).sum_loss_and_grads(standardize(mnist.train_images[:16]), mnist.train_labels[:16]).grads
-    for name in PARAM_SHAPES:
-        poisoned = {**honest, name: np.full(PARAM_SHAPES[name], 1e30, np.float32)}
-        assert name in implausible(poisoned, 16, bounds)
-    nan = {**honest, "fc1.bias": np.full(PARAM_SHAPES["fc1.bias"], np.nan, np.float32)}
-    assert "fc1.bias" in implausible(nan, 16, bounds)
+    honest = unit_sums(LeNet5(seed=3), mnist.train_images[:16], mnist.train_labels[:16], [16])
+    assert implausible(honest.grads, honest.factors, 16, bounds) is None
+    for name in TREE_PARAMS:
+        poisoned = {**honest.grads, name: np.full(PARAM_SHAPES[name], 1e30, np.float32)}
+        assert name in implausible(poisoned, honest.factors, 16, bounds)
+    for name in FACTOR_WIDTHS:
+        poisoned = {**honest.factors, name: np.full_like(honest.factors[name], 1e30)}
+        assert name in implausible(honest.grads, poisoned, 16, bounds)
+    nan = {**honest.grads, "conv1.bias": np.full(PARAM_SHAPES["conv1.bias"], np.nan, np.float32)}
+    assert "conv1.bias" in implausible(nan, honest.factors, 16, bounds)
+    negative = {**honest.factors, "fc2.input": -honest.factors["fc2.input"] - 1}
+    assert "negative input" in implausible(honest.grads, negative, 16, bounds)

@@ -6,8 +6,8 @@ import pytest
 from gradcheck import rel_error
 from lenet import LeNet5
 from lenet.data import standardize
-from lenet.model import PARAM_SHAPES, check_params, init_params
-from lenet.reduction import mean_gradient
+from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS, check_params, init_params, linear_grads
+from lenet.reduction import divide, tree_sum
 
 
 def test_params_follow_pytorch_names_shapes_and_float32():
@@ -95,7 +95,7 @@ def test_sum_of_shards_equals_batch_gradient():
     x, y = rng.standard_normal((12, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 12)
     _, full = model.loss_and_grads(x, y)
     shards = {(i, i + 1): model.sum_loss_and_grads(x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4]).grads for i in range(3)}
-    averaged = mean_gradient(shards, 3, 12)
+    averaged = divide(tree_sum(shards, 0, 3), 12)
     for k in full:
         np.testing.assert_allclose(averaged[k], full[k], rtol=1e-4, atol=1e-6)
 
@@ -137,17 +137,21 @@ def test_large_batches_are_computed_in_chunks_with_the_same_result():
         np.testing.assert_allclose(chunked.grads[k], whole.grads[k], rtol=1e-10, atol=1e-12)
 
 
-def _same(a, b) -> bool:
-    return (a.loss_sum == b.loss_sum and a.correct == b.correct
-            and all(np.array_equal(a.grads[k], b.grads[k]) for k in PARAM_SHAPES))
+def _rows_equal(batched, s: int, lo: int, alone) -> bool:
+    """Shard s of a batched pass (samples from lo) against the same shard computed alone."""
+    n = len(alone.factors["fc3.delta"])
+    return (batched.loss_sums[s] == alone.loss_sums[0] and batched.correct[s] == alone.correct[0]
+            and all(np.array_equal(batched.grads[k][s], alone.grads[k][0]) for k in TREE_PARAMS)
+            and all(np.array_equal(batched.factors[k][lo : lo + n], alone.factors[k]) for k in FACTOR_WIDTHS))
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_each_shard_of_a_batched_pass_is_bit_identical_to_the_shard_alone(mnist, seed):
-    """The property the service's determinism rests on: a shard's sums do not depend on
-    which shards shared its call.  Random groupings of real images, with shards of 1 and
-    2 samples and sizes around the BLAS small-matrix and SIMD thresholds, and around
-    CHUNK (so passes group shards in every way, and large shards are chunked)."""
+    """The property the service's determinism rests on: a shard's sums and its samples'
+    factors do not depend on which shards shared its call.  Random groupings of real
+    images, with shards of 1 and 2 samples and sizes around the BLAS small-matrix and SIMD
+    thresholds, and around CHUNK (so passes group shards in every way, and large shards
+    are chunked)."""
     from lenet import model as model_module
 
     rng = np.random.default_rng(seed)
@@ -159,23 +163,38 @@ def test_each_shard_of_a_batched_pass_is_bit_identical_to_the_shard_alone(mnist,
     sizes: list[int] = []
     while sum(sizes) < n:
         sizes.append(min(int(rng.choice(choices)), n - sum(sizes)))
-    parts = model.shard_sums(x, y, sizes)
-    assert len(parts) == len(sizes)
+    batched = model.stacked_shard_sums(x, y, sizes)
+    assert len(batched.loss_sums) == len(sizes) and len(batched.factors["fc1.input"]) == n
     lo = 0
-    for size, part in zip(sizes, parts):
-        assert _same(part, model.sum_loss_and_grads(x[lo : lo + size], y[lo : lo + size])), (sizes, lo, size)
+    for s, size in enumerate(sizes):
+        alone = model.stacked_shard_sums(x[lo : lo + size], y[lo : lo + size], [size])
+        assert _rows_equal(batched, s, lo, alone), (sizes, lo, size)
         lo += size
 
 
 def test_equal_shards_in_one_pass_are_bit_identical_to_each_alone(mnist):
-    """The service's default case: many small shards of one size (stacked into one call per layer)."""
+    """The service's default case: many small shards of one size in one pass."""
     model = LeNet5(seed=7)
     for size, count in [(1, 40), (2, 64), (3, 9), (16, 4)]:
         x, y = standardize(mnist.train_images[: size * count]), mnist.train_labels[: size * count]
-        parts = model.shard_sums(x, y, [size] * count)
-        for i, part in enumerate(parts):
-            alone = model.sum_loss_and_grads(x[i * size : (i + 1) * size], y[i * size : (i + 1) * size])
-            assert _same(part, alone), (size, i)
+        batched = model.stacked_shard_sums(x, y, [size] * count)
+        for i in range(count):
+            lo = i * size
+            alone = model.stacked_shard_sums(x[lo : lo + size], y[lo : lo + size], [size])
+            assert _rows_equal(batched, i, lo, alone), (size, i)
+
+
+def test_linear_gradients_from_factors_are_the_products_over_the_samples(mnist):
+    """linear_grads multiplies out what a pass keeps: equal to the per-sample outer products added up."""
+    model = LeNet5(seed=2, dtype=np.float64)
+    x, y = standardize(mnist.train_images[:5]).astype(np.float64), mnist.train_labels[:5]
+    factors = model.stacked_shard_sums(x, y, [5]).factors
+    grads = linear_grads(factors)
+    for layer in ("fc1", "fc2", "fc3"):
+        d, inp = factors[f"{layer}.delta"], factors[f"{layer}.input"]
+        np.testing.assert_allclose(grads[f"{layer}.weight"], sum(np.outer(d[i], inp[i]) for i in range(5)), rtol=1e-12)
+        np.testing.assert_allclose(grads[f"{layer}.bias"], d.sum(axis=0), rtol=1e-12)
+        assert grads[f"{layer}.weight"].shape == PARAM_SHAPES[f"{layer}.weight"]
 
 
 def test_shard_sums_rejects_sizes_that_do_not_cover_the_batch():
@@ -183,4 +202,4 @@ def test_shard_sums_rejects_sizes_that_do_not_cover_the_batch():
     x, y = np.zeros((4, 1, 28, 28), dtype=np.float32), np.zeros(4, dtype=int)
     for sizes in ([2, 3], [4, 0], [5, -1]):
         with pytest.raises(ValueError, match="do not split 4 images"):
-            model.shard_sums(x, y, sizes)
+            model.stacked_shard_sums(x, y, sizes)

@@ -5,11 +5,19 @@ import numpy as np
 import pytest
 
 from coordinator import protocol as P
-from lenet.model import init_params
+from lenet.model import FACTOR_WIDTHS, TREE_PARAMS, init_params
 
 
 def grads():
     return init_params(0)
+
+
+def tree_grads():
+    return {k: v for k, v in init_params(0).items() if k in TREE_PARAMS}
+
+
+def factors(n: int):
+    return {k: np.full((n, width), 0.5, np.float32) for k, width in FACTOR_WIDTHS.items()}
 
 
 MESSAGES = [
@@ -18,7 +26,8 @@ MESSAGES = [
     P.Params(step=3, params=grads()),
     P.Task(step=3, first=2, sizes=[3, 1], pixels=np.zeros((4, 28, 28), np.uint8),
            labels=np.array([0, 1, 2, 9], np.uint8)),
-    P.Result(step=3, first=2, shards=2, count=4, loss_sum=1.5, correct=2, compute_seconds=0.01, grads=grads()),
+    P.Result(step=3, first=2, shards=2, count=4, loss_sum=1.5, correct=2, compute_seconds=0.01, grads=tree_grads(),
+             factors=factors(4)),
     P.Leave(),
     P.Shutdown(reason="done"),
     P.Error(code="unregistered", message="register first"),
@@ -61,12 +70,16 @@ def test_rejections_name_their_reason():
     assert reason_of({**result, "loss_sum": float("nan")}) == "bad_field"
     assert reason_of({**result, "count": True}) == "bad_field"
     g = dict(result["grads"])
-    g["fc1.bias"] = {**g["fc1.bias"], "dtype": "<f8"}
+    g["conv1.bias"] = {**g["conv1.bias"], "dtype": "<f8"}
     assert reason_of({**result, "grads": g}) == "bad_array"
-    g["fc1.bias"] = {**result["grads"]["fc1.bias"], "shape": [121]}
+    g["conv1.bias"] = {**result["grads"]["conv1.bias"], "shape": [7]}
     assert reason_of({**result, "grads": g}) == "bad_array"
-    g["fc1.bias"] = {**result["grads"]["fc1.bias"], "data": b"\0" * 7}
+    g["conv1.bias"] = {**result["grads"]["conv1.bias"], "data": b"\0" * 7}
     assert reason_of({**result, "grads": g}) == "bad_array"
+    assert reason_of({**result, "grads": {**result["grads"], "fc1.bias": result["grads"]["conv1.bias"]}}) == "bad_field"
+    f = dict(result["factors"])
+    f["fc2.input"] = {**f["fc2.input"], "shape": [4, 121]}
+    assert reason_of({**result, "factors": f}) == "bad_array"
     assert reason_of(b"\0" * (P.MAX_MESSAGE_BYTES + 1)) == "too_large"
 
 
@@ -111,9 +124,15 @@ def test_a_result_may_not_claim_the_impossible():
     assert reason_of({**result, "loss_sum": float("inf")}) == "bad_field"
     assert reason_of({**result, "correct": 5}) == "bad_field"  # more correct than samples
     assert reason_of({**result, "correct": 10**9}) == "bad_field"
+    assert reason_of({**result, "count": 5, "correct": 2}) == "bad_array"  # factors of 4 samples, not 5
+    short = P.encode_array(np.zeros((3, FACTOR_WIDTHS["fc1.delta"]), np.float32))
+    assert reason_of({**result, "factors": {**result["factors"], "fc1.delta": short}}) == "bad_array"
 
 
 def test_what_a_worker_sends_is_small_enough_to_decode_cheaply():
-    assert len(P.encode(MESSAGES[4])) <= P.MAX_RESULT_BYTES < 300_000
+    assert len(P.encode(MESSAGES[4])) <= P.max_result_bytes(4) < 30_000
+    whole_batch = P.Result(step=1, first=0, shards=64, count=128, loss_sum=1.0, correct=1, compute_seconds=0.1,
+                           grads=tree_grads(), factors=factors(128))
+    assert len(P.encode(whole_batch)) <= P.max_result_bytes(128) < 450_000  # under a full gradient's 247 KB x 2
     register = P.Register(name="x" * P.MAX_TEXT, pid=2**52, probe="f" * 64)
     assert len(P.encode(register)) <= P.MAX_REGISTER_BYTES

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from coordinator.scheduler import work_units
-from lenet.reduction import mean_gradient, nodes_at_depth, split_point, stacked_tree_sum, tree_sum
+from lenet.reduction import divide, nodes_at_depth, split_point, stacked_tree_sum, tree_sum
 
 
 def test_tree_shape():
@@ -27,9 +27,11 @@ def test_any_cut_of_the_tree_gives_bit_identical_sums():
     assert not np.array_equal(sequential, reference)  # the order really matters in float32
 
 
-def test_mean_gradient_divides_once():
+def test_the_tree_then_one_division():
     leaves = {(0, 1): {"w": np.array([1.0, 2.0], np.float32)}, (1, 2): {"w": np.array([3.0, 4.0], np.float32)}}
-    assert mean_gradient(leaves, 2, 4)["w"].tolist() == [1.0, 1.5]
+    assert divide(tree_sum(leaves, 0, 2), 4)["w"].tolist() == [1.0, 1.5]
+    with pytest.raises(ValueError, match="at least one sample"):
+        divide(leaves[(0, 1)], 0)
     with pytest.raises(KeyError, match="shard 1"):
         tree_sum({(0, 1): leaves[(0, 1)]}, 0, 2)
 
