@@ -3,7 +3,8 @@
 `Training` owns everything a run's result depends on: the configuration, the shard
 count, the training data, the model and its optimizer.  It plans each step's work
 (`plan`), applies a finished step (`apply`: the units' sums added up the rest of
-the fixed tree and the linear layers' factors multiplied out, divided by the batch size, one optimizer step at `schedule(step)`)
+the fixed tree and the linear layers' factors multiplied out, divided by the
+batch size, one optimizer step at `schedule(step)`)
 and closes epochs (`end_epoch`: test accuracy and the epoch's statistics).  What a
 checkpoint must restore is `state` plus the parameters and optimizer state
 (coordinator/checkpoint.py).

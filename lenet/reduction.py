@@ -1,13 +1,14 @@
 """How shard gradients add up: one fixed binary tree, whoever does the adding.
 
-A batch is cut into S shards (`lenet.shards.split_batch`).  Their summed gradients
-(of the convolutions; the linear layers' are multiplied out from per-sample
-factors at the root, see `lenet.shards.mean_gradient`) are added pairwise in the tree over the shard range [0, S) in which a node
-[lo, hi) splits at lo + (largest power of two below hi - lo).  Every node is
-`left + right`, elementwise in float32, so a node's value does not depend on
-where it was computed: a worker may add up the subtree it was given and send one
-message, and the coordinator adds the rest of the tree.  The parameters are then
-bit-identical whether one worker computed everything or S workers one shard each.
+A batch is cut into S shards (`lenet.shards.split_batch`). Their summed gradients
+(of the convolutions; the linear layers' are multiplied out from per-sample factors
+at the root, see `lenet.shards.mean_gradient`) are added pairwise in the tree over
+the shard range [0, S) in which a node [lo, hi) splits at lo + (largest power of two
+below hi - lo). Every node is `left + right`, elementwise in float32, so a node's
+value does not depend on where it was computed: a worker may add up the subtree it
+was given and send one message, and the coordinator adds the rest of the tree. The
+parameters are then bit-identical whether one worker computed everything or S
+workers one shard each.
 """
 
 from __future__ import annotations

@@ -107,7 +107,8 @@ def mean_gradient(parts: Mapping[Node, tuple[Params, Factors]], num_shards: int,
     The tree's root for the convolutions; for the linear layers, one product over
     the whole batch's factors, joined in sample order.  Divided by the n samples.
     """
-    total = dict(tree_sum({node: grads for node, (grads, _) in parts.items()}, 0, num_shards))  # a copy: may be an input
+    tree = {node: grads for node, (grads, _) in parts.items()}
+    total = dict(tree_sum(tree, 0, num_shards))  # a copy: the root may be one of the inputs
     factors = concat_factors([parts[node][1] for node in sorted(parts)])
     if len(factors["fc3.delta"]) != n:
         raise ValueError(f"factors of {len(factors['fc3.delta'])} samples for a batch of {n}")

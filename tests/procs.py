@@ -106,7 +106,8 @@ def trainer_params(tmp: Path, *args: str) -> dict[str, np.ndarray]:
     """Parameters from `python -m lenet.train ARGS` with the coordinator's default shard count: the service's
     arithmetic in one process."""
     out = tmp / "trainer.npz"
-    proc = Proc(["-m", "lenet.train", *args, "--shards", str(DEFAULT_SHARDS), "--output", str(out)], tmp / "trainer.log")
+    proc = Proc(["-m", "lenet.train", *args, "--shards", str(DEFAULT_SHARDS), "--output", str(out)],
+                tmp / "trainer.log")
     try:
         assert proc.wait() == 0, proc.log()
     finally:

@@ -144,7 +144,8 @@ def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
     out.mkdir()
     out.chmod(0o777)
     sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", IMAGE,
-       "python", "-m", "lenet.train", "--max-steps", str(STEPS), "--shards", str(DEFAULT_SHARDS), "--output", "/out/ref.npz",
+       "python", "-m", "lenet.train", "--max-steps", str(STEPS), "--shards", str(DEFAULT_SHARDS),
+       "--output", "/out/ref.npz",
        timeout=900)
     reference = params(out / "ref.npz")
     outsider = f"{PROJECT}-outsider"
