@@ -32,12 +32,13 @@ def check_bindable(context: zmq.Context, bind: str) -> None:
 
 
 class RouterEndpoint:
-    def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None, max_samples: int = 1):
+    def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None, max_samples: int = 1,
+                 num_shards: int = 1):
         self.sock = context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        # Nothing a worker may send is larger than a Result of a whole batch (`max_samples`):
+        # Nothing a worker may send is larger than a Result of a whole batch (`max_samples`, `num_shards`):
         # larger frames are cut off unread.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, P.max_result_bytes(max_samples))
+        self.sock.setsockopt(zmq.MAXMSGSIZE, P.max_result_bytes(max_samples, num_shards))
         # Queues per peer are bounded, so a flooding or stalled peer costs bounded memory.
         self.sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         self.sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)

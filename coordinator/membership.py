@@ -39,6 +39,7 @@ class Member:
     misses: int = 0  # deadlines missed since its last valid result
     label: str = ""  # its metric label: the name, made unique if another member has it
     key: bytes | None = None  # the CURVE public key it registered with (None without CURVE)
+    capacity: int = 1  # units' worth of work it takes: 1 for a worker, its workers' count for a relay
 
 
 class Membership(Generic[W]):
@@ -62,8 +63,9 @@ class Membership(Generic[W]):
     def full(self) -> bool:
         return len(self.members) >= self.max_members
 
-    def join(self, identity: W, name: str, pid: int, now: float, tag: str = "", key: bytes | None = None) -> bool:
-        """Register `identity` (again); returns True if it is new.
+    def join(self, identity: W, name: str, pid: int, now: float, tag: str = "", key: bytes | None = None,
+             capacity: int = 1) -> bool:
+        """Register `identity` (again, perhaps with another capacity); returns True if it is new.
 
         The caller has checked the name (`valid_name`), the ban list and `full`.
         `tag` tells apart two members of one name in their metric labels.
@@ -72,9 +74,10 @@ class Membership(Generic[W]):
         if member is None:
             taken = {m.label for m in self.members.values()}
             label = name if name not in taken else f"{name}~{tag}"
-            self.members[identity] = Member(name=name, pid=pid, last_seen=now, label=label, key=key)
+            self.members[identity] = Member(name=name, pid=pid, last_seen=now, label=label, key=key,
+                                            capacity=capacity)
             return True
-        member.last_seen = now
+        member.last_seen, member.capacity = now, capacity
         return False
 
     def touch(self, identity: W, now: float) -> Member | None:

@@ -8,11 +8,15 @@ with `np.frombuffer` only after its dtype and shape are checked against what tha
 field must hold.  Nothing is pickled.
 
 Conversation (W = worker, C = coordinator):
-    W -> C  Register            C -> W  Heartbeat (ack: registered; repeated as keep-alive)
+    W -> C  Register(capacity)  C -> W  Heartbeat (ack: registered; repeated as keep-alive)
     W -> C  Heartbeat           C -> W  Heartbeat
+    W -> C  Capacity            a relay's count of workers changed
     C -> W  Params(step)        once per step, before the worker's first task of that step
-    C -> W  Task(step, first, sizes)      a subtree of consecutive shards (lenet.reduction)
-    W -> C  Result(step, first, shards)   the subtree's summed gradients and its samples' factors
+    C -> W  Task(step, first, sizes)      a unit: a run of consecutive shards
+    W -> C  Result(step, first, shards)   its node sums (lenet.reduction.cover) and its samples' factors
+
+A relay (`python -m worker --relay`) speaks both sides: a worker to its coordinator
+(with the capacity of the workers behind it), a coordinator to its workers.
     W -> C  Leave               on SIGTERM / shutdown
     C -> W  Shutdown            training is over (or the coordinator is stopping)
     C -> W  Error               "unregistered": register again; any other code: refused, say why
@@ -32,21 +36,25 @@ import numpy as np
 from coordinator.refusals import Reason
 from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS
 
-PROTOCOL_VERSION = 3  # 2: Register carries the conformance probe's digest; 3: Result carries factors
+PROTOCOL_VERSION = 3  # 2: Register carries the conformance probe's digest; 3: units, factors, capacity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
 MAX_SHARD_SAMPLES = 16384  # samples in one task
 MAX_SHARDS = 1024
+MAX_CAPACITY = 1024  # workers behind one relay
 MAX_TEXT = 256
 
 
-def max_result_bytes(samples: int) -> int:
-    """The largest Result of a unit of `samples` samples: nothing else a worker may send is larger.
+def max_result_bytes(samples: int, num_shards: int) -> int:
+    """The largest Result of a unit of `samples` samples in a batch of `num_shards` shards.
 
-    The coordinator's socket cuts off larger frames unread (its ZMQ_MAXMSGSIZE is this
-    for the run's batch size), so decoding memory stays a small multiple of it.
+    Nothing else a worker may send is larger.  The coordinator's socket cuts off
+    larger frames unread (its ZMQ_MAXMSGSIZE is this for a whole batch), so decoding
+    memory stays a small multiple of it.  A unit's cover has at most 2 log2(shards)
+    nodes.
     """
+    nodes = 2 * max(1, num_shards.bit_length())
     tree = sum(math.prod(PARAM_SHAPES[name]) for name in TREE_PARAMS)
-    return 4 * (tree + samples * sum(FACTOR_WIDTHS.values())) + 4096
+    return 4 * (nodes * tree + samples * sum(FACTOR_WIDTHS.values())) + 4096
 
 MAX_REGISTER_BYTES = 2 * MAX_TEXT + 256  # what an unregistered peer may send before it is decoded
 
@@ -120,13 +128,22 @@ def _params(value: Any, name: str) -> dict[str, np.ndarray]:
 def _tree_grads(value: Any, name: str) -> dict[str, np.ndarray]:
     if not isinstance(value, dict) or set(value) != set(TREE_PARAMS):
         raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the gradients {list(TREE_PARAMS)}")
-    return {k: decode_array(value[k], f"{name}.{k}", "<f4", PARAM_SHAPES[k]) for k in TREE_PARAMS}
+    arrays = {k: decode_array(value[k], f"{name}.{k}", "<f4", (None, *PARAM_SHAPES[k])) for k in TREE_PARAMS}
+    if len({len(a) for a in arrays.values()}) != 1:
+        raise ProtocolError(Reason.BAD_ARRAY, f"{name} must hold as many node sums of every parameter")
+    return arrays
 
 
 def _factors(value: Any, name: str) -> dict[str, np.ndarray]:
     if not isinstance(value, dict) or set(value) != set(FACTOR_WIDTHS):
         raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the factors {list(FACTOR_WIDTHS)}")
     return {k: decode_array(value[k], f"{name}.{k}", "<f4", (None, width)) for k, width in FACTOR_WIDTHS.items()}
+
+
+def _capacity(value: Any, name: str) -> int:
+    if _int(value, name) > MAX_CAPACITY:
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be at most {MAX_CAPACITY}")
+    return value
 
 
 def _pixels(value: Any, name: str) -> np.ndarray:
@@ -163,7 +180,8 @@ class Register:
     """A worker asks to join.
 
     `name` is for logs and metrics (host:pid by default; the coordinator admits only
-    names of NAME_CHARS).  `probe` is the hex digest of the worker's answer to the
+    names of NAME_CHARS).  `capacity`: how many units' worth of work it takes at
+    once, 1 for a worker, the number of its workers for a relay.  `probe` is the hex digest of the worker's answer to the
     fixed conformance probe (lenet.probe): the coordinator admits only workers whose
     arithmetic is bit for bit its own.
     """
@@ -172,6 +190,7 @@ class Register:
     name: str = _f(_str)
     pid: int = _f(_int)
     probe: str = _f(_str)
+    capacity: int = _f(_capacity)
 
 
 @dataclass(frozen=True)
@@ -179,6 +198,14 @@ class Heartbeat:
     """Keep-alive in both directions; the coordinator's also acknowledges Register."""
 
     TYPE: ClassVar[str] = "heartbeat"
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """A relay's workers changed: it now takes `capacity` units' worth of work (0: none for now)."""
+
+    TYPE: ClassVar[str] = "capacity"
+    capacity: int = _f(_capacity)
 
 
 @dataclass(frozen=True)
@@ -192,14 +219,16 @@ class Params:
 
 @dataclass(frozen=True)
 class Task:
-    """Shards first .. first+len(sizes)-1 of a step: a subtree of the reduction tree.
+    """Shards first .. first+len(sizes)-1 of a step's `num_shards`: a unit.
 
     `pixels` and `labels` hold the shards back to back, `sizes[i]` samples each.
+    `num_shards` fixes the reduction tree, and so the unit's cover.
     """
 
     TYPE: ClassVar[str] = "task"
     step: int = _f(_int)
     first: int = _f(_int)
+    num_shards: int = _f(_int)
     sizes: list[int] = _f(_sizes)
     pixels: np.ndarray = _f(_pixels)
     labels: np.ndarray = _f(_labels)
@@ -210,12 +239,15 @@ class Task:
         if sum(self.sizes) != self.labels.shape[0]:
             raise ProtocolError(Reason.BAD_FIELD,
                                 f"shard sizes add up to {sum(self.sizes)}, not {self.labels.shape[0]}")
+        if self.first + len(self.sizes) > self.num_shards:
+            raise ProtocolError(Reason.BAD_FIELD, f"shards {self.first}+{len(self.sizes)} of {self.num_shards}")
 
 
 @dataclass(frozen=True)
 class Result:
     """What a task's shards contribute (lenet.shards.UnitSums): summed loss and correct
-    count, the tree parameters' gradients added in the tree, and one row of linear-layer
+    count, the tree parameters' sums for each node of the unit's cover (stacked, in
+    cover order: the coordinator checks their number), and one row of linear-layer
     factors per sample, in order."""
 
     TYPE: ClassVar[str] = "result"
@@ -266,8 +298,9 @@ class Error:
     message: str = _f(_str)
 
 
-Message = Union[Register, Heartbeat, Params, Task, Result, Leave, Shutdown, Error]
-_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Register, Heartbeat, Params, Task, Result, Leave, Shutdown, Error)}
+Message = Union[Register, Heartbeat, Capacity, Params, Task, Result, Leave, Shutdown, Error]
+_TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Register, Heartbeat, Capacity, Params, Task, Result, Leave,
+                                                     Shutdown, Error)}
 
 
 def encode(msg: Message) -> bytes:

@@ -1,8 +1,8 @@
 """Which unit of work goes to which worker, and which result counts: pure logic, no sockets.
 
 A step's batch is cut into a fixed number of shards (`lenet.shards.split_batch`) and
-the shards are grouped into units, subtrees of the reduction tree
-(`work_units`, below).  The scheduler hands units to workers, takes a
+the shards are grouped into units, runs of consecutive shards sized for the
+members' capacities (`work_units`, below).  The scheduler hands units to workers, takes a
 unit back when its worker dies, leaves, or misses the task deadline, and accepts
 exactly one result per unit: the first from a worker that currently holds it.
 Anything else (a duplicate, a result from a worker whose task was revoked, a unit
@@ -12,36 +12,42 @@ or step that does not exist) is refused with a reason, never applied.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, Hashable, TypeVar
 
 from coordinator.refusals import Reason
-from lenet.reduction import Node, nodes_at_depth
+from lenet.reduction import Node
 
 W = TypeVar("W", bound=Hashable)  # a worker's identity
 R = TypeVar("R")  # an accepted result
 
 
-def work_units(num_shards: int, workers: int) -> list[Node]:
-    """The coarsest cut of the tree that keeps `workers` workers about equally busy.
+def work_units(num_shards: int, capacities: Sequence[int]) -> tuple[list[Node], list[int]]:
+    """Runs of consecutive shards, one per member, sized in proportion to the members' capacities.
 
-    Fewer, larger units mean fewer messages; the step takes as long as the busiest
-    worker's shards.  Among the cuts with the least busiest-worker load, take the
-    coarsest.
+    `capacities`: one per member, 1 for a worker, its workers' count for a relay.
+    Every member gets at least one shard while there are shards enough (the
+    smallest capacities go without when there are not), and the sizes add up to
+    `num_shards` (largest remainders first).  A unit need not be a node of the
+    reduction tree: its result holds the sums of its cover's nodes, so any cut
+    gives the same bits.  Returns the units, left to right in order of decreasing
+    capacity, and the capacity each was cut for.
     """
-    best: tuple[int, list[Node]] | None = None
-    depth = 0
-    while True:
-        units = nodes_at_depth(num_shards, depth)
-        sizes = sorted((hi - lo for lo, hi in units), reverse=True)
-        loads = [0] * max(1, workers)
-        for size in sizes:  # largest first onto the least-loaded worker
-            loads[loads.index(min(loads))] += size
-        if best is None or max(loads) < best[0]:
-            best = (max(loads), units)
-        if len(units) == num_shards:
-            return best[1]
-        depth += 1
+    caps = sorted((c for c in capacities if c > 0), reverse=True)[:num_shards] or [1]
+    total = sum(caps)
+    ideal = [num_shards * c / total for c in caps]
+    sizes = [max(1, int(x)) for x in ideal]
+    by_remainder = sorted(range(len(caps)), key=lambda i: (sizes[i] - ideal[i], i))
+    for i in by_remainder[: max(0, num_shards - sum(sizes))]:
+        sizes[i] += 1
+    while sum(sizes) > num_shards:  # the floor of one shard each overshot: take from the largest
+        sizes[max(range(len(sizes)), key=lambda i: (sizes[i], -i))] -= 1
+    units, lo = [], 0
+    for size in sizes:
+        units.append((lo, lo + size))
+        lo += size
+    return units, caps
 
 
 class DeadlinePolicy:
@@ -87,12 +93,14 @@ class StepScheduler(Generic[W, R]):
     so which one wins changes nothing.
     """
 
-    def __init__(self, step: int, units: list[Node], samples: list[int], task_timeout: float):
+    def __init__(self, step: int, units: list[Node], samples: list[int], task_timeout: float,
+                 weights: list[int] | None = None):
         if len(units) != len(samples):
             raise ValueError(f"{len(units)} units but {len(samples)} sample counts")
         self.step = step
         self.units = units
         self.samples = samples
+        self.weights = weights or [1] * len(units)  # the capacity each unit was cut for
         self.task_timeout = task_timeout  # the default deadline; callers may pass one per unit
         self.index = {first: i for i, (first, _) in enumerate(units)}
         self.pending: deque[int] = deque(range(len(units)))
@@ -108,9 +116,14 @@ class StepScheduler(Generic[W, R]):
     def held_by(self, worker: W) -> list[int]:
         return [unit for table in (self.assigned, self.backups) for unit, a in table.items() if a.worker == worker]
 
-    def next_unit(self, worker: W, now: float, timeout: float | None = None) -> int | None:
-        """Give `worker` the next pending unit it may compute, or None if there is none."""
-        unit = next((u for u in self.pending if self.excluded.get(u) != worker), None)
+    def next_unit(self, worker: W, now: float, timeout: float | None = None, capacity: int = 1) -> int | None:
+        """Give `worker` the next pending unit it may compute, or None if there is none.
+
+        A unit cut for its `capacity` first; any other if none is left (members came
+        and went since the step was planned).
+        """
+        allowed = [u for u in self.pending if self.excluded.get(u) != worker]
+        unit = next((u for u in allowed if self.weights[u] == capacity), allowed[0] if allowed else None)
         if unit is None:
             return None
         self.pending.remove(unit)

@@ -51,6 +51,7 @@ from lenet.bounds import implausible, per_sample_bounds
 from lenet.model import LeNet5
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
+from lenet.reduction import cover
 from lenet.shards import unit_sums
 from lenet.status import UserError
 
@@ -99,7 +100,8 @@ class Coordinator:
         self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
         self.local_model = LeNet5()  # settles doubts by computing a unit here
         self.bounds: tuple[int, dict[str, float]] = (-1, {})  # (step, per-sample gradient bounds)
-        self.endpoint = RouterEndpoint(context, service.bind, service.curve, training.config.batch_size)
+        self.endpoint = RouterEndpoint(context, service.bind, service.curve, training.config.batch_size,
+                                       training.num_shards)
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -144,7 +146,8 @@ class Coordinator:
                 if reason is not Reason.RATE_LIMITED:  # unanswered, it simply retries with back-off
                     self._refuse_peer(identity, reason.value, text, now)
                 return
-        if self.members.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6], key=key):
+        if self.members.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6], key=key,
+                             capacity=msg.capacity):
             if self.join_lines.take(now):
                 more = f" (+{self.joins_unlogged} more joined since the last report)" if self.joins_unlogged else ""
                 log.info("worker %s joined (%d live)%s", self._name(identity), len(self.members), more)
@@ -316,6 +319,10 @@ class Coordinator:
             self._remove_worker(identity, "left")
         elif isinstance(msg, P.Result):
             self._handle_result(identity, member, msg)
+        elif isinstance(msg, P.Capacity):
+            if msg.capacity != member.capacity:
+                log.info("relay %s now serves %d workers (was %d)", member.label, msg.capacity, member.capacity)
+            member.capacity = msg.capacity
         else:
             self._reject(Reason.UNEXPECTED, identity, f"a worker may not send {msg.TYPE}")
 
@@ -326,6 +333,9 @@ class Coordinator:
             return
         step, sched = self.step, self.step.scheduler
         reason = sched.check(identity, msg.step, msg.first, msg.shards, msg.count)
+        if reason is None and len(msg.grads["conv1.bias"]) != len(cover(msg.first, msg.first + msg.shards,
+                                                                      step.plan.num_shards)):
+            reason = Reason.BAD_ARRAY  # one sum per node of the unit's cover, no more, no fewer
         doubt = self._doubt(msg) if reason in (None, Reason.LATE, Reason.DUPLICATE, Reason.STALE_STEP) else None
         if reason is not None:
             if reason in (Reason.LATE, Reason.DUPLICATE, Reason.STALE_STEP) and doubt is None:
@@ -365,7 +375,7 @@ class Coordinator:
         task = self.step.task(unit)
         self.local_model.params = self.training.params
         start = time.perf_counter()
-        sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes)
+        sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         self.metrics.units_recomputed_locally.inc()
         return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
                         loss_sum=sums.loss_sum, correct=sums.correct,
@@ -416,20 +426,22 @@ class Coordinator:
 
     # ------------------------------------------------------------------ steps
 
-    def _live(self) -> int:
-        return len(self.members.eligible())
+    def _capacities(self) -> tuple[int, ...]:
+        """What the next step's units are cut for: the capacity of every member that may get work."""
+        caps = [self.members.members[i].capacity for i in self.members.eligible()]
+        return tuple(sorted((c for c in caps if c > 0), reverse=True))
 
     def _plan_ahead(self) -> None:
         """Build the next step's tasks while the workers compute, off the step's critical path."""
         nxt = self.training.state.step + 1
         if nxt < self.training.total_steps and (self.next_plan is None or self.next_plan.step != nxt):
-            self.next_plan = self.training.plan(nxt, self._live())
+            self.next_plan = self.training.plan(nxt, self._capacities())
 
     def _start_step(self, now: float) -> None:
-        step, live = self.training.state.step, self._live()
+        step, capacities = self.training.state.step, self._capacities()
         plan = self.next_plan
-        if plan is None or plan.step != step or plan.live != live:
-            plan = self.training.plan(step, live)
+        if plan is None or plan.step != step or plan.capacities != capacities:
+            plan = self.training.plan(step, capacities)
         self.step = Step.start(plan, self.training.params, self.service.task_timeout, now,
                                secret=self.secret, verify_fraction=self.service.verify_fraction)
 
@@ -444,18 +456,19 @@ class Coordinator:
         self._send(identity, step.plan.tasks[unit])
 
     def _dispatch(self, now: float) -> None:
-        """Hand out pending units round-robin, up to PREFETCH per worker; then back up stragglers."""
+        """Hand out pending units round-robin, up to PREFETCH per member; then back up stragglers."""
         step = self.step
         assert step is not None
         sched = step.scheduler
-        eligible = self.members.eligible()
+        eligible = [i for i in self.members.eligible() if self.members.members[i].capacity > 0]
         progress = True
         while sched.pending and progress:
             progress = False
             for identity in eligible:
                 if not sched.pending or len(sched.held_by(identity)) >= PREFETCH:
                     continue
-                unit = sched.next_unit(identity, now, self.deadlines.timeout(max(sched.samples)))
+                unit = sched.next_unit(identity, now, self.deadlines.timeout(max(sched.samples)),
+                                       capacity=self.members.members[identity].capacity)
                 if unit is not None:
                     self._give(identity, unit)
                     progress = True

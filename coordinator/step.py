@@ -1,7 +1,7 @@
 """One step of the run: what its workers are sent, and its state while they compute.  No sockets.
 
 `plan_step` cuts a step's batch into its fixed shards, groups them into units for
-the live workers (`work_units`) and encodes each unit's Task: everything that does
+the live members' capacities (`work_units`) and encodes each unit's Task: everything that does
 not depend on the parameters, so the next step's plan is built while the workers
 compute.  `Step` then holds the state of the step under way: its plan, the
 scheduler that hands out units and keeps the first valid result of each, the
@@ -30,8 +30,9 @@ class StepPlan:
     """What a step's workers will be sent, apart from the parameters."""
 
     step: int
-    live: int  # live workers the units were cut for
+    capacities: tuple[int, ...]  # the live members' capacities the units were cut for, largest first
     units: list[Node]
+    weights: list[int]  # per unit: the capacity it was cut for
     samples: list[int]  # per unit
     tasks: list[bytes]  # per unit: the encoded Task
 
@@ -41,18 +42,18 @@ class StepPlan:
         return self.units[-1][1]
 
 
-def plan_step(step: int, batch: np.ndarray, num_shards: int, live: int,
+def plan_step(step: int, batch: np.ndarray, num_shards: int, capacities: tuple[int, ...],
               images: np.ndarray, labels: np.ndarray) -> StepPlan:
-    """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for `live` workers."""
+    """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`."""
     shards = split_batch(batch, num_shards)
-    units = work_units(len(shards), max(1, live))
+    units, weights = work_units(len(shards), capacities)
     tasks, samples = [], []
     for lo, hi in units:
         idx = np.concatenate(shards[lo:hi])
-        tasks.append(P.encode(P.Task(step=step, first=lo, sizes=[len(s) for s in shards[lo:hi]],
-                                     pixels=images[idx], labels=labels[idx])))
+        tasks.append(P.encode(P.Task(step=step, first=lo, num_shards=len(shards),
+                                     sizes=[len(s) for s in shards[lo:hi]], pixels=images[idx], labels=labels[idx])))
         samples.append(len(idx))
-    return StepPlan(step, live, units, samples, tasks)
+    return StepPlan(step, capacities, units, weights, samples, tasks)
 
 
 def chosen_for_verification(secret: bytes, step: int, first: int, fraction: float) -> bool:
@@ -87,7 +88,7 @@ class Step:
               secret: bytes = b"", verify_fraction: float = 0.0) -> "Step":
         verify = {u for u, (first, _) in enumerate(plan.units)
                   if chosen_for_verification(secret, plan.step, first, verify_fraction)}
-        return cls(plan=plan, scheduler=StepScheduler(plan.step, plan.units, plan.samples, task_timeout),
+        return cls(plan=plan, scheduler=StepScheduler(plan.step, plan.units, plan.samples, task_timeout, plan.weights),
                    params_frame=P.encode(P.Params(step=plan.step, params=params)), started=now, verify=verify)
 
     def task(self, unit: int) -> P.Task:

@@ -90,19 +90,19 @@ class Training:
         """The epoch under way, 1-based (the last one once the run is done)."""
         return min(self.state.step // self.steps_per_epoch + 1, self.config.epochs)
 
-    def plan(self, step: int, live: int) -> StepPlan:
-        """Shards, units and encoded tasks of `step` for `live` workers: independent of the parameters."""
+    def plan(self, step: int, capacities: tuple[int, ...]) -> StepPlan:
+        """Shards, units and encoded tasks of `step` for members of `capacities`: independent of the parameters."""
         epoch, index = divmod(step, self.steps_per_epoch)
         if self._batches[0] != epoch:
             self._batches = (epoch, epoch_batches(self.config.seed, epoch, self.n_train, self.config.batch_size))
-        return plan_step(step, self._batches[1][index], self.num_shards, live,
+        return plan_step(step, self._batches[1][index], self.num_shards, capacities,
                          self.data.train_images, self.data.train_labels)
 
     def apply(self, results: Mapping[Node, P.Result], units: list[Node]) -> StepReport:
         """Add a finished step's unit results up the tree and step the optimizer."""
         ordered = [results[unit] for unit in units]
         n = sum(r.count for r in ordered)
-        grads = mean_gradient({node: (r.grads, r.factors) for node, r in results.items()}, units[-1][1], n)
+        grads = mean_gradient(results, units[-1][1], n)
         lr = self.schedule(self.state.step)
         before = ({k: v.copy() for k, v in self.model.params.items()}, self.optimizer.state_dict())
         self.optimizer.step(self.model.params, grads, lr)

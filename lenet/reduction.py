@@ -30,21 +30,26 @@ def split_point(lo: int, hi: int) -> int:
     return lo + (1 << ((size - 1).bit_length() - 1))
 
 
-def nodes_at_depth(num_shards: int, depth: int) -> list[Node]:
-    """The tree's nodes `depth` levels below the root (leaves above that depth stand for themselves)."""
-    if num_shards < 1 or depth < 0:
-        raise ValueError(f"need num_shards >= 1 and depth >= 0, got {num_shards} and {depth}")
-    level = [(0, num_shards)]
-    for _ in range(depth):
-        nxt: list[Node] = []
-        for lo, hi in level:
-            if hi - lo < 2:
-                nxt.append((lo, hi))
-            else:
-                mid = split_point(lo, hi)
-                nxt += [(lo, mid), (mid, hi)]
-        level = nxt
-    return level
+def cover(lo: int, hi: int, num_shards: int) -> list[Node]:
+    """The tree's largest nodes inside the shard range [lo, hi), left to right.
+
+    The one way to write a range as whole nodes: a unit of work may be any
+    contiguous run of shards, and its result holds one sum per node of its cover.
+    """
+    if not 0 <= lo < hi <= num_shards:
+        raise ValueError(f"[{lo}, {hi}) is not a range of shards of [0, {num_shards})")
+    nodes: list[Node] = []
+
+    def walk(a: int, b: int) -> None:
+        if lo <= a and b <= hi:
+            nodes.append((a, b))
+        elif a < hi and lo < b:
+            mid = split_point(a, b)
+            walk(a, mid)
+            walk(mid, b)
+
+    walk(0, num_shards)
+    return nodes
 
 
 def add(a: Params, b: Params) -> Params:

@@ -2,13 +2,13 @@
 
 The arithmetic that makes the service bit-identical to the reference trainer is
 written here once.  `split_batch` fixes a batch's shards from the batch alone (never
-from the number of workers).  `unit_sums` computes a run of consecutive shards (a
-unit, a subtree of `lenet.reduction`'s tree): the convolutions' gradients added in
-that tree, the linear layers' per-sample factors in sample order.  `merge` joins
-two adjacent units as their parent node would hold them, and `mean_gradient` turns
-the units of a whole batch into its mean gradient: the rest of the tree, then one
-product per linear layer over the batch's factors.  A worker calls `unit_sums` for
-the unit it was given, a relay `merge`s its workers' units, the coordinator calls
+from the number of workers).  `unit_sums` computes a unit, any run of consecutive
+shards: the convolutions' gradients summed for each node of its cover in
+`lenet.reduction`'s tree, the linear layers' per-sample factors in sample order.
+`gather` joins adjacent units into one, and `mean_gradient` turns the units of a
+whole batch into its mean gradient: the rest of the tree, then one product per
+linear layer over the batch's factors.  A worker calls `unit_sums` for the unit it
+was given, a relay `gather`s its workers' pieces, the coordinator calls
 `mean_gradient`, and the reference trainer calls both for the whole batch.  The
 same nodes, the same float32 operations, the same bits, however the batch was cut
 into units.
@@ -17,14 +17,14 @@ into units.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
 from lenet.data import standardize
-from lenet.model import PARAM_SHAPES, Factors, LeNet5, concat_factors, linear_grads
+from lenet.model import Factors, LeNet5, concat_factors, linear_grads
 from lenet.params import Params
-from lenet.reduction import Node, add, divide, split_point, stacked_tree_sum, tree_sum
+from lenet.reduction import Node, cover, divide, stacked_tree_sum, tree_sum
 
 
 # Shards per batch unless told otherwise: up to 64 workers each get a unit of work, and
@@ -34,21 +34,30 @@ DEFAULT_SHARDS = 64
 
 
 class UnitSums(NamedTuple):
-    """What a unit of consecutive shards contributes to its batch.
+    """What a unit, a run of consecutive shards, contributes to its batch.
 
-    grads: the tree parameters' (lenet.model.TREE_PARAMS) gradients, summed over
-    the unit's shards in the tree; factors: the linear layers' per-sample factors
+    nodes: the unit's cover in the tree (`lenet.reduction.cover`); grads: for each
+    tree parameter (lenet.model.TREE_PARAMS), a stack (len(nodes), *shape): row i
+    is node i's gradient sum; factors: the linear layers' per-sample factors
     (lenet.model.FACTOR_WIDTHS), one row per sample of the unit, in order.
+    A coordinator's Result carries the same fields.
     """
 
     loss_sum: float
     correct: int
+    nodes: list[Node]
     grads: Params
     factors: Factors
 
+
+class Contribution(Protocol):
+    """Anything holding a unit's nodes, node sums and factors: UnitSums, or a Result off the wire."""
+
     @property
-    def count(self) -> int:
-        return len(self.factors["fc3.delta"])
+    def grads(self) -> Params: ...
+
+    @property
+    def factors(self) -> Factors: ...
 
 
 def split_batch(indices: np.ndarray, num_shards: int) -> list[np.ndarray]:
@@ -61,56 +70,67 @@ def split_batch(indices: np.ndarray, num_shards: int) -> list[np.ndarray]:
     return [s for s in np.array_split(indices, min(num_shards, len(indices))) if len(s)]
 
 
-def unit_sums(model: LeNet5, pixels: np.ndarray, labels: np.ndarray, sizes: Sequence[int]) -> UnitSums:
-    """Summed loss, correct count, tree-summed gradients and factors of consecutive shards.
+def unit_sums(model: LeNet5, pixels: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
+              first: int = 0, num_shards: int | None = None) -> UnitSums:
+    """Summed loss, correct count, node sums and factors of the shards first .. first+len(sizes)-1.
 
     pixels: uint8 (N, 28, 28), labels: (N,), the shards back to back with
-    `sizes[i]` samples each (sum(sizes) == N).  The shards' gradients are leaves
-    0..len(sizes) of a tree whose split points depend on size only, so this
-    subtree's sum is bit for bit the node the full batch's tree holds.  The shards
-    are computed in one batched pass and their gradients stay stacked, so that many
-    small shards cost few NumPy calls (`stacked_tree_sum` adds a level at a time).
+    `sizes[i]` samples each (sum(sizes) == N), in a batch of `num_shards` shards
+    (default: these are all of them).  The shards are computed in one batched pass
+    and their gradients stay stacked; each node of the unit's cover is then added
+    up from its leaves exactly as the tree adds them (`stacked_tree_sum`), so it is
+    bit for bit the node the whole batch's tree holds.
     """
     if sum(sizes) != len(labels) or len(pixels) != len(labels):
         raise ValueError(f"shard sizes add up to {sum(sizes)}, but there are {len(pixels)} images "
                          f"and {len(labels)} labels")
+    nodes = cover(first, first + len(sizes), first + len(sizes) if num_shards is None else num_shards)
     stacked = model.stacked_shard_sums(standardize(pixels), labels, sizes)
     loss_sum = 0.0
     for part in stacked.loss_sums.tolist():  # in shard order, as every caller has always added them
         loss_sum += part
-    return UnitSums(loss_sum, int(stacked.correct.sum()), stacked_tree_sum(stacked.grads), stacked.factors)
+    sums = [stacked_tree_sum({k: v[lo - first : hi - first] for k, v in stacked.grads.items()}) for lo, hi in nodes]
+    return UnitSums(loss_sum, int(stacked.correct.sum()), nodes, _stack(sums), stacked.factors)
 
 
-def merge(left: UnitSums, right: UnitSums) -> UnitSums:
-    """Two adjacent units (left's shards just before right's) as the node that holds both.
+def _stack(node_sums: Sequence[Params]) -> Params:
+    return {k: np.stack([g[k] for g in node_sums]) for k in node_sums[0]}
 
-    Only for siblings of the tree: the caller makes sure `left` is [lo, mid) and
-    `right` is [mid, hi) with mid = split_point(lo, hi) (see `merge_units`).
+
+def node_values(nodes: Sequence[Node], grads: Params) -> dict[Node, Params]:
+    """A unit's stacked node sums as node -> gradients."""
+    return {node: {k: g[i] for k, g in grads.items()} for i, node in enumerate(nodes)}
+
+
+def gather(parts: Sequence[UnitSums], num_shards: int) -> UnitSums:
+    """Adjacent units, in order, as one unit: its cover's nodes added up from theirs, as the tree adds them.
+
+    What a relay does with the pieces its workers computed of the unit it was given.
     """
-    return UnitSums(left.loss_sum + right.loss_sum, left.correct + right.correct, add(left.grads, right.grads),
-                    concat_factors([left.factors, right.factors]))
+    lo, hi = parts[0].nodes[0][0], parts[-1].nodes[-1][1]
+    values: dict[Node, Params] = {}
+    for part in parts:
+        values.update(node_values(part.nodes, part.grads))
+    nodes = cover(lo, hi, num_shards)
+    loss_sum = 0.0
+    for part in parts:
+        loss_sum += part.loss_sum
+    return UnitSums(loss_sum, sum(p.correct for p in parts), nodes,
+                    _stack([tree_sum(values, a, b) for a, b in nodes]), concat_factors([p.factors for p in parts]))
 
 
-def merge_units(parts: Mapping[Node, UnitSums], lo: int, hi: int) -> UnitSums:
-    """Node [lo, hi) of the tree from the units known for it or below it (the units must tile it)."""
-    if (lo, hi) in parts:
-        return parts[(lo, hi)]
-    if hi - lo < 2:
-        raise KeyError(f"no result for shard {lo}")
-    mid = split_point(lo, hi)
-    return merge(merge_units(parts, lo, mid), merge_units(parts, mid, hi))
+def mean_gradient(units: Mapping[Node, Contribution], num_shards: int, n: int) -> Params:
+    """The batch's mean gradient from its units (shard range -> contribution), which tile [0, num_shards).
 
-
-def mean_gradient(parts: Mapping[Node, tuple[Params, Factors]], num_shards: int, n: int) -> Params:
-    """The batch's mean gradient from its units (node -> (tree grads, factors)), which tile [0, num_shards).
-
-    The tree's root for the convolutions; for the linear layers, one product over
-    the whole batch's factors, joined in sample order.  Divided by the n samples.
+    The tree's root from the units' node sums for the convolutions; for the linear
+    layers, one product over the whole batch's factors, joined in sample order.
+    Divided by the n samples.
     """
-    tree = {node: grads for node, (grads, _) in parts.items()}
-    total = dict(tree_sum(tree, 0, num_shards))  # a copy: the root may be one of the inputs
-    factors = concat_factors([parts[node][1] for node in sorted(parts)])
+    values: dict[Node, Params] = {}
+    for (lo, hi), unit in units.items():
+        values.update(node_values(cover(lo, hi, num_shards), unit.grads))
+    total = tree_sum(values, 0, num_shards)
+    factors = concat_factors([units[node].factors for node in sorted(units)])
     if len(factors["fc3.delta"]) != n:
         raise ValueError(f"factors of {len(factors['fc3.delta'])} samples for a batch of {n}")
-    total.update(linear_grads(factors))
-    return divide({name: total[name] for name in PARAM_SHAPES}, n)
+    return divide({**total, **linear_grads(factors)}, n)

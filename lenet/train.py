@@ -103,9 +103,8 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
                 break
             sizes = [len(s) for s in split_batch(idx, shards)]
             sums = unit_sums(model, data.train_images[idx], data.train_labels[idx], sizes)
-            root = (0, len(sizes))  # the whole batch: the tree's root node
-            optimizer.step(model.params, mean_gradient({root: (sums.grads, sums.factors)}, len(sizes), len(idx)),
-                           schedule(result.steps))
+            whole = (0, len(sizes))  # one unit: the whole batch
+            optimizer.step(model.params, mean_gradient({whole: sums}, len(sizes), len(idx)), schedule(result.steps))
             result.steps += 1
             loss_sum += sums.loss_sum
             correct += sums.correct

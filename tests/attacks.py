@@ -191,7 +191,7 @@ def nested_arrays(tmp: Path) -> Run:
         for sock, size in zip(strangers.socks, (16_000, 16_000, 300, 300, 240, 240)):
             sock.send(frames(size))  # 16 MB and 300 KB: cut off by the socket; 240 KB: dropped unread
         member = RawPeers(endpoint, 1)
-        member.send_all(P.encode(P.Register(name="nested", pid=1, probe=H.this_machines_probe())))
+        member.send_all(P.encode(P.Register(name="nested", pid=1, probe=H.this_machines_probe(), capacity=1)))
         time.sleep(0.5)
         for _ in range(20):  # a registered peer: under the size limit, so decoded, refused
             member.send_all(frames(200))
@@ -219,7 +219,7 @@ def registration_flood(tmp: Path) -> Run:
     """Finding 5: 3,000 identities registered, each a member and a log line.  Now rate-limited and capped."""
     def during(endpoint: str, coord: Proc) -> None:
         flood = RawPeers(endpoint, 800)
-        flood.send_all(P.encode(P.Register(name="flood", pid=1, probe=H.this_machines_probe())))
+        flood.send_all(P.encode(P.Register(name="flood", pid=1, probe=H.this_machines_probe(), capacity=1)))
         time.sleep(1.0)
         flood.stop()
 

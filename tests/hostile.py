@@ -34,8 +34,8 @@ def this_machines_probe() -> str:
     return _PROBE[0]
 
 
-def nan_grads() -> dict[str, np.ndarray]:
-    return {k: np.full(PARAM_SHAPES[k], np.nan, dtype=np.float32) for k in TREE_PARAMS}
+def nan_grads(nodes: int = 1) -> dict[str, np.ndarray]:
+    return {k: np.full((nodes, *PARAM_SHAPES[k]), np.nan, dtype=np.float32) for k in TREE_PARAMS}
 
 
 def zero_factors(count: int) -> dict[str, np.ndarray]:
@@ -62,7 +62,7 @@ class ScriptedWorker(threading.Thread):
 
     def honest(self, task: P.Task) -> P.Result:
         """The true result of `task` (computed with the parameters the coordinator sent)."""
-        sums = unit_sums(self.model, task.pixels, task.labels, task.sizes)
+        sums = unit_sums(self.model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
                         loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=0.01, grads=sums.grads,
                         factors=sums.factors)
@@ -72,7 +72,7 @@ class ScriptedWorker(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.connect(self.endpoint)
-        sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe)))
+        sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe, capacity=1)))
         deadline, beat = time.monotonic() + self.seconds, 0.0
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
@@ -106,7 +106,8 @@ def _with(result: P.Result, **changes) -> P.Result:
 
 
 def nan_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
-    return [_with(peer.honest(task), grads=nan_grads())]
+    good = peer.honest(task)
+    return [_with(good, grads=nan_grads(len(good.grads["conv1.bias"])))]
 
 
 def honest_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
@@ -145,7 +146,7 @@ def other_numerics_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]
     """Right to ~1e-7, wrong in the last bits: the unit computed in float64, then rounded."""
     model = LeNet5(dtype=np.float64)
     model.params = {k: v.astype(np.float64) for k, v in peer.model.params.items()}
-    sums = unit_sums(model, task.pixels, task.labels, task.sizes)
+    sums = unit_sums(model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
     return [_with(peer.honest(task), grads={k: v.astype(np.float32) for k, v in sums.grads.items()},
                   factors={k: v.astype(np.float32) for k, v in sums.factors.items()})]
 
@@ -167,7 +168,8 @@ def someone_elses_unit_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Mess
 
 def bogus_answers(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
     """Results that may not be applied: NaN, then for a future step, an unknown shard, a wrong count."""
-    good = _with(peer.honest(task), grads=nan_grads(), loss_sum=1.0, correct=0)
+    honest = peer.honest(task)
+    good = _with(honest, grads=nan_grads(len(honest.grads["conv1.bias"])), loss_sum=1.0, correct=0)
     one_more = {k: np.concatenate([v, v[:1]]) for k, v in good.factors.items()}  # a sample the task did not have
     return [_with(good, step=task.step + 1000), _with(good, first=999),
             _with(good, count=len(task.labels) + 1, factors=one_more), good]

@@ -135,7 +135,7 @@ class Worker:
             self._close()
             self.sock = self._open()
         while not self.stopping:
-            self._send(P.Register(name=self.config.name, pid=os.getpid(), probe=self.probe))
+            self._send(P.Register(name=self.config.name, pid=os.getpid(), probe=self.probe, capacity=1))
             deadline = time.monotonic() + wait
             while not self.stopping and time.monotonic() < deadline:
                 msg = self._recv(min(0.2, max(0.0, deadline - time.monotonic())))
@@ -199,7 +199,7 @@ class Worker:
                         task.step, self.params_step)
             return
         start = time.perf_counter()
-        sums = unit_sums(self.model, task.pixels, task.labels, task.sizes)
+        sums = unit_sums(self.model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         seconds = time.perf_counter() - start
         self._send(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
                             loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=seconds, grads=sums.grads,

@@ -50,7 +50,7 @@ def test_only_listed_workers_get_in(tmp_path, procs, mnist_dir):
     raw.setsockopt(zmq.LINGER, 0)
     raw.connect(endpoint)
     for _ in range(20):
-        raw.send(P.encode(P.Register(name="raw", pid=1, probe="0" * 64)))
+        raw.send(P.encode(P.Register(name="raw", pid=1, probe="0" * 64, capacity=1)))
     time.sleep(4)
     m = scrape(metrics_port)
     assert m["lenet_workers_alive"] == 0
@@ -148,7 +148,7 @@ def test_a_registered_id_under_another_key_is_refused(tmp_path, procs, mnist_dir
         return s
 
     first = peer(a_pub, a_secret)
-    first.send(P.encode(P.Register(name="a", pid=1, probe=this_machines_probe())))
+    first.send(P.encode(P.Register(name="a", pid=1, probe=this_machines_probe(), capacity=1)))
     assert first.poll(10_000)  # registered
     first.close(linger=0)
     time.sleep(0.5)

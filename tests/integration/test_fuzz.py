@@ -29,12 +29,12 @@ MESSAGES = 10_500
 CONFIG = ("--train-subset", "12800", "--epochs", "100", "--batch-size", "128")  # outlasts the flood
 
 VALID = [
-    P.Register(name="fuzz", pid=1, probe="0" * 64),
+    P.Register(name="fuzz", pid=1, probe="0" * 64, capacity=1),
     P.Heartbeat(),
     P.Leave(),
     P.Result(step=3, first=0, shards=2, count=32, loss_sum=1.0, correct=3, compute_seconds=0.1,
-             grads={k: v for k, v in init_params(0).items() if k in TREE_PARAMS}, factors=zero_factors(32)),
-    P.Task(step=1, first=0, sizes=[2], pixels=np.zeros((2, 28, 28), np.uint8), labels=np.zeros(2, np.uint8)),
+             grads={k: v[None] for k, v in init_params(0).items() if k in TREE_PARAMS}, factors=zero_factors(32)),
+    P.Task(step=1, first=0, num_shards=1, sizes=[2], pixels=np.zeros((2, 28, 28), np.uint8), labels=np.zeros(2, np.uint8)),
 ]
 VALID_FRAMES = [P.encode(m) for m in VALID]
 SMALL_BODY = msgpack.unpackb(VALID_FRAMES[0], raw=False)  # mutations start from small messages: fast to make

@@ -13,7 +13,7 @@ def grads():
 
 
 def tree_grads():
-    return {k: v for k, v in init_params(0).items() if k in TREE_PARAMS}
+    return {k: v[None] for k, v in init_params(0).items() if k in TREE_PARAMS}  # one node
 
 
 def factors(n: int):
@@ -21,10 +21,11 @@ def factors(n: int):
 
 
 MESSAGES = [
-    P.Register(name="host:1", pid=1, probe="ab" * 32),
+    P.Register(name="host:1", pid=1, probe="ab" * 32, capacity=1),
+    P.Capacity(capacity=4),
     P.Heartbeat(),
     P.Params(step=3, params=grads()),
-    P.Task(step=3, first=2, sizes=[3, 1], pixels=np.zeros((4, 28, 28), np.uint8),
+    P.Task(step=3, first=2, num_shards=8, sizes=[3, 1], pixels=np.zeros((4, 28, 28), np.uint8),
            labels=np.array([0, 1, 2, 9], np.uint8)),
     P.Result(step=3, first=2, shards=2, count=4, loss_sum=1.5, correct=2, compute_seconds=0.01, grads=tree_grads(),
              factors=factors(4)),
@@ -59,9 +60,9 @@ def reason_of(obj_or_bytes):
 
 
 def test_rejections_name_their_reason():
-    result = body(MESSAGES[4])
+    result = body(MESSAGES[5])
     assert reason_of(b"\xc1garbage") == "malformed"
-    assert reason_of(P.encode(MESSAGES[4])[:-10]) == "malformed"
+    assert reason_of(P.encode(MESSAGES[5])[:-10]) == "malformed"
     assert reason_of([1, 2, 3]) == "malformed"
     assert reason_of({**result, "v": 99}) == "version"
     assert reason_of({**result, "type": "reboot"}) == "unknown_type"
@@ -84,12 +85,12 @@ def test_rejections_name_their_reason():
 
 
 def test_task_with_mismatched_labels_or_bad_digits_is_refused():
-    task = body(MESSAGES[3])
+    task = body(MESSAGES[4])
     task["labels"] = P.encode_array(np.array([1, 2], np.uint8))
     assert reason_of(task) == "bad_array"
     task["labels"] = P.encode_array(np.array([1, 2, 3, 10], np.uint8))
     assert reason_of(task) == "bad_array"
-    task = body(MESSAGES[3])
+    task = body(MESSAGES[4])
     task["sizes"] = [3, 2]
     assert reason_of(task) == "bad_field"
     task["sizes"] = [4, 0]
@@ -118,7 +119,7 @@ def test_all_finite():
 
 def test_a_result_may_not_claim_the_impossible():
     """Valid msgpack, valid types, values that cannot be true: refused before the coordinator uses them."""
-    result = body(MESSAGES[4])  # count 4
+    result = body(MESSAGES[5])  # count 4
     assert reason_of({**result, "compute_seconds": -1.0}) == "bad_field"  # once crashed the coordinator
     assert reason_of({**result, "loss_sum": -0.5}) == "bad_field"
     assert reason_of({**result, "loss_sum": float("inf")}) == "bad_field"
@@ -130,9 +131,9 @@ def test_a_result_may_not_claim_the_impossible():
 
 
 def test_what_a_worker_sends_is_small_enough_to_decode_cheaply():
-    assert len(P.encode(MESSAGES[4])) <= P.max_result_bytes(4) < 30_000
+    assert len(P.encode(MESSAGES[5])) <= P.max_result_bytes(4, 8) < 120_000
     whole_batch = P.Result(step=1, first=0, shards=64, count=128, loss_sum=1.0, correct=1, compute_seconds=0.1,
                            grads=tree_grads(), factors=factors(128))
-    assert len(P.encode(whole_batch)) <= P.max_result_bytes(128) < 450_000  # under a full gradient's 247 KB x 2
-    register = P.Register(name="x" * P.MAX_TEXT, pid=2**52, probe="f" * 64)
+    assert len(P.encode(whole_batch)) <= P.max_result_bytes(128, 64) < 1_000_000
+    register = P.Register(name="x" * P.MAX_TEXT, pid=2**52, probe="f" * 64, capacity=P.MAX_CAPACITY)
     assert len(P.encode(register)) <= P.MAX_REGISTER_BYTES

@@ -48,12 +48,37 @@ def test_missed_deadline_takes_the_unit_back():
     assert s.check("b", 5, 0, 2, 8) is None
 
 
-@pytest.mark.parametrize("workers, expected", [
-    (1, [(0, 8)]), (2, [(0, 4), (4, 8)]), (4, [(0, 2), (2, 4), (4, 6), (6, 8)]),
-    (3, [(i, i + 1) for i in range(8)]), (8, [(i, i + 1) for i in range(8)]), (32, [(i, i + 1) for i in range(8)]),
+@pytest.mark.parametrize("capacities, expected", [
+    ([1], [(0, 8)]), ([1, 1], [(0, 4), (4, 8)]), ([1] * 4, [(0, 2), (2, 4), (4, 6), (6, 8)]),
+    ([1] * 3, [(0, 3), (3, 6), (6, 8)]), ([1] * 8, [(i, i + 1) for i in range(8)]),
+    ([1] * 32, [(i, i + 1) for i in range(8)]),  # more members than shards: one shard each, the rest idle
+    ([4, 1, 1, 1, 1], [(0, 4), (4, 5), (5, 6), (6, 7), (7, 8)]),  # a relay of 4 workers and 4 workers
+    ([1, 3], [(0, 6), (6, 8)]),  # largest capacity first
+    ([0, 1], [(0, 8)]),  # a relay with no workers behind it gets nothing
 ])
-def test_work_units_balance_with_fewest_messages(workers, expected):
-    assert work_units(8, workers) == expected
+def test_units_follow_capacity_and_cover_the_batch(capacities, expected):
+    assert work_units(8, capacities)[0] == expected
+
+
+@pytest.mark.parametrize("members", [1, 2, 3, 5, 7, 16, 33, 63, 64])
+def test_every_member_gets_work_while_there_are_shards(members):
+    units, weights = work_units(64, [1] * members)
+    sizes = [hi - lo for lo, hi in units]
+    assert len(units) == members and weights == [1] * members
+    assert units[0][0] == 0 and units[-1][1] == 64 and all(a[1] == b[0] for a, b in zip(units, units[1:]))
+    assert max(sizes) - min(sizes) <= 1  # as even as whole shards allow
+
+
+def test_a_member_is_given_a_unit_cut_for_its_capacity_first():
+    units, weights = work_units(8, [4, 1, 1, 1, 1])
+    s = StepScheduler(step=5, units=units, samples=[8] * len(units), task_timeout=10.0, weights=weights)
+    assert s.next_unit("worker", 0) == 1  # the relay's unit is skipped by a worker
+    assert s.next_unit("relay", 0, capacity=4) == 0
+    for w in "abc":
+        s.next_unit(w, 0)
+    assert s.next_unit("relay", 0, capacity=4) is None  # none left at all
+    s.release_worker("a")
+    assert s.next_unit("relay", 0, capacity=4) == 2  # and when none is cut for it, it takes any
 
 
 def test_an_idle_worker_backs_up_the_oldest_unit_once_and_the_first_result_wins():
