@@ -1,4 +1,4 @@
-"""The coordinator's socket: bind (with CURVE if configured), send without blocking, receive what is queued.
+"""The coordinator's (and a relay's) socket: bind (with CURVE if configured), send without blocking, receive what is queued.
 
 Network code only: it moves frames and knows nothing of what they mean.  One ROUTER
 socket; each worker's DEALER routing id names it.  Sends never block (a peer whose
@@ -32,13 +32,13 @@ def check_bindable(context: zmq.Context, bind: str) -> None:
 
 
 class RouterEndpoint:
-    def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None, max_samples: int = 1,
-                 num_shards: int = 1):
+    def __init__(self, context: zmq.Context, bind: str, curve: CurveServer | None = None,
+                 max_message: int = P.MAX_MESSAGE_BYTES):
         self.sock = context.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
-        # Nothing a worker may send is larger than a Result of a whole batch (`max_samples`, `num_shards`):
-        # larger frames are cut off unread.
-        self.sock.setsockopt(zmq.MAXMSGSIZE, P.max_result_bytes(max_samples, num_shards))
+        # Nothing a peer may send is larger than `max_message` (the coordinator: a Result of a
+        # whole batch): larger frames are cut off unread.
+        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message)
         # Queues per peer are bounded, so a flooding or stalled peer costs bounded memory.
         self.sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         self.sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)

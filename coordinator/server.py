@@ -100,8 +100,8 @@ class Coordinator:
         self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
         self.local_model = LeNet5()  # settles doubts by computing a unit here
         self.bounds: tuple[int, dict[str, float]] = (-1, {})  # (step, per-sample gradient bounds)
-        self.endpoint = RouterEndpoint(context, service.bind, service.curve, training.config.batch_size,
-                                       training.num_shards)
+        self.endpoint = RouterEndpoint(context, service.bind, service.curve,
+                                       P.max_result_bytes(training.config.batch_size, training.num_shards))
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -399,7 +399,9 @@ class Coordinator:
         first_by, first = step.candidates.pop(unit)
         self.metrics.units_verified.inc()
         if same_result(first, second):
-            self._accept(second_by, unit, first)  # the second answerer held the unit; both agree
+            # Both agree.  The unit is held by the second answerer, or, when the coordinator computed the
+            # second answer itself, still by the first: not a worker overtaken.
+            self._accept(second_by if second_by is not None else first_by, unit, first)
             return
         self.metrics.verify_mismatches.inc()
         own = self._compute_locally(unit) if second_by is not None else second

@@ -1,5 +1,9 @@
 """`python -m worker --connect tcp://HOST:5555`: one training worker process.
 
+`python -m worker --relay --connect tcp://HOST:5555 --listen tcp://127.0.0.1:5556`:
+a relay for this host's workers instead (worker/relay.py); the workers then connect
+to the relay's --listen endpoint.
+
 BLAS is pinned to one thread before NumPy is imported: workers run one per core.
 SIGTERM and SIGINT make the worker tell the coordinator it leaves, then exit 0.
 """
@@ -16,9 +20,14 @@ import signal  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 from collections.abc import Sequence  # noqa: E402
+from typing import TYPE_CHECKING  # noqa: E402
 
-from lenet.cli import add_flag, optional  # noqa: E402
+from lenet.cli import add_flag, optional, parse_bool  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
+
+if TYPE_CHECKING:
+    from worker.client import WorkerConfig
+    from worker.relay import Relay
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--curve-secret-key", None, optional(Path),
              "this worker's CURVE .key_secret file (turns CURVE on)")
     add_flag(parser, "--curve-server-key", None, optional(Path), "the coordinator's public CURVE .key file")
+    add_flag(parser, "--relay", False, parse_bool, "run a relay for this host's workers instead of a worker: one "
+             "member of the run that forwards the parameters once and gathers its workers' results")
+    add_flag(parser, "--listen", "tcp://127.0.0.1:5556", str, "relay: where this host's workers connect")
+    add_flag(parser, "--curve-authorized-dir", None, optional(Path),
+             "relay: directory of the public .key files of the workers it admits (with --curve-secret-key)")
+    add_flag(parser, "--insecure", False, parse_bool, "relay: listen beyond loopback without CURVE")
     parser.add_argument("--self-test", action="store_true", help="print this machine's conformance probe digest "
                         "and exit: workers whose digest differs from the coordinator's are refused")
     return parser
@@ -48,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs = {"name": args.name} if args.name else {}
         if (args.curve_secret_key is None) != (args.curve_server_key is None):
             raise ValueError("CURVE needs both --curve-secret-key and --curve-server-key")
+        if args.relay and (args.curve_secret_key is None) != (args.curve_authorized_dir is None):
+            raise ValueError("a relay with CURVE needs --curve-authorized-dir too: the keys of the workers it admits")
     except ValueError as err:
         raise UsageError(str(err)) from None
     if args.self_test:
@@ -61,24 +78,49 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.curve_secret_key is not None:
         require_curve()
         kwargs["curve"] = CurveClient(load_keypair(args.curve_secret_key), load_public(args.curve_server_key))
+    if args.relay and "name" not in kwargs:
+        from worker.relay import relay_name
+
+        kwargs["name"] = relay_name()
     try:
         config = WorkerConfig(connect=args.connect, heartbeat_interval=args.heartbeat_interval,
                               coordinator_timeout=args.coordinator_timeout, **kwargs)
     except ValueError as err:
         raise UsageError(str(err)) from None
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s worker {config.name} %(message)s")
+    role = "relay" if args.relay else "worker"
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} {config.name} %(message)s")
     tune_malloc()
-    metrics = serve_worker_metrics(args.metrics_addr, args.metrics_port) if args.metrics_port else None
-    worker = Worker(config, metrics=metrics)
+    if args.relay:
+        runner = relay(args, config)
+    else:
+        metrics = serve_worker_metrics(args.metrics_addr, args.metrics_port) if args.metrics_port else None
+        runner = Worker(config, metrics=metrics)
 
     def stop(signum, frame):
-        worker.stopping = True
+        runner.stopping = True
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    outcome = worker.run()
-    logging.getLogger("worker").info("exiting (%s)", outcome)
+    outcome = runner.run()
+    logging.getLogger(role).info("exiting (%s)", outcome)
     return int(ExitStatus.OK)
+
+
+def relay(args: argparse.Namespace, upstream: WorkerConfig) -> Relay:
+    """The relay the flags ask for, listening (UsageError for an insecure listen, NetworkError if it cannot)."""
+    from coordinator.keys import CurveServer, is_loopback_endpoint, load_allowed, load_keypair
+    from worker.relay import Relay, RelayConfig
+
+    if not args.listen.startswith(("tcp://", "ipc://")):
+        raise UsageError(f"--listen must be a ZeroMQ endpoint such as tcp://0.0.0.0:5556, got {args.listen!r}")
+    curve = None
+    if args.curve_secret_key is not None:
+        curve = CurveServer(load_keypair(args.curve_secret_key), load_allowed(args.curve_authorized_dir),
+                            authorized_dir=args.curve_authorized_dir)
+    elif not (args.insecure or is_loopback_endpoint(args.listen)):
+        raise UsageError(f"refusing to listen on {args.listen} without CURVE: give --curve-secret-key, "
+                         "--curve-server-key and --curve-authorized-dir, or --insecure")
+    return Relay(RelayConfig(upstream=upstream, listen=args.listen, curve=curve))
 
 
 if __name__ == "__main__":

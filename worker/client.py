@@ -58,6 +58,18 @@ def _resolution_problem(endpoint: str) -> str:
     return ""
 
 
+def open_dealer(context: zmq.Context, config: WorkerConfig, identity: bytes) -> zmq.Socket:
+    """The socket to the coordinator (or relay): routing id `identity`, CURVE if configured, bounded frames."""
+    sock = context.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.ROUTING_ID, identity)
+    sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
+    if config.curve is not None:
+        secure_client(sock, config.curve)
+    sock.connect(config.connect)
+    return sock
+
+
 class Worker:
     def __init__(self, config: WorkerConfig, context: zmq.Context | None = None, metrics=None):
         self.config = config
@@ -73,14 +85,7 @@ class Worker:
     # ------------------------------------------------------------------ socket
 
     def _open(self) -> zmq.Socket:
-        sock = self.context.socket(zmq.DEALER)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.ROUTING_ID, self.identity)
-        sock.setsockopt(zmq.MAXMSGSIZE, P.MAX_MESSAGE_BYTES)
-        if self.config.curve is not None:
-            secure_client(sock, self.config.curve)
-        sock.connect(self.config.connect)
-        return sock
+        return open_dealer(self.context, self.config, self.identity)
 
     def _close(self, linger_ms: int = 0) -> None:
         if self.sock is not None:

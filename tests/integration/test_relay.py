@@ -1,0 +1,82 @@
+"""Relays (`python -m worker --relay`): one member per host, the same bits as workers connected directly."""
+
+import signal
+import time
+
+import pytest
+
+from procs import Proc, coordinator, free_port, identical, params, scrape, worker
+
+STEPS = 60
+CONFIG = ("--max-steps", str(STEPS), "--checkpoint-dir", "off", "--heartbeat-timeout", "2", "--task-timeout", "5")
+
+
+def relay(tmp, upstream: str, listen: str, name: str, *args: str) -> Proc:
+    return Proc(["-m", "worker", "--relay", "--connect", upstream, "--listen", listen, "--name", name, *args],
+                tmp / f"{name}.log")
+
+
+def run(tmp, procs, direct: int, relays: list[int], *extra: str, during=None):
+    """A coordinator with `direct` workers of its own and a relay per entry of `relays` with that many workers."""
+    endpoint, port = f"tcp://127.0.0.1:{free_port()}", free_port()
+    coord = coordinator(tmp, "--workers", str(direct), "--bind", endpoint, "--min-workers", str(direct + len(relays)),
+                        "--metrics-port", str(port), "--output", str(tmp / "m.npz"), *CONFIG, *extra)
+    procs.append(coord)
+    relay_procs = []
+    for r, count in enumerate(relays):
+        listen = f"tcp://127.0.0.1:{free_port()}"
+        relay_procs.append(relay(tmp, endpoint, listen, f"relay{r}"))
+        procs.extend(worker(tmp, listen, f"r{r}w{i}") for i in range(count))
+    procs.extend(relay_procs)
+    coord.wait_for("training:")
+    seen: dict[str, float] = {}  # every series seen, at its largest: members' series go when they leave
+    while coord.popen.poll() is None:
+        if during is not None:
+            during(coord, relay_procs, seen)
+        try:
+            for k, v in scrape(port).items():
+                seen[k] = max(v, seen.get(k, v))
+        except OSError:
+            pass  # not serving yet, or gone
+        time.sleep(0.1)
+    assert coord.wait() == 0, coord.log()[-3000:]
+    return params(tmp / "m.npz"), seen, coord, relay_procs
+
+
+@pytest.fixture(scope="module")
+def direct(tmp_path_factory, mnist_dir):
+    """Four workers connected to the coordinator directly."""
+    tmp = tmp_path_factory.mktemp("direct")
+    proc = coordinator(tmp, "--workers", "4", "--output", str(tmp / "m.npz"), *CONFIG)
+    try:
+        assert proc.wait() == 0, proc.log()
+    finally:
+        proc.stop()
+    return params(tmp / "m.npz")
+
+
+def test_a_relay_of_four_workers_gives_the_parameters_of_four_direct_workers(direct, tmp_path, procs):
+    got, seen, coord, relays = run(tmp_path, procs, 0, [4])
+    assert identical(got, direct)
+    assert "worker relay0 joined" in coord.log() and "overtaken" not in coord.log()
+    shards = {k: v for k, v in seen.items() if k.startswith("lenet_worker_accepted_shards_total")}
+    assert list(shards) == ["lenet_worker_accepted_shards_total{worker=relay0}"], shards  # one member: the relay
+    log = relays[0].log()
+    assert "registered with" in log and "Traceback" not in log
+    for i in range(4):
+        assert f"r0w{i} joined" in log
+
+
+def test_killing_a_relay_mid_run_changes_nothing(direct, tmp_path, procs):
+    """A relay of two workers beside one direct worker; the relay is killed a third of the way through."""
+    def kill_when_a_third_done(coord, relays, seen):
+        if relays[0].popen.poll() is None and seen.get("lenet_steps_total", 0) >= STEPS // 3:
+            relays[0].signal(signal.SIGKILL)
+
+    got, seen, coord, relays = run(tmp_path, procs, 1, [2], during=kill_when_a_third_done)
+    assert relays[0].popen.poll() is not None  # it really was killed mid-run
+    assert identical(got, direct)
+    log = coord.log()
+    assert "relay0 was overtaken by a backup" in log or "worker relay0 lost" in log, log[-3000:]  # its unit redone
+    done = {k: v for k, v in seen.items() if k.startswith("lenet_worker_accepted_shards_total")}
+    assert done.get("lenet_worker_accepted_shards_total{worker=relay0}", 0) > 0 and len(done) == 2, done
