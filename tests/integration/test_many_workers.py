@@ -1,0 +1,33 @@
+"""64 local workers at the default shard count: every one of them gets work, and the result is a 1-worker run's."""
+
+import time
+
+from procs import coordinator, free_port, identical, params, scrape
+
+STEPS = 30
+CONFIG = ("--max-steps", str(STEPS), "--checkpoint-dir", "off")  # the default batch (128) and shards (64)
+
+
+def test_64_workers_all_get_work_and_change_nothing(tmp_path, procs, mnist_dir):
+    one = coordinator(tmp_path, "--workers", "1", "--output", str(tmp_path / "one.npz"), *CONFIG, log_name="one.log")
+    procs.append(one)
+    assert one.wait() == 0, one.log()[-3000:]
+
+    port = free_port()
+    many = coordinator(tmp_path, "--workers", "64", "--metrics-port", str(port), "--output", str(tmp_path / "m.npz"),
+                       *CONFIG, log_name="many.log")
+    procs.append(many)
+    many.wait_for("training:", timeout=240)  # 64 processes start on however few cores there are
+    accepted: dict[str, float] = {}  # per worker, at its largest: a worker's series goes when it leaves
+    while many.popen.poll() is None:
+        try:
+            for key, value in scrape(port).items():
+                if key.startswith("lenet_worker_accepted_shards_total{"):
+                    accepted[key] = max(value, accepted.get(key, 0.0))
+        except OSError:
+            pass  # between the last step and the exit
+        time.sleep(0.2)
+    assert many.wait() == 0, many.log()[-3000:]
+    assert "64 workers" in many.log()
+    assert len(accepted) == 64 and min(accepted.values()) > 0, sorted(accepted.items(), key=lambda kv: kv[1])[:5]
+    assert identical(params(tmp_path / "m.npz"), params(tmp_path / "one.npz"))
