@@ -32,6 +32,7 @@ from coordinator.service import run_service  # noqa: E402
 from coordinator.training import StepReport, Training  # noqa: E402
 from lenet.config import TrainConfig  # noqa: E402
 from lenet.data import load_mnist  # noqa: E402
+from lenet.shards import DEFAULT_SHARDS  # noqa: E402
 from lenet.train import train  # noqa: E402
 
 WARMUP = 5
@@ -52,7 +53,7 @@ def distributed(data, workers: int, batch: int, steps: int) -> dict[str, float]:
             marks["wall"], marks["cpu"] = time.perf_counter(), time.process_time()
             marks["bytes"] = counter(metrics, "lenet_sent_bytes_total") + counter(metrics, "lenet_received_bytes_total")
 
-    run_service(Training(config, 8, data), service, metrics, local_workers=workers, progress=progress)
+    run_service(Training(config, DEFAULT_SHARDS, data), service, metrics, local_workers=workers, progress=progress)
     wall, cpu = time.perf_counter() - marks["wall"], time.process_time() - marks["cpu"]
     moved = counter(metrics, "lenet_sent_bytes_total") + counter(metrics, "lenet_received_bytes_total")
     return {"samples_per_s": steps * batch / wall, "coord_ms_per_step": 1000 * cpu / steps,

@@ -215,6 +215,34 @@ def ghosts(tmp: Path) -> Run:
     return run
 
 
+def capacity_liar(tmp: Path) -> Run:
+    """A ghost claiming to be a relay of 1,024 workers: units are cut by capacity, so it was handed nearly
+    the whole batch.  It costs one deadline: then it is suspect, gets no work, and no longer counts."""
+    run, peers = run_training(tmp, _scripted(H.silent_answer, name="bigrelay", capacity=P.MAX_CAPACITY),
+                              min_workers=3)
+    run.expect("given work at most twice", peers[0].tasks <= 2, peers[0].tasks)
+    run.expect("no honest worker lost", run.count("lenet_workers_lost_total") == 0, run.metrics)
+    return run
+
+
+def poison_behind_a_relay(tmp: Path) -> Run:
+    """A relay whose worker answers 1e30: the relay passes it on, so the relay (one member for its host) is
+    refused as implausible and banned, and its unit is computed by the coordinator."""
+    def start(endpoint: str) -> list:
+        listen = f"tcp://127.0.0.1:{free_port()}"
+        relay = Proc(["-m", "worker", "--relay", "--connect", endpoint, "--listen", listen, "--name", "relay"],
+                     tmp / "relay.log")
+        liar = H.ScriptedWorker(listen, "liar", H.poison_answer, seconds=300)
+        liar.start()
+        return [relay, liar]
+
+    run, _ = run_training(tmp, start, min_workers=3)
+    run.expect("refused as implausible", run.rejected("implausible") >= 1, run.metrics)
+    run.expect("the relay banned", run.count("lenet_workers_banned_total") == 1 and "relay banned" in run.log,
+               run.metrics)
+    return run
+
+
 def registration_flood(tmp: Path) -> Run:
     """Finding 5: 3,000 identities registered, each a member and a log line.  Now rate-limited and capped."""
     def during(endpoint: str, coord: Proc) -> None:
@@ -346,4 +374,5 @@ def takeover(tmp: Path) -> Run:
 ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
     negative_compute_seconds, finite_poison, three_nan_liars, nested_arrays, ghosts, registration_flood,
     impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
+    capacity_liar, poison_behind_a_relay,
 )}

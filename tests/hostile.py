@@ -46,8 +46,9 @@ class ScriptedWorker(threading.Thread):
     """A peer on its own DEALER socket, scripted by `answer`; it records what the coordinator told it."""
 
     def __init__(self, endpoint: str, name: str, answer: Answer, seconds: float = 120, probe: str | None = None,
-                 identity: bytes | None = None, heartbeat: float = 0.5):
+                 identity: bytes | None = None, heartbeat: float = 0.5, capacity: int = 1):
         super().__init__(daemon=True)
+        self.capacity = capacity  # what it claims to serve: a relay's count of workers
         self.endpoint, self.name, self.answer, self.seconds = endpoint, name, answer, seconds
         self.probe = probe if probe is not None else this_machines_probe()
         self.identity = identity or uuid.uuid4().bytes
@@ -72,7 +73,7 @@ class ScriptedWorker(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.connect(self.endpoint)
-        sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe, capacity=1)))
+        sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe, capacity=self.capacity)))
         deadline, beat = time.monotonic() + self.seconds, 0.0
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:

@@ -214,6 +214,8 @@ class Relay:
         if task.step != self.params[0]:
             log.warning("task for step %d without its parameters (have step %d): skipped", task.step, self.params[0])
             return
+        if any(u.task.step == task.step and u.task.first == task.first for u in self.units):
+            return  # given again after the coordinator's deadline: the pieces under way still answer it
         ranges, _ = work_units(len(task.sizes), [1] * max(1, len(self.workers)))
         starts = [0, *accumulate(task.sizes)]  # where each shard starts in the task's samples
         pieces, units, samples = [], [], []
@@ -297,8 +299,10 @@ class Relay:
             return
         self.workers.vouch(identity)
         self.deadlines.record(msg.compute_seconds, msg.count)
-        unit.scheduler.accept(msg.first, UnitSums(msg.loss_sum, msg.correct, nodes, msg.grads, msg.factors),
-                              by=identity)
+        overtaken = unit.scheduler.accept(msg.first, UnitSums(msg.loss_sum, msg.correct, nodes, msg.grads,
+                                                              msg.factors), by=identity)
+        for other in overtaken:  # it had the piece and did not answer first: no new pieces until it answers
+            self.workers.suspect(other, now, missed=False)
         if unit.scheduler.complete:
             self.units.remove(unit)
             parts = [unit.scheduler.results[i] for i in range(len(unit.scheduler.units))]

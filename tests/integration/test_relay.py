@@ -80,3 +80,40 @@ def test_killing_a_relay_mid_run_changes_nothing(direct, tmp_path, procs):
     assert "relay0 was overtaken by a backup" in log or "worker relay0 lost" in log, log[-3000:]  # its unit redone
     done = {k: v for k, v in seen.items() if k.startswith("lenet_worker_accepted_shards_total")}
     assert done.get("lenet_worker_accepted_shards_total{worker=relay0}", 0) > 0 and len(done) == 2, done
+
+
+def test_a_worker_lost_behind_a_relay_has_its_piece_done_by_another(direct, tmp_path, procs):
+    """The relay's own scheduler: one of its three workers is killed mid-run; the relay hands its pieces on."""
+    state = {}
+
+    def kill_one_worker(coord, relays, seen):
+        if "killed" not in state and seen.get("lenet_steps_total", 0) >= STEPS // 3:
+            victim = next(p for p in procs if p.log_path.name == "r0w1.log")
+            victim.signal(signal.SIGKILL)
+            state["killed"] = True
+
+    got, seen, coord, relays = run(tmp_path, procs, 0, [3], during=kill_one_worker)
+    assert state.get("killed")
+    assert identical(got, direct)
+    assert "Traceback" not in relays[0].log(), relays[0].log()[-2000:]
+
+
+NONCONFORMING = ("import sys, numpy as np; from lenet import model as m; real = m.LeNet5.stacked_shard_sums\n"
+                 "def flipped(self, x, y, sizes):\n"
+                 "    r = real(self, x, y, sizes); b = r.grads['conv1.bias']; i = (0,) * b.ndim\n"
+                 "    b[i] = np.nextafter(b[i], np.float32(np.inf)); return r  # one unit in the last place\n"
+                 "m.LeNet5.stacked_shard_sums = flipped\n"
+                 "from worker.__main__ import main; from lenet.status import run_main; sys.exit(run_main(main, 'w'))")
+
+
+def test_a_relay_applies_the_conformance_probe_to_its_workers(tmp_path, procs):
+    """A worker whose arithmetic differs in the last bit (another CPU, simulated) is refused by the relay."""
+    endpoint, listen = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--output", str(tmp_path / "m.npz"), *CONFIG)
+    the_relay = relay(tmp_path, endpoint, listen, "relay0")
+    odd = Proc(["-c", NONCONFORMING, "--connect", listen, "--name", "other-cpu"], tmp_path / "other-cpu.log")
+    procs.extend([coord, the_relay, odd])
+    odd.wait_for("refused this worker (nonconforming)", timeout=60)
+    procs.append(worker(tmp_path, listen, "good"))
+    assert coord.wait() == 0, coord.log()[-3000:]
+    assert "other-cpu joined" not in the_relay.log() and "good joined" in the_relay.log()
