@@ -75,6 +75,14 @@ class Proc:
         self.log_file.close()
 
 
+def keygen(directory: Path, name: str) -> tuple[Path, Path]:
+    """A CURVE key pair made by `python -m coordinator.keys`: (public file, secret file)."""
+    out = subprocess.run([sys.executable, "-m", "coordinator.keys", str(directory), name], capture_output=True,
+                         text=True, env=env(), timeout=60)
+    assert out.returncode == 0, out.stderr
+    return directory / f"{name}.key", directory / f"{name}.key_secret"
+
+
 def coordinator(tmp: Path, *args: str, log_name: str = "coordinator.log", **extra_env: str) -> Proc:
     return Proc(["-m", "coordinator", "--metrics-port", "0", *args], tmp / log_name, **extra_env)
 

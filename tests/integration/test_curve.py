@@ -7,16 +7,11 @@ import time
 import zmq
 
 from coordinator import protocol as P
-from procs import coordinator, env, free_port, identical, params, scrape, trainer_params, worker
+from procs import coordinator, env, free_port, identical, keygen, params, scrape, trainer_params, worker
 
 STEPS = 30
 
 
-def keygen(directory, name):
-    out = subprocess.run([sys.executable, "-m", "coordinator.keys", str(directory), name], capture_output=True,
-                         text=True, env=env(), timeout=60)
-    assert out.returncode == 0, out.stderr
-    return directory / f"{name}.key", directory / f"{name}.key_secret"
 
 
 

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from procs import Proc, coordinator, free_port, identical, params, scrape, worker
+from procs import Proc, coordinator, free_port, identical, keygen, params, scrape, worker
 
 STEPS = 60
 CONFIG = ("--max-steps", str(STEPS), "--checkpoint-dir", "off", "--heartbeat-timeout", "2", "--task-timeout", "5")
@@ -117,3 +117,29 @@ def test_a_relay_applies_the_conformance_probe_to_its_workers(tmp_path, procs):
     procs.append(worker(tmp_path, listen, "good"))
     assert coord.wait() == 0, coord.log()[-3000:]
     assert "other-cpu joined" not in the_relay.log() and "good joined" in the_relay.log()
+
+
+def test_curve_on_both_hops_keeps_strangers_out(tmp_path, procs):
+    """The coordinator admits the relay's key; the relay admits its worker's key; a keyless worker gets nowhere."""
+    coord_pub, coord_secret = keygen(tmp_path / "coordinator", "coordinator")
+    relay_pub, relay_secret = keygen(tmp_path / "relays", "relay")  # the coordinator's allow-list
+    _, worker_secret = keygen(tmp_path / "workers", "w")  # the relay's allow-list
+    endpoint, listen = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--output", str(tmp_path / "m.npz"),
+                        "--curve-secret-key", str(coord_secret), "--curve-authorized-dir", str(tmp_path / "relays"),
+                        *CONFIG)
+    the_relay = relay(tmp_path, endpoint, listen, "relay0", "--curve-secret-key", str(relay_secret),
+                      "--curve-server-key", str(coord_pub), "--curve-authorized-dir", str(tmp_path / "workers"))
+    stranger = worker(tmp_path, listen, "stranger")
+    procs.extend([coord, the_relay, stranger])
+    procs.append(worker(tmp_path, listen, "good", "--curve-secret-key", str(worker_secret),
+                        "--curve-server-key", str(relay_pub)))
+    assert coord.wait() == 0, coord.log()[-3000:]
+    assert "good joined" in the_relay.log() and "stranger" not in the_relay.log()
+    assert "registered" not in stranger.log()
+
+
+def test_a_relay_beyond_loopback_needs_curve_or_insecure(tmp_path):
+    out = Proc(["-m", "worker", "--relay", "--listen", "tcp://0.0.0.0:5556"], tmp_path / "r.log")
+    assert out.wait(60) == 2
+    assert "refusing to listen on tcp://0.0.0.0:5556 without CURVE" in out.log() and "Traceback" not in out.log()
