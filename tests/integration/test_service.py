@@ -171,6 +171,26 @@ def test_sigterm_checkpoints_and_resume_finishes_identically(reference, tmp_path
     assert identical(params(tmp_path / "m.npz"), reference)
 
 
+def test_an_old_run_resumes_with_its_own_shard_count(tmp_path, procs):
+    """A checkpoint made with --shards 8 (the old default) goes on with 8 shards unless --shards says otherwise."""
+    def run(name: str, *args: str) -> str:
+        proc = coordinator(tmp_path, "--workers", "2", "--output", str(tmp_path / f"{name}.npz"), *args,
+                           log_name=f"{name}.log")
+        procs.append(proc)
+        assert proc.wait() == 0, proc.log()
+        return proc.log()
+
+    run("whole", "--shards", "8", "--max-steps", "20", "--checkpoint-dir", "off")
+    for name in ("resumed", "reshard"):
+        run(f"{name}-first", "--shards", "8", "--max-steps", "10", "--checkpoint-dir", str(tmp_path / name))
+    log = run("resumed", "--max-steps", "20", "--checkpoint-dir", str(tmp_path / "resumed"), "--resume")
+    assert "in 8 shards" in log
+    assert identical(params(tmp_path / "resumed.npz"), params(tmp_path / "whole.npz"))
+    log = run("reshard", "--max-steps", "20", "--checkpoint-dir", str(tmp_path / "reshard"), "--resume",
+              "--shards", "16")
+    assert "in 16 shards" in log and "made with --shards 8 with --shards 16, as asked" in log
+
+
 def test_resume_with_other_hyperparameters_is_refused(tmp_path, procs):
     ckpt = tmp_path / "ckpt"
     first = coordinator(tmp_path, "--workers", "1", "--max-steps", "5", "--checkpoint-dir", str(ckpt),
