@@ -38,6 +38,7 @@ from coordinator import protocol as P
 from coordinator.endpoint import RouterEndpoint
 from coordinator.keys import CurveServer
 from coordinator.membership import NAME_RULE, Membership, valid_name
+from coordinator.ratelimit import RateLimitedLog, ReplyLimiter
 from coordinator.scheduler import DeadlinePolicy, StepScheduler, work_units
 from lenet.probe import probe_digest
 from lenet.reduction import cover
@@ -89,6 +90,8 @@ class Relay:
         self.params: tuple[int, bytes] = (-1, b"")  # (step, encoded Params) as received
         self.units: list[Unit] = []
         self.deadlines = DeadlinePolicy(cap=config.task_timeout)
+        self.warnings = RateLimitedLog(interval=10.0)  # a flooding peer costs a line per 10 s
+        self.replies = ReplyLimiter(interval=1.0)  # and a reply per second
         self.stopping = False
 
     @property
@@ -238,7 +241,10 @@ class Relay:
             try:
                 msg = P.decode(frame)
             except P.ProtocolError as err:
-                log.warning("ignored a bad message from a worker: %s", err)
+                held = self.warnings.admit(err.reason, now)
+                if held is not None:
+                    log.warning("ignored a bad message from a worker: %s%s", err,
+                                f" (and {held} more since the last report)" if held else "")
                 continue
             if isinstance(msg, P.Register):
                 self._register(identity, msg, now)
@@ -255,7 +261,8 @@ class Relay:
                 self._result(identity, msg, now)
 
     def _refuse(self, identity: bytes, code: str, text: str) -> None:
-        self.down.send(identity, P.encode(P.Error(code=code, message=text)))
+        if self.replies.allow(identity, time.monotonic()):
+            self.down.send(identity, P.encode(P.Error(code=code, message=text)))
 
     def _register(self, identity: bytes, msg: P.Register, now: float) -> None:
         if identity not in self.workers:
@@ -294,8 +301,11 @@ class Relay:
             return
         nodes = cover(msg.first, msg.first + msg.shards, unit.task.num_shards)
         if len(msg.grads["conv1.bias"]) != len(nodes):
-            log.warning("worker %s sent %d node sums for %d nodes: ignored", self.workers.get(identity).label,
-                        len(msg.grads["conv1.bias"]), len(nodes))
+            held = self.warnings.admit(("nodes", identity), now)
+            if held is not None:
+                log.warning("worker %s sent %d node sums for %d nodes: ignored%s", self.workers.get(identity).label,
+                            len(msg.grads["conv1.bias"]), len(nodes),
+                            f" (and {held} more since the last report)" if held else "")
             return
         self.workers.vouch(identity)
         self.deadlines.record(msg.compute_seconds, msg.count)

@@ -143,3 +143,39 @@ def test_a_relay_beyond_loopback_needs_curve_or_insecure(tmp_path):
     out = Proc(["-m", "worker", "--relay", "--listen", "tcp://0.0.0.0:5556"], tmp_path / "r.log")
     assert out.wait(60) == 2
     assert "refusing to listen on tcp://0.0.0.0:5556 without CURVE" in out.log() and "Traceback" not in out.log()
+
+
+def test_a_relay_shrugs_off_garbage_and_lying_workers(direct, tmp_path, procs):
+    """Strangers flooding the relay with junk, and a registered worker answering with the wrong number of node
+    sums: the run is a direct run's, bit for bit, and the relay's log stays short."""
+    import hostile as H
+    from attacks import RawPeers
+    from coordinator import protocol as P
+
+    def wrong_nodes(task, peer):
+        good = peer.honest(task)
+        return [H._with(good, grads={k: v[:1].repeat(len(v) + 1, axis=0) for k, v in good.grads.items()})]
+
+    attackers = []
+
+    def attack(coord, relays, seen):
+        if attackers or seen.get("lenet_steps_total", 0) < 2:
+            return
+        listen = relays[0].popen.args[relays[0].popen.args.index("--listen") + 1]
+        liar = H.ScriptedWorker(listen, "liar", wrong_nodes, seconds=120)
+        liar.start()
+        junk = RawPeers(listen, 20)
+        for frame in (b"\xc1garbage", P.encode(P.Heartbeat())[:-1], P.encode(P.Leave()), b"\x00" * 5000):
+            for _ in range(50):
+                junk.send_all(frame)
+        attackers.extend([liar, junk])
+
+    try:
+        got, seen, coord, relays = run(tmp_path, procs, 0, [3], during=attack)
+    finally:
+        for a in attackers:
+            a.stop() if isinstance(a, RawPeers) else a.stop.set()
+    assert attackers and attackers[0].tasks >= 1  # the liar was given pieces
+    assert identical(got, direct)
+    log = relays[0].log()
+    assert "Traceback" not in log and log.count("ignored") <= 6, log[-3000:]
