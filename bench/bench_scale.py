@@ -20,7 +20,10 @@ the simulators' first real computations), `--steps` steps are timed:
   - the simulators' CPU time per step (/proc/PID/stat), to show their share;
   - backup tasks per step (lenet_backup_tasks_total): once a step takes longer
     than the coordinator's BACKUP_AFTER, idle workers get copies of units still
-    out, and a step then costs more than one task per worker.
+    out, and a step then costs more than one task per worker;
+  - the fewest simulated workers given a task in one timed step (the simulators'
+    own count): W while the coordinator keeps up; fewer once workers it overtook
+    with backups are left out, as suspects, of the next steps' units.
 The coordinator's CPU is also split: "of it, event loop" is its main thread alone
 (`time.thread_time()`), the rest is ZeroMQ's I/O thread.
 On a 2-core machine the simulators and the coordinator share the cores, so steps/s
@@ -71,11 +74,13 @@ from coordinator.training import StepReport, Training  # noqa: E402
 from lenet.config import TrainConfig  # noqa: E402
 from lenet.data import MNIST, load_mnist, steps_per_epoch  # noqa: E402
 from lenet.runtime import single_thread_blas_env  # noqa: E402
+from sim_workers import raise_fd_limit  # noqa: E402
 
 WARMUP = 3  # steps before the clock starts: joins, and each simulator computing every unit shape once
 SIMULATOR = ROOT / "bench" / "sim_workers.py"
 CONFIG_SECONDS = 150.0  # a configuration that takes longer is stopped: something is wrong
-FIGURES = ("coord_ms", "loop_ms", "mb_in", "mb_out", "steps_per_s", "samples_per_s", "sim_ms", "backups")
+FIGURES = ("coord_ms", "loop_ms", "mb_in", "mb_out", "steps_per_s", "samples_per_s", "sim_ms", "backups",
+           "tasked_min")
 
 
 @dataclass(frozen=True)
@@ -203,9 +208,12 @@ def measure(data: MNIST, shape: Shape, steps: int, processes: int, relays: int =
         raise RuntimeError(f"{shape.workers} workers: {'finished' if outcome.finished else 'stopped early'}, "
                            f"{tasked} simulated workers received a task; simulators: {counts}")
     wall, cpu, loop, sim, received, sent, backups = (b - a for a, b in zip(marks[WARMUP], marks[WARMUP + steps]))
+    tasked_per_step = [sum(c["tasked_per_step"].get(str(step), 0) for c in counts)
+                       for step in range(WARMUP, WARMUP + steps)]  # JSON keys are strings
     return {"coord_ms": 1000 * cpu / steps, "loop_ms": 1000 * loop / steps, "mb_in": received / 1e6 / steps,
             "mb_out": sent / 1e6 / steps, "steps_per_s": steps / wall, "samples_per_s": steps * shape.batch / wall,
-            "sim_ms": 1000 * sim / steps, "backups": backups / steps, "tasked": tasked, "simulators": counts}
+            "sim_ms": 1000 * sim / steps, "backups": backups / steps, "tasked_min": min(tasked_per_step), "tasked": tasked,
+            "rejected": metrics.rejected_by_reason(), "simulators": counts}
 
 
 # --------------------------------------------------------------------------- output
@@ -223,9 +231,10 @@ def cell(values: Sequence[float], digits: int) -> str:
 
 def table(shapes: Sequence[Shape], rounds: Sequence[dict[int, dict[str, Any]]]) -> str:
     headers = ["workers", "shards", "batch", "coordinator CPU ms/step", "of it, event loop", "MB/step in",
-               "MB/step out", "steps/s", "samples/s", "simulators CPU ms/step", "backup tasks/step"]
+               "MB/step out", "steps/s", "samples/s", "simulators CPU ms/step", "backup tasks/step",
+               "workers given work (fewest in a step)"]
     digits = {"coord_ms": 1, "loop_ms": 1, "mb_in": 2, "mb_out": 1, "steps_per_s": 2, "samples_per_s": 0,
-              "sim_ms": 0, "backups": 1}
+              "sim_ms": 0, "backups": 1, "tasked_min": 0}
     rows = [[str(s.workers), str(s.shards), str(s.batch),
              *(cell([r[s.workers][f] for r in rounds], digits[f]) for f in FIGURES)] for s in shapes]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
@@ -257,7 +266,7 @@ def decades(values: Sequence[float]) -> tuple[float, float]:
 def svg_plot(series: Sequence[Series], title: str, subtitle: str) -> str:
     """Two log-log panels side by side (CPU ms/step, MB/step against workers) and a legend row per series below."""
     width, panel_w, panel_h, left, top = 860, 330, 300, 70, 70
-    panels = [("coordinator CPU per step (ms)", 0), ("bytes per step (MB)", 1)]
+    panels = [("coordinator CPU per step, ms", 0), ("bytes per step, MB", 1)]
     xs = sorted({p[0] for s in series for p in s.points})
     x_lo, x_hi = (xs[0] / 2, xs[0] * 2) if len(xs) == 1 else (xs[0], xs[-1])
     legend_top = top + panel_h + 60
@@ -342,7 +351,15 @@ def main(argv: Sequence[str] | None = None) -> list[dict[int, dict[str, Any]]]:
             parser.error(f"--steps {args.steps}: at a batch of {s.batch}, warm-up and steps must stay within an epoch "
                          f"({steps_per_epoch(60000, s.batch) - 1 - WARMUP} steps at most)")
     logging.basicConfig(level=logging.WARNING)
+    # Its warnings name workers one by one (hundreds of "overtaken by a backup" at 1,024 workers) and would
+    # bury the table; what they report is counted in each round's line.
+    logging.getLogger("coordinator").setLevel(logging.ERROR)
     tune_malloc()
+    # The coordinator holds a descriptor per connected worker: at a soft limit of 1,024, some of 1,024
+    # workers cannot connect and the run waits for them until it gives up.
+    needed = max(s.workers for s in shapes) + 256
+    if raise_fd_limit(needed) < needed:
+        print(f"warning: the open-file limit is below {needed}: not every worker may connect", flush=True)
     data = load_mnist(args.data_dir)
     print(f"{args.steps} timed steps after {WARMUP} warm-up, {args.rounds} rounds, {args.simulators} simulator "
           f"processes, {os.cpu_count()} cores", flush=True)
@@ -352,14 +369,16 @@ def main(argv: Sequence[str] | None = None) -> list[dict[int, dict[str, Any]]]:
         for s in shapes:
             rounds[-1][s.workers] = r = measure(data, s, args.steps, args.simulators)
             print(f"round {i + 1}: {s.workers} workers: {r['coord_ms']:.1f} coordinator CPU ms/step, "
-                  f"{r['steps_per_s']:.2f} steps/s, {r['backups']:.1f} backup tasks/step", flush=True)
+                  f"{r['steps_per_s']:.2f} steps/s, {r['backups']:.1f} backup tasks/step, at least "
+                  f"{r['tasked_min']} workers given work per step; messages refused in the whole run: "
+                  f"{', '.join(f'{n} {why}' for why, n in sorted(r['rejected'].items())) or 'none'}", flush=True)
     print(table(shapes, rounds))
     print(f"Medians of {args.rounds} rounds [min-max].  With {os.cpu_count()} cores shared by the coordinator and the "
           "simulators, steps/s and samples/s also measure the simulators (their CPU per step in the last column); "
           "coordinator CPU and MB per step do not.")
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
-        subtitle = (f"median of {args.rounds} rounds, bars: min-max; {args.steps} steps each; batch max(128, 2 x "
+        subtitle = (f"median of {args.rounds} round(s), bars: min-max; {args.steps} steps each; batch max(128, 2 x "
                     f"workers), a shard per worker; {os.cpu_count()} cores")
         args.plot.write_text(svg_plot(plot_series(shapes, rounds, "direct", "#1f77b4"),
                                       "One coordinator, simulated workers: its cost per step", subtitle))

@@ -140,6 +140,7 @@ class SimWorker:
     next_beat: float = 0.0
     params_step: int = -1
     tasks: int = 0
+    last_task_step: int = -1
     results: int = 0
     dropped: int = 0  # sends refused by a full queue
     shut_down: bool = False
@@ -162,6 +163,7 @@ class Simulator:
         self.context.setsockopt(zmq.MAX_SOCKETS, workers + 64)
         self.probe = probe_digest()  # computed for real once: the coordinator admits no other digest
         self.cache = ResultCache()
+        self.tasked_per_step: dict[int, int] = {}  # step -> simulated workers given at least one task of it
         self.poller = zmq.Poller()
         self.sims: dict[zmq.Socket, SimWorker] = {}
         start = time.monotonic()
@@ -228,6 +230,9 @@ class Simulator:
             sim.params_step = msg.step
         elif isinstance(msg, P.Task):
             sim.tasks += 1
+            if msg.step != sim.last_task_step:  # a socket's tasks come in step order: steps never overlap
+                sim.last_task_step = msg.step
+                self.tasked_per_step[msg.step] = self.tasked_per_step.get(msg.step, 0) + 1
             if msg.step == sim.params_step:  # as the client: no task without its step's parameters
                 sim.send(self.cache.frame(msg))
                 sim.results += 1
@@ -277,6 +282,7 @@ class Simulator:
             "registered": sum(s.registered or s.shut_down for s in sims),
             "tasked": sum(s.tasks > 0 for s in sims),
             "tasks": sum(s.tasks for s in sims),
+            "tasked_per_step": self.tasked_per_step,
             "results": sum(s.results for s in sims),
             "dropped": sum(s.dropped for s in sims),
             "shutdown": sum(s.shut_down for s in sims),

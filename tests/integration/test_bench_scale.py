@@ -35,12 +35,13 @@ def test_tiny_run_every_simulated_worker_computes(mnist_dir, tmp_path, capsys):
     assert [row[:3] for row in rows] == [["4", "4", "128"], ["8", "8", "128"]]
     for row in rows:  # medians (each followed by its [min-max]): coordinator CPU, loop, MB in, MB out, steps/s, samples/s
         medians = [float(cell.replace(",", "")) for cell in row[3:] if not cell.startswith("[")]
-        assert len(medians) == 8 and all(m > 0 for m in medians[:6]), row
+        assert len(medians) == 9 and all(m > 0 for m in medians[:6]), row
     for workers in (4, 8):
         figures = rounds[0][workers]
         counts = figures["simulators"]
         assert sum(c["workers"] for c in counts) == workers
-        assert figures["tasked"] == workers  # the simulators' own count: each simulated worker was given a task
+        # The simulators' own counts: each simulated worker was given a task, in every timed step.
+        assert figures["tasked"] == figures["tasked_min"] == workers
         assert all(c["results"] == c["tasks"] > 0 and c["dropped"] == 0 and not c["refused"] for c in counts)
         assert all(c["ended"] in ("shutdown", "stopped") for c in counts)
     root = ET.parse(plot).getroot()
@@ -49,7 +50,7 @@ def test_tiny_run_every_simulated_worker_computes(mnist_dir, tmp_path, capsys):
                            "direct: MB/step in (from workers)"}
     assert all(len(g.findall(f"{SVG}circle")) == 2 and g.find(f"{SVG}polyline") is not None for g in series.values())
     texts = " ".join(t.text or "" for t in root.iter(f"{SVG}text"))
-    assert "simulated workers (log scale)" in texts and "coordinator CPU per step (ms)" in texts
+    assert "simulated workers (log scale)" in texts and "coordinator CPU per step, ms (log scale)" in texts
 
 
 def test_relays_are_refused_until_the_relay_exists(capsys):
