@@ -108,9 +108,10 @@ def free_port() -> int:
 def worker_endpoints(coordinator: str, relays: int) -> list[str]:
     """The endpoints simulated workers connect to, split evenly among them: the coordinator's, or one per relay.
 
-    Relay mode starts `relays` processes here (`python -m worker --relay --connect
-    <coordinator> --listen tcp://127.0.0.1:<port>`), returns their --listen
-    endpoints, and the caller waits for them to exit, as for the simulators.
+    Relay mode will start `relays` processes here (`python -m worker --relay --connect
+    <coordinator> --listen tcp://127.0.0.1:<port>`) and return their --listen
+    endpoints; `measure` then waits for R members instead of W, and ends the
+    relays after the run as it ends the simulators.
     """
     if relays:
         raise NotImplementedError("--relays needs the relay (python -m worker --relay), which is not in this tree")
@@ -212,8 +213,8 @@ def measure(data: MNIST, shape: Shape, steps: int, processes: int, relays: int =
                        for step in range(WARMUP, WARMUP + steps)]  # JSON keys are strings
     return {"coord_ms": 1000 * cpu / steps, "loop_ms": 1000 * loop / steps, "mb_in": received / 1e6 / steps,
             "mb_out": sent / 1e6 / steps, "steps_per_s": steps / wall, "samples_per_s": steps * shape.batch / wall,
-            "sim_ms": 1000 * sim / steps, "backups": backups / steps, "tasked_min": min(tasked_per_step), "tasked": tasked,
-            "rejected": metrics.rejected_by_reason(), "simulators": counts}
+            "sim_ms": 1000 * sim / steps, "backups": backups / steps, "tasked_min": min(tasked_per_step),
+            "tasked": tasked, "rejected": metrics.rejected_by_reason(), "simulators": counts}
 
 
 # --------------------------------------------------------------------------- output
@@ -270,9 +271,10 @@ def svg_plot(series: Sequence[Series], title: str, subtitle: str) -> str:
     xs = sorted({p[0] for s in series for p in s.points})
     x_lo, x_hi = (xs[0] / 2, xs[0] * 2) if len(xs) == 1 else (xs[0], xs[-1])
     legend_top = top + panel_h + 60
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{legend_top + 22 * len(series) + 20}" '
-           'font-family="sans-serif" font-size="12">',
-           f'<rect width="100%" height="100%" fill="white"/>',
+    height = legend_top + 22 * len(series) + 20
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+            'font-family="sans-serif" font-size="12">'),
+           '<rect width="100%" height="100%" fill="white"/>',
            f'<text x="{width / 2}" y="24" text-anchor="middle" font-size="16">{escape(title)}</text>',
            f'<text x="{width / 2}" y="44" text-anchor="middle" fill="#555">{escape(subtitle)}</text>']
     for ylabel, index in panels:

@@ -1,6 +1,7 @@
 """bench/bench_scale.py at a tiny size, and its simulated workers: every one computes, everything ends cleanly."""
 
 import json
+import logging
 import signal
 import subprocess
 import sys
@@ -24,7 +25,15 @@ from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS  # noqa: E402
 SVG = "{http://www.w3.org/2000/svg}"
 
 
-def test_tiny_run_every_simulated_worker_computes(mnist_dir, tmp_path, capsys):
+@pytest.fixture
+def coordinator_log_level():
+    """main() quietens the coordinator's log for its own run: put it back for the tests that follow."""
+    level = logging.getLogger("coordinator").level
+    yield
+    logging.getLogger("coordinator").setLevel(level)
+
+
+def test_tiny_run_every_simulated_worker_computes(mnist_dir, tmp_path, capsys, coordinator_log_level):
     plot = tmp_path / "tmp" / "x.svg"
     started = time.monotonic()
     rounds = bench_scale.main(["--workers", "4,8", "--steps", "3", "--rounds", "1", "--plot", str(plot),
@@ -33,7 +42,7 @@ def test_tiny_run_every_simulated_worker_computes(mnist_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["4"], ["8"])]
     assert [row[:3] for row in rows] == [["4", "4", "128"], ["8", "8", "128"]]
-    for row in rows:  # medians (each followed by its [min-max]): coordinator CPU, loop, MB in, MB out, steps/s, samples/s
+    for row in rows:  # the medians, each followed by its [min-max]; the first six are CPU, bytes and rates
         medians = [float(cell.replace(",", "")) for cell in row[3:] if not cell.startswith("[")]
         assert len(medians) == 9 and all(m > 0 for m in medians[:6]), row
     for workers in (4, 8):
