@@ -108,6 +108,24 @@ class StepScheduler(Generic[W, R]):
         self.backups: dict[int, Assignment[W]] = {}
         self.excluded: dict[int, W] = {}  # unit -> the worker that may not compute it (its first answer awaits a check)
         self.results: dict[int, R] = {}
+        self.holding: dict[W, int] = {}  # units each worker holds now: asked of every worker at every turn
+
+    def _hold(self, table: dict[int, Assignment[W]], unit: int, assignment: Assignment[W]) -> None:
+        table[unit] = assignment
+        self.holding[assignment.worker] = self.holding.get(assignment.worker, 0) + 1
+
+    def _unhold(self, table: dict[int, Assignment[W]], unit: int) -> Assignment[W]:
+        assignment = table.pop(unit)
+        left = self.holding[assignment.worker] - 1
+        if left:
+            self.holding[assignment.worker] = left
+        else:
+            del self.holding[assignment.worker]
+        return assignment
+
+    def holds(self, worker: W) -> int:
+        """How many units `worker` holds (as primary or backup)."""
+        return self.holding.get(worker, 0)
 
     @property
     def complete(self) -> bool:
@@ -122,19 +140,22 @@ class StepScheduler(Generic[W, R]):
         A unit cut for its `capacity` first; any other if none is left (members came
         and went since the step was planned).
         """
-        allowed = [u for u in self.pending if self.excluded.get(u) != worker]
-        unit = next((u for u in allowed if self.weights[u] == capacity), allowed[0] if allowed else None)
+        unit = next((u for u in self.pending if self.weights[u] == capacity and self.excluded.get(u) != worker),
+                    None)
+        if unit is None:
+            unit = next((u for u in self.pending if self.excluded.get(u) != worker), None)
         if unit is None:
             return None
         self.pending.remove(unit)
-        self.assigned[unit] = Assignment(worker, now, now + (timeout or self.task_timeout))
+        self._hold(self.assigned, unit, Assignment(worker, now, now + (timeout or self.task_timeout)))
         return unit
 
     def second_opinion(self, first: int, worker: W) -> None:
         """`worker` answered this unit, but its answer is to be checked: queue the unit for anyone else."""
         unit = self.index[first]
-        self.assigned.pop(unit, None)
-        self.backups.pop(unit, None)
+        for table in (self.assigned, self.backups):
+            if unit in table:
+                self._unhold(table, unit)
         self.excluded[unit] = worker
         if unit not in self.pending:
             self.pending.appendleft(unit)
@@ -146,28 +167,33 @@ class StepScheduler(Generic[W, R]):
             self.pending.appendleft(unit)
         return sum(self.units[u][1] - self.units[u][0] for u in units)
 
+    def oldest_age(self, now: float) -> float:
+        """How long the unit out longest has been out (0 if none): units are given out in order."""
+        first = next(iter(self.assigned.values()), None)
+        return 0.0 if first is None else now - first.since
+
     def backup_unit(self, worker: W, now: float, timeout: float | None = None, older_than: float = 0.0) -> int | None:
         """Once every unit is out: give an idle `worker` the oldest outstanding unit, once per unit.
 
         Only a unit out for more than `older_than` seconds is backed up: a backup of a
         unit about to arrive would only keep its worker busy into the next step.
         """
-        if self.pending or self.held_by(worker):
+        if self.pending or self.holds(worker):
             return None
-        candidates = [(a.since, u) for u, a in self.assigned.items()
-                      if u not in self.backups and a.worker != worker and now - a.since > older_than
-                      and self.excluded.get(u) != worker]
-        if not candidates:
+        # `assigned` keeps the order units were given out in: the first candidate is (about) the oldest.
+        unit = next((u for u, a in self.assigned.items()
+                     if u not in self.backups and a.worker != worker and now - a.since > older_than
+                     and self.excluded.get(u) != worker), None)
+        if unit is None:
             return None
-        unit = min(candidates)[1]
-        self.backups[unit] = Assignment(worker, now, now + (timeout or self.task_timeout))
+        self._hold(self.backups, unit, Assignment(worker, now, now + (timeout or self.task_timeout)))
         return unit
 
     def _drop(self, unit: int) -> int:
         """The unit's primary is gone: its backup takes over, or it is queued again.  Returns shards re-queued."""
-        del self.assigned[unit]
+        self._unhold(self.assigned, unit)
         if unit in self.backups:
-            self.assigned[unit] = self.backups.pop(unit)
+            self._hold(self.assigned, unit, self._unhold(self.backups, unit))
             return 0
         self.pending.appendleft(unit)
         lo, hi = self.units[unit]
@@ -179,7 +205,7 @@ class StepScheduler(Generic[W, R]):
         Returns the number of shards taken back.
         """
         for unit in [u for u, a in self.backups.items() if a.worker == worker]:
-            del self.backups[unit]
+            self._unhold(self.backups, unit)
         return sum(self._drop(u) for u in sorted((u for u, a in self.assigned.items() if a.worker == worker),
                                                  reverse=True))
 
@@ -187,7 +213,7 @@ class StepScheduler(Generic[W, R]):
         """Take back every assignment whose deadline has passed; returns (unit, worker) pairs."""
         late_backups = [(u, a.worker) for u, a in self.backups.items() if a.deadline <= now]
         for unit, _ in late_backups:
-            del self.backups[unit]
+            self._unhold(self.backups, unit)
         late = [(u, a.worker) for u, a in self.assigned.items() if a.deadline <= now]
         for unit, _ in sorted(late, reverse=True):
             self._drop(unit)
@@ -219,7 +245,7 @@ class StepScheduler(Generic[W, R]):
         primary, or the other way round).
         """
         unit = self.index[first]
-        holders = [t.pop(unit).worker for t in (self.assigned, self.backups) if unit in t]
+        holders = [self._unhold(t, unit).worker for t in (self.assigned, self.backups) if unit in t]
         self.excluded.pop(unit, None)
         if unit in self.pending:
             self.pending.remove(unit)

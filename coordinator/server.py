@@ -61,7 +61,10 @@ PREFETCH = 2  # tasks a worker may hold at once: hides the round trip between un
 RECEIVE_BUDGET = 256  # messages handled per loop turn, so a flood cannot starve the rest of the loop
 # A unit out for this many times its expected time, and at least BACKUP_AFTER seconds,
 # is also given to an idle worker.  Earlier, a backup would mostly keep that worker
-# busy into the next step; later, a stalled worker costs more than it must.
+# busy into the next step; later, a stalled worker costs more than it must.  The
+# expected time is the larger of the workers' compute time and the turnaround the
+# coordinator sees (compute, network and its own queue): a busy coordinator whose
+# results wait in its queue must not take them for stragglers.
 STRAGGLER, BACKUP_AFTER = 4.0, 0.5
 LOSSES_LOGGED = 3  # workers found silent at once and logged one by one; the rest in one line
 # Said to a worker whose probe differs (at most protocol.MAX_TEXT characters with the digests).
@@ -86,6 +89,7 @@ class Coordinator:
         self.next_plan: StepPlan | None = None
         self.epoch_started = 0.0
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
+        self.turnaround = DeadlinePolicy(cap=service.task_timeout)  # from giving a unit out to accepting it
         self.warnings = RateLimitedLog(interval=10.0)
         self.join_lines = TokenBucket(rate=1.0, burst=16)  # a line per join, unless they flood in
         self.joins_unlogged = 0
@@ -415,7 +419,12 @@ class Coordinator:
 
     def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
         assert self.step is not None
-        overtaken = self.step.scheduler.accept(result.first, result, by=identity)
+        sched = self.step.scheduler
+        held = next((t[unit] for t in (sched.assigned, sched.backups) if unit in t and t[unit].worker == identity),
+                    None)
+        if held is not None:
+            self.turnaround.record(time.monotonic() - held.since, sched.samples[unit])
+        overtaken = sched.accept(result.first, result, by=identity)
         if identity is not None:
             self.step.produced[unit] = identity
         now = time.monotonic()
@@ -467,7 +476,7 @@ class Coordinator:
         while sched.pending and progress:
             progress = False
             for identity in eligible:
-                if not sched.pending or len(sched.held_by(identity)) >= PREFETCH:
+                if not sched.pending or sched.holds(identity) >= PREFETCH:
                     continue
                 unit = sched.next_unit(identity, now, self.deadlines.timeout(max(sched.samples)),
                                        capacity=self.members.members[identity].capacity)
@@ -480,9 +489,13 @@ class Coordinator:
         expected = self.deadlines.expected(max(sched.samples))
         if sched.pending or expected is None:
             return
+        older_than = max(BACKUP_AFTER, STRAGGLER * max(expected, self.turnaround.expected(max(sched.samples)) or 0.0))
+        if sched.oldest_age(now) <= older_than:
+            return  # no straggler: the common case, decided without a look at every worker
         for identity in eligible:
-            unit = sched.backup_unit(identity, now, self.deadlines.timeout(max(sched.samples)),
-                                     older_than=max(BACKUP_AFTER, STRAGGLER * expected))
+            if sched.holds(identity):
+                continue
+            unit = sched.backup_unit(identity, now, self.deadlines.timeout(max(sched.samples)), older_than=older_than)
             if unit is not None:
                 self.metrics.backup_tasks.inc()
                 self._give(identity, unit)

@@ -224,7 +224,8 @@ def test_parameters_travel_once_per_step_and_every_worker_has_a_unit(tmp_path, p
     assert seen, coord.log()
     for m in seen.values():
         assert m["lenet_worker_params_total"] <= 100  # at most once per step
-        assert m["lenet_worker_tasks_total"] >= m["lenet_worker_params_total"] >= 90  # work nearly every step
+        # Work nearly every step (a scrape may fall between a step's parameters and its task).
+        assert m["lenet_worker_tasks_total"] >= m["lenet_worker_params_total"] - 1 >= 89
         # Its own time computing has a name apart from the coordinator's per-worker accepted seconds.
         assert m["lenet_worker_busy_seconds_total"] > 0 and "lenet_worker_compute_seconds_total" not in m
     assert coord.wait() == 0

@@ -146,3 +146,36 @@ def test_discarded_results_are_computed_again():
     s.accept(0, "from a")
     assert s.discard([0]) == 2 and list(s.pending) == [0, 1] and not s.results
 
+
+
+def test_what_each_worker_holds_is_counted_exactly_through_any_sequence_of_events():
+    """`holds` (asked of every worker at every turn) agrees with a full scan after every operation."""
+    import random
+
+    rng = random.Random(7)
+    for trial in range(30):
+        units = [(i, i + 1) for i in range(12)]
+        s = StepScheduler(step=1, units=units, samples=[2] * 12, task_timeout=5.0)
+        workers, now = list("abcdef"), 0.0
+        for _ in range(200):
+            now += rng.random()
+            w = rng.choice(workers)
+            op = rng.randrange(6)
+            if op == 0:
+                s.next_unit(w, now)
+            elif op == 1:
+                s.backup_unit(w, now, older_than=0.5)
+            elif op == 2:
+                s.release_worker(w)
+            elif op == 3:
+                s.expire(now)
+            elif op == 4 and s.held_by(w):
+                first = units[rng.choice(s.held_by(w))][0]
+                if s.check(w, 1, first, 1, 2) is None:
+                    s.accept(first, "r", by=w)
+            elif op == 5 and s.held_by(w):
+                s.second_opinion(units[s.held_by(w)[0]][0], w)
+            for x in workers:
+                assert s.holds(x) == len(s.held_by(x)), (trial, op, x)
+            ages = [now - a.since for a in s.assigned.values()]
+            assert s.oldest_age(now) <= max(ages, default=0.0) + 1e-9
