@@ -43,6 +43,12 @@ CASES = [
     ("coordinator", ["--checkpoint-key", "/nonexistent/key"], {}, 2, "cannot read checkpoint key /nonexistent/key"),
     ("worker", ["--connect", "foo"], {}, 2, "--connect must be a ZeroMQ endpoint"),
     ("worker", ["--heartbeat-interval", "0"], {}, 2, "heartbeat interval must be > 0, got 0.0"),
+    ("worker", ["--relay", "--listen", "5556"], {}, 2, "--listen must be a ZeroMQ endpoint"),
+    ("worker", ["--relay", "--listen", "tcp://nosuchinterface0:5556", "--insecure"], {}, 5,
+     "cannot bind tcp://nosuchinterface0:5556"),
+    ("worker", ["--relay", "--curve-secret-key", "k", "--curve-server-key", "s"], {}, 2,
+     "a relay with CURVE needs --curve-authorized-dir too"),
+    ("worker", [], {"LENET_RELAY": "maybe"}, 2, "environment variable LENET_RELAY='maybe' is not valid"),
     ("lenet.train", ["--shards", "0"], {}, 2, "--shards must be >= 1, got 0"),
 ]
 
