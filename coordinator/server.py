@@ -472,30 +472,31 @@ class Coordinator:
         assert step is not None
         sched = step.scheduler
         eligible = [i for i in self.members.eligible() if self.members.members[i].capacity > 0]
+        largest = max(sched.samples)
+        timeout = self.deadlines.timeout(largest)
         progress = True
         while sched.pending and progress:
             progress = False
             for identity in eligible:
                 if not sched.pending or sched.holds(identity) >= PREFETCH:
                     continue
-                unit = sched.next_unit(identity, now, self.deadlines.timeout(max(sched.samples)),
-                                       capacity=self.members.members[identity].capacity)
+                unit = sched.next_unit(identity, now, timeout, capacity=self.members.members[identity].capacity)
                 if unit is not None:
                     self._give(identity, unit)
                     progress = True
         for unit in [u for u in sched.pending if u in step.candidates]:
             if not [i for i in eligible if i != sched.excluded.get(unit)]:  # nobody else left to check it
                 self._verify(unit, self._compute_locally(unit))
-        expected = self.deadlines.expected(max(sched.samples))
+        expected = self.deadlines.expected(largest)
         if sched.pending or expected is None:
             return
-        older_than = max(BACKUP_AFTER, STRAGGLER * max(expected, self.turnaround.expected(max(sched.samples)) or 0.0))
+        older_than = max(BACKUP_AFTER, STRAGGLER * max(expected, self.turnaround.expected(largest) or 0.0))
         if sched.oldest_age(now) <= older_than:
             return  # no straggler: the common case, decided without a look at every worker
         for identity in eligible:
             if sched.holds(identity):
                 continue
-            unit = sched.backup_unit(identity, now, self.deadlines.timeout(max(sched.samples)), older_than=older_than)
+            unit = sched.backup_unit(identity, now, timeout, older_than=older_than)
             if unit is not None:
                 self.metrics.backup_tasks.inc()
                 self._give(identity, unit)

@@ -15,6 +15,7 @@ import hashlib
 import hmac
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from itertools import accumulate
 
 import numpy as np
 
@@ -45,13 +46,14 @@ class StepPlan:
 def plan_step(step: int, batch: np.ndarray, num_shards: int, capacities: tuple[int, ...],
               images: np.ndarray, labels: np.ndarray) -> StepPlan:
     """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`."""
-    shards = split_batch(batch, num_shards)
-    units, weights = work_units(len(shards), capacities)
+    sizes = [len(s) for s in split_batch(batch, num_shards)]
+    starts = [0, *accumulate(sizes)]  # the shards are consecutive runs of the batch
+    units, weights = work_units(len(sizes), capacities)
     tasks, samples = [], []
     for lo, hi in units:
-        idx = np.concatenate(shards[lo:hi])
-        tasks.append(P.encode(P.Task(step=step, first=lo, num_shards=len(shards),
-                                     sizes=[len(s) for s in shards[lo:hi]], pixels=images[idx], labels=labels[idx])))
+        idx = batch[starts[lo] : starts[hi]]
+        tasks.append(P.encode(P.Task(step=step, first=lo, num_shards=len(sizes), sizes=sizes[lo:hi],
+                                     pixels=images[idx], labels=labels[idx])))
         samples.append(len(idx))
     return StepPlan(step, capacities, units, weights, samples, tasks)
 

@@ -14,6 +14,7 @@ workers one shard each.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 
 import numpy as np
 
@@ -36,6 +37,11 @@ def cover(lo: int, hi: int, num_shards: int) -> list[Node]:
     The one way to write a range as whole nodes: a unit of work may be any
     contiguous run of shards, and its result holds one sum per node of its cover.
     """
+    return list(_cover(lo, hi, num_shards))
+
+
+@lru_cache(maxsize=8192)  # a run asks for the same few thousand ranges every step
+def _cover(lo: int, hi: int, num_shards: int) -> tuple[Node, ...]:
     if not 0 <= lo < hi <= num_shards:
         raise ValueError(f"[{lo}, {hi}) is not a range of shards of [0, {num_shards})")
     nodes: list[Node] = []
@@ -49,7 +55,7 @@ def cover(lo: int, hi: int, num_shards: int) -> list[Node]:
             walk(mid, b)
 
     walk(0, num_shards)
-    return nodes
+    return tuple(nodes)
 
 
 def add(a: Params, b: Params) -> Params:
