@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from coordinator.training import Training, TrainingDiverged
     from lenet.curves import write_curves
     from lenet.data import load_mnist
-    from lenet.runtime import tune_malloc
+    from lenet.runtime import raise_open_files_limit, tune_malloc
     from lenet.tempfiles import sweep_stale_temporaries
     from lenet.train import save_model
 
@@ -220,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = ClearProgressHandler(sys.stderr) if args.progress else logging.StreamHandler(sys.stderr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s coordinator %(message)s", handlers=[handler])
     tune_malloc()
+    raise_open_files_limit()  # a socket per worker: 1,024 of them need more than the usual 1,024 descriptors
     with tempfile.TemporaryDirectory(prefix="lenet5-keys-") as keydir:
         service, local_args = curve_setup(args, service, Path(keydir))
         if args.checkpoint_dir is not None:

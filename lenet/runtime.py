@@ -40,6 +40,25 @@ def tune_malloc() -> bool:
     return mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD) == 1 and ok
 
 
+def raise_open_files_limit() -> int:
+    """Let this process open as many files as the system allows it (the soft limit up to the hard one).
+
+    A coordinator or relay holds a socket per connected peer: 1,024 workers need more
+    than the usual soft limit of 1,024 descriptors.  Returns the limit now in force.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+        except (ValueError, OSError):
+            pass  # the system refuses: the run works up to the limit there is
+    return soft
+
+
 def pin_blas_threads() -> None:
     """One BLAS thread for this process, unless the variables are already set.
 

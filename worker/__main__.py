@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from coordinator.keys import CurveClient, load_keypair, load_public, require_curve
-    from lenet.runtime import tune_malloc
+    from lenet.runtime import raise_open_files_limit, tune_malloc
     from worker.client import Worker, WorkerConfig
     from worker.metrics import serve_worker_metrics
 
@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {role} {config.name} %(message)s")
     tune_malloc()
     if args.relay:
+        raise_open_files_limit()  # a socket per worker it serves
         runner = relay(args, config)
     else:
         metrics = serve_worker_metrics(args.metrics_addr, args.metrics_port) if args.metrics_port else None

@@ -39,6 +39,7 @@ from coordinator.endpoint import RouterEndpoint
 from coordinator.keys import CurveServer
 from coordinator.membership import NAME_RULE, Membership, valid_name
 from coordinator.ratelimit import RateLimitedLog, ReplyLimiter
+from coordinator.refusals import Reason
 from coordinator.scheduler import DeadlinePolicy, StepScheduler, work_units
 from lenet.probe import probe_digest
 from lenet.reduction import cover
@@ -295,9 +296,12 @@ class Relay:
 
     def _result(self, identity: bytes, msg: P.Result, now: float) -> None:
         unit = next((u for u in self.units if u.task.step == msg.step and msg.first in u.scheduler.index), None)
-        if unit is None:
-            return  # a step or unit that is over: nothing to do with it
-        if unit.scheduler.check(identity, msg.step, msg.first, msg.shards, msg.count) is not None:
+        reason = None if unit is None else unit.scheduler.check(identity, msg.step, msg.first, msg.shards, msg.count)
+        if unit is None or reason is not None:
+            # Too late to use (its task is over, or a backup answered first), but it shows the worker
+            # computes: it may have pieces again, as the coordinator treats its members.
+            if reason in (Reason.LATE, Reason.DUPLICATE) or (unit is None and msg.step <= self.params[0]):
+                self.workers.vouch(identity)
             return
         nodes = cover(msg.first, msg.first + msg.shards, unit.task.num_shards)
         if len(msg.grads["conv1.bias"]) != len(nodes):
