@@ -1,7 +1,8 @@
-"""The coordinator's limit: one coordinator, 16 to 1,024 simulated workers, cost per step.
+"""The coordinator's limit: one coordinator, 16 to 1,024 simulated workers, cost per step; direct and through relays.
 
     python bench/bench_scale.py [--workers 16,64,256,1024] [--steps 10] [--rounds 3] [--simulators 2]
-                                [--plot docs/scale.svg] [--data-dir DIR]
+                                [--relays 4] [--plot docs/scale.svg] [--data-dir DIR]
+    python bench/bench_scale.py --relays 0                 # direct only, as before relays existed
 
 For each worker count W, a coordinator (`run_service`, in this process, no local
 workers, no verification, registrations admitted as fast as they come) trains a
@@ -18,6 +19,7 @@ the simulators' first real computations), `--steps` steps are timed:
     lenet_received_bytes_total and lenet_sent_bytes_total;
   - steps and samples per second (wall);
   - the simulators' CPU time per step (/proc/PID/stat), to show their share;
+  - with relays, the relays' CPU time per step, all of them together (/proc/PID/stat);
   - backup tasks per step (lenet_backup_tasks_total): once a step takes longer
     than the coordinator's BACKUP_AFTER, idle workers get copies of units still
     out, and a step then costs more than one task per worker;
@@ -26,15 +28,40 @@ the simulators' first real computations), `--steps` steps are timed:
     with backups are left out, as suspects, of the next steps' units.
 The coordinator's CPU is also split: "of it, event loop" is its main thread alone
 (`time.thread_time()`), the rest is ZeroMQ's I/O thread.
-On a 2-core machine the simulators and the coordinator share the cores, so steps/s
-measures the simulators too; the coordinator's CPU and bytes per step do not depend
-on that.  The worker counts are measured in turn, round after round; each figure is
-the median of the rounds with its [min-max] spread.  `--plot` writes an SVG of CPU and
-bytes per step against workers.  The run stops with an error if a simulated worker
-received no task: the figures would then describe fewer workers than they claim.
 
-Relays (`--relays`) are not measured yet: `worker_endpoints` is where the
-simulated workers would be pointed at relay processes instead of the coordinator.
+With relays (`--relays R`, default 4: a relay per host for 4 hosts), every worker
+count is measured twice in each round, directly and then through R relays: R
+processes of `python -m worker --relay --connect <coordinator> --listen
+tcp://127.0.0.1:<free port> --name relayN` (BLAS pinned to one thread, as the
+simulators), the simulated workers split evenly among their --listen endpoints
+(a simulator process per relay at least).  The coordinator then has R members,
+each of capacity W/R: it sends the parameters once per relay and gets one
+Result per relay's unit, and each relay forwards the parameters to its workers,
+cuts its unit into one piece per worker and gathers their results.  A relay
+registers as soon as it starts, announcing the workers it has, and the
+coordinator starts training once R members have registered; so the simulators
+start first and the coordinator only once every relay's own log says it serves
+its share ("... (N workers)").  A relay's first Register may still reach the
+coordinator with an older count (sent while its workers were joining, queued
+until the coordinator listened); its next message corrects it within
+milliseconds, during the warm-up.  The round's line says what the coordinator
+itself cut the timed steps' units for (`PlannedTraining`: its members and their
+capacities, fewest in a step): R members of W workers' capacity.  The other
+figures are the same, and still the coordinator's own, but for two: "workers
+given work" counts simulated workers (the simulators' own counts, as the
+coordinator sees relays, not workers), so below W it may also mean that a relay
+left some of its workers out of its pieces; and backup tasks are the
+coordinator's, each a copy of a whole relay's unit (a relay's own backups to its
+workers are not counted).
+
+On a 2-core machine the simulators, the relays and the coordinator share the cores,
+so steps/s measures the simulators and relays too; the coordinator's CPU and bytes
+per step do not depend on that.  The worker counts are measured in turn, round after
+round; each figure is the median of the rounds with its [min-max] spread.  `--plot`
+writes an SVG of CPU and bytes per step against workers, a series per mode (with
+relays also the relays' CPU, on the coordinator's panel).  The run stops with an
+error if a simulated worker received no task: the figures would then describe fewer
+workers than they claim.
 """
 
 from __future__ import annotations
@@ -54,12 +81,14 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
+import re  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
+from collections.abc import Callable, Sequence  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from typing import Any  # noqa: E402
 from xml.sax.saxutils import escape  # noqa: E402
@@ -70,6 +99,7 @@ from coordinator.config import ServiceConfig  # noqa: E402
 from coordinator.metrics import Metrics  # noqa: E402
 from coordinator.protocol import MAX_SHARDS  # noqa: E402
 from coordinator.service import run_service  # noqa: E402
+from coordinator.step import StepPlan  # noqa: E402
 from coordinator.training import StepReport, Training  # noqa: E402
 from lenet.config import TrainConfig  # noqa: E402
 from lenet.data import MNIST, load_mnist, steps_per_epoch  # noqa: E402
@@ -78,9 +108,11 @@ from sim_workers import raise_fd_limit  # noqa: E402
 
 WARMUP = 3  # steps before the clock starts: joins, and each simulator computing every unit shape once
 SIMULATOR = ROOT / "bench" / "sim_workers.py"
+DEFAULT_RELAYS = 4  # a relay per host, for 4 hosts (see --relays)
 CONFIG_SECONDS = 150.0  # a configuration that takes longer is stopped: something is wrong
-FIGURES = ("coord_ms", "loop_ms", "mb_in", "mb_out", "steps_per_s", "samples_per_s", "sim_ms", "backups",
-           "tasked_min")
+FIGURES = ("coord_ms", "loop_ms", "mb_in", "mb_out", "steps_per_s", "samples_per_s", "sim_ms", "relay_ms",
+           "backups", "tasked_min")
+RELAY_SERVES = re.compile(rb"\((\d+) workers\)$", re.MULTILINE)  # how a relay's log lines end on a join or departure
 
 
 @dataclass(frozen=True)
@@ -103,19 +135,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def worker_endpoints(coordinator: str, relays: int) -> list[str]:
-    """The endpoints simulated workers connect to, split evenly among them: the coordinator's, or one per relay.
-
-    Relay mode will start `relays` processes here (`python -m worker --relay --connect
-    <coordinator> --listen tcp://127.0.0.1:<port>`) and return their --listen
-    endpoints; `measure` then waits for R members instead of W, and ends the
-    relays after the run as it ends the simulators.
-    """
-    if relays:
-        raise NotImplementedError("--relays needs the relay (python -m worker --relay), which is not in this tree")
-    return [coordinator]
 
 
 def split(n: int, parts: int) -> list[int]:
@@ -175,46 +194,150 @@ class Simulators:
         return counts
 
 
+class Relays:
+    """The relay processes of one configuration (`python -m worker --relay`), each one member of the run
+    that the simulated workers of its share connect to; `finish` ends them all, whatever happened."""
+
+    def __init__(self, coordinator: str, count: int, logs: Path):
+        env = {**single_thread_blas_env(), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        self.endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(count)]
+        self.logs = [logs / f"relay{i}.log" for i in range(count)]  # stderr: its INFO log, a line per join
+        self.procs = []
+        for i, (endpoint, log_path) in enumerate(zip(self.endpoints, self.logs)):
+            with open(log_path, "wb") as log_file:
+                self.procs.append(subprocess.Popen(
+                    [sys.executable, "-m", "worker", "--relay", "--connect", coordinator, "--listen", endpoint,
+                     "--name", f"relay{i}"],
+                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log_file, env=env, cwd=ROOT))
+
+    def serving(self) -> list[int]:
+        """The workers each relay serves by its own log: its last "... (N workers)" line (a join, a departure,
+        its registration), 0 before any.  It is the count the relay announces to the coordinator."""
+        found = []
+        for path in self.logs:
+            counts = RELAY_SERVES.findall(path.read_bytes())
+            found.append(int(counts[-1]) if counts else 0)
+        return found
+
+    def wait_until_serving(self, shares: Sequence[int], give_up: float, others_exited: Callable[[], bool]) -> None:
+        """Block until every relay serves its share of the simulated workers: the run must not start before,
+        or its first steps would be cut for the workers that happened to have joined."""
+        while True:
+            serving = self.serving()
+            if all(n >= share for n, share in zip(serving, shares)):
+                return
+            if self.exited() or others_exited() or time.monotonic() > give_up:
+                raise RuntimeError(f"relays serve {serving} workers, not {list(shares)}: "
+                                   f"{'a process exited' if self.exited() or others_exited() else 'timed out'}; "
+                                   f"relays: {self.tails()}")
+            time.sleep(0.05)
+
+    def exited(self) -> bool:
+        return any(p.poll() is not None for p in self.procs)
+
+    def cpu_seconds(self) -> float:
+        return sum(cpu_seconds(p.pid) for p in self.procs)
+
+    def tails(self, lines: int = 3) -> list[str]:
+        """The last lines of each relay's log, for an error message."""
+        return [" | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) for path in self.logs]
+
+    def finish(self, grace: float = 1.0) -> list[dict[str, Any]]:
+        """Wait `grace` s for them to end on the coordinator's Shutdown, then SIGTERM, then kill; how each ended."""
+        deadline = time.monotonic() + grace
+        for p in self.procs:
+            try:
+                p.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return [{"name": f"relay{i}", "exit": p.returncode, "ended": tail}
+                for i, (p, tail) in enumerate(zip(self.procs, self.tails(1)))]
+
+
+class PlannedTraining(Training):
+    """Training that keeps what each step's units were last cut for: the capacities of the members the
+    coordinator could give work to when the step started (its own view of the run: a relay counts as its workers)."""
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.capacities: dict[int, tuple[int, ...]] = {}
+
+    def plan(self, step: int, capacities: tuple[int, ...]) -> StepPlan:
+        self.capacities[step] = capacities  # planned ahead, and again at the start if the members changed since
+        return super().plan(step, capacities)
+
+
 def counter(metrics: Metrics, name: str) -> float:
     return metrics.registry.get_sample_value(name) or 0.0
 
 
 def measure(data: MNIST, shape: Shape, steps: int, processes: int, relays: int = 0) -> dict[str, Any]:
-    """One configuration, one round: figures per timed step, and what the simulators counted."""
+    """One configuration, one round: figures per timed step, and what the simulators counted.
+
+    With `relays`, the simulated workers connect to that many relay processes (split evenly), and the
+    coordinator sees the relays alone: R members whose capacities add up to W.
+    """
     metrics = Metrics(CollectorRegistry())
     bind = f"tcp://127.0.0.1:{free_port()}"
-    service = ServiceConfig(bind=bind, min_workers=shape.workers, max_workers=shape.workers, verify_fraction=0.0,
+    members = relays or shape.workers  # what the coordinator waits for: a relay is one member
+    service = ServiceConfig(bind=bind, min_workers=members, max_workers=members, verify_fraction=0.0,
                             # Admit every join at once: the registration limit protects a run, not a benchmark.
-                            registrations_per_second=10_000.0, registration_burst=shape.workers)
-    training = Training(TrainConfig(batch_size=shape.batch, max_steps=WARMUP + steps), shape.shards, data)
+                            registrations_per_second=10_000.0, registration_burst=members)
+    training = PlannedTraining(TrainConfig(batch_size=shape.batch, max_steps=WARMUP + steps), shape.shards, data)
     marks: dict[int, tuple[float, ...]] = {}
 
     def progress(report: StepReport, live: int) -> None:
         if report.step in (WARMUP, WARMUP + steps):
             # progress runs on the event loop's thread: thread_time() is the loop's own share of the CPU.
             marks[report.step] = (time.perf_counter(), time.process_time(), time.thread_time(), sims.cpu_seconds(),
+                                  relay_procs.cpu_seconds() if relay_procs is not None else 0.0,
                                   counter(metrics, "lenet_received_bytes_total"),
                                   counter(metrics, "lenet_sent_bytes_total"),
                                   counter(metrics, "lenet_backup_tasks_total"))
 
     give_up = time.monotonic() + CONFIG_SECONDS
-    sims = Simulators(simulator_groups(shape.workers, worker_endpoints(bind, relays), processes), silence=10.0)
-    try:
-        outcome = run_service(training, service, metrics, local_workers=0, progress=progress,
-                              stop=lambda: sims.exited() or time.monotonic() > give_up)
-    finally:
-        counts = sims.finish()
+    with tempfile.TemporaryDirectory(prefix="bench_scale_") as logs:
+        relay_procs = Relays(bind, relays, Path(logs)) if relays else None
+        try:
+            endpoints = relay_procs.endpoints if relay_procs is not None else [bind]
+            sims = Simulators(simulator_groups(shape.workers, endpoints, processes), silence=10.0)
+            try:
+                if relay_procs is not None:
+                    # A relay registers with the workers it has, and the coordinator starts training as soon
+                    # as R members have registered: so every simulated worker joins its relay first.
+                    relay_procs.wait_until_serving(split(shape.workers, relays), give_up, sims.exited)
+                outcome = run_service(training, service, metrics, local_workers=0, progress=progress,
+                                      stop=lambda: (sims.exited() or time.monotonic() > give_up
+                                                    or (relay_procs is not None and relay_procs.exited())))
+            finally:
+                counts = sims.finish()
+        finally:
+            ends = relay_procs.finish() if relay_procs is not None else []
     tasked = sum(c.get("tasked", 0) for c in counts)
     if not outcome.finished or tasked != shape.workers:
-        raise RuntimeError(f"{shape.workers} workers: {'finished' if outcome.finished else 'stopped early'}, "
-                           f"{tasked} simulated workers received a task; simulators: {counts}")
-    wall, cpu, loop, sim, received, sent, backups = (b - a for a, b in zip(marks[WARMUP], marks[WARMUP + steps]))
+        raise RuntimeError(f"{shape.workers} workers{f' through {relays} relays' if relays else ''}: "
+                           f"{'finished' if outcome.finished else 'stopped early'}, {tasked} simulated workers "
+                           f"received a task; simulators: {counts}{f'; relays: {ends}' if relays else ''}")
+    wall, cpu, loop, sim, relay_cpu, received, sent, backups = (b - a for a, b in zip(marks[WARMUP],
+                                                                                      marks[WARMUP + steps]))
+    timed = range(WARMUP, WARMUP + steps)
     tasked_per_step = [sum(c["tasked_per_step"].get(str(step), 0) for c in counts)
-                       for step in range(WARMUP, WARMUP + steps)]  # JSON keys are strings
+                       for step in timed]  # JSON keys are strings
     return {"coord_ms": 1000 * cpu / steps, "loop_ms": 1000 * loop / steps, "mb_in": received / 1e6 / steps,
             "mb_out": sent / 1e6 / steps, "steps_per_s": steps / wall, "samples_per_s": steps * shape.batch / wall,
-            "sim_ms": 1000 * sim / steps, "backups": backups / steps, "tasked_min": min(tasked_per_step),
-            "tasked": tasked, "rejected": metrics.rejected_by_reason(), "simulators": counts}
+            "sim_ms": 1000 * sim / steps, "relay_ms": 1000 * relay_cpu / steps if relays else None,
+            "backups": backups / steps, "tasked_min": min(tasked_per_step),
+            # The coordinator's own view: the members' capacities each timed step was cut for (a relay's is
+            # its workers), fewest in a step.  W unless a member was left out as a suspect.
+            "planned_min": min(sum(training.capacities[step]) for step in timed),
+            "members_min": min(len(training.capacities[step]) for step in timed),
+            "tasked": tasked, "rejected": metrics.rejected_by_reason(), "simulators": counts, "relays": ends}
 
 
 # --------------------------------------------------------------------------- output
@@ -230,14 +353,23 @@ def cell(values: Sequence[float], digits: int) -> str:
     return f"{med:,.{digits}f} [{lo:,.{digits}f}-{hi:,.{digits}f}]"
 
 
-def table(shapes: Sequence[Shape], rounds: Sequence[dict[int, dict[str, Any]]]) -> str:
-    headers = ["workers", "shards", "batch", "coordinator CPU ms/step", "of it, event loop", "MB/step in",
-               "MB/step out", "steps/s", "samples/s", "simulators CPU ms/step", "backup tasks/step",
-               "workers given work (fewest in a step)"]
+Rounds = Sequence[dict[tuple[int, int], dict[str, Any]]]  # per round: (workers, relays) -> figures
+
+
+def table(shapes: Sequence[Shape], modes: Sequence[int], rounds: Rounds) -> str:
+    """A row per worker count and mode (relays 0: the workers connect to the coordinator directly)."""
+    headers = ["workers", "relays", "shards", "batch", "coordinator CPU ms/step", "of it, event loop", "MB/step in",
+               "MB/step out", "steps/s", "samples/s", "simulators CPU ms/step", "relays CPU ms/step",
+               "backup tasks/step", "workers given work (fewest in a step)"]
     digits = {"coord_ms": 1, "loop_ms": 1, "mb_in": 2, "mb_out": 1, "steps_per_s": 2, "samples_per_s": 0,
-              "sim_ms": 0, "backups": 1, "tasked_min": 0}
-    rows = [[str(s.workers), str(s.shards), str(s.batch),
-             *(cell([r[s.workers][f] for r in rounds], digits[f]) for f in FIGURES)] for s in shapes]
+              "sim_ms": 0, "relay_ms": 0, "backups": 1, "tasked_min": 0}
+
+    def figure(s: Shape, relays: int, f: str) -> str:
+        values = [r[s.workers, relays][f] for r in rounds]
+        return "-" if None in values else cell(values, digits[f])
+
+    rows = [[str(s.workers), str(relays), str(s.shards), str(s.batch), *(figure(s, relays, f) for f in FIGURES)]
+            for s in shapes for relays in modes]
     widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
     return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in [headers, *rows])
 
@@ -313,31 +445,39 @@ def svg_plot(series: Sequence[Series], title: str, subtitle: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def plot_series(shapes: Sequence[Shape], rounds: Sequence[dict[int, dict[str, Any]]], mode: str,
-                color: str) -> list[Series]:
-    """The plot's series of one mode ("direct"; later "with relays")."""
+def plot_series(shapes: Sequence[Shape], rounds: Rounds, relays: int, color: str) -> list[Series]:
+    """The plot's series of one mode: "direct" (relays 0), or "with R relays" (and then the relays' CPU too)."""
+    mode = f"with {relays} relays" if relays else "direct"
 
     def points(figure: str) -> list[tuple[float, float, float, float]]:
-        return [(s.workers, *summary([r[s.workers][figure] for r in rounds])) for s in shapes]
+        found = [(s.workers, *summary([r[s.workers, relays][figure] for r in rounds])) for s in shapes]
+        return [p for p in found if p[2] > 0]  # a log scale has no 0 (CPU under /proc's clock tick of 10 ms)
 
-    return [Series(0, f"{mode}: coordinator CPU ms/step", color, False, points("coord_ms")),
-            Series(1, f"{mode}: MB/step out (to workers)", color, False, points("mb_out")),
-            Series(1, f"{mode}: MB/step in (from workers)", color, True, points("mb_in"))]
+    series = [Series(0, f"{mode}: coordinator CPU ms/step", color, False, points("coord_ms")),
+              Series(1, f"{mode}: MB/step out (to workers)", color, False, points("mb_out")),
+              Series(1, f"{mode}: MB/step in (from workers)", color, True, points("mb_in"))]
+    if relays:  # where the work went: the relays' CPU, together, on the coordinator's panel
+        series.append(Series(0, f"{mode}: the relays' CPU ms/step, together", color, True, points("relay_ms")))
+    return [s for s in series if s.points]
 
 
 # --------------------------------------------------------------------------- main
 
 
-def main(argv: Sequence[str] | None = None) -> list[dict[int, dict[str, Any]]]:
-    """Measure, print the table, write the plot; returns the rounds (worker count -> figures)."""
+def main(argv: Sequence[str] | None = None) -> list[dict[tuple[int, int], dict[str, Any]]]:
+    """Measure, print the table, write the plot; returns the rounds ((workers, relays) -> figures; relays 0: direct)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="16,64,256,1024", help="comma-separated simulated worker counts")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per configuration")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all worker counts")
-    parser.add_argument("--simulators", type=int, default=2, help="simulator processes (one per core)")
+    parser.add_argument("--simulators", type=int, default=2, help="simulator processes (one per core); with "
+                        "relays, at least one per relay")
     parser.add_argument("--plot", type=Path, default=None, help="write an SVG plot here")
-    parser.add_argument("--relays", type=int, default=0, help="relay processes between coordinator and workers "
-                        "(not yet: the relay is not in this tree)")
+    parser.add_argument("--relays", type=int, default=DEFAULT_RELAYS,
+                        help="also measure every worker count through this many relay processes, the workers "
+                        "split evenly among them (0: direct only).  The default, 4, is a relay per host for 4 hosts: "
+                        "4 to 256 workers a relay over the default worker counts, and few enough processes for the "
+                        "2 cores this benchmark is run on; at most the smallest worker count")
     parser.add_argument("--data-dir", default=None, help="MNIST directory (default: $MNIST_DIR, then the cache)")
     args = parser.parse_args(argv)
     try:
@@ -346,44 +486,54 @@ def main(argv: Sequence[str] | None = None) -> list[dict[int, dict[str, Any]]]:
         parser.error(f"--workers: {err}")
     if args.steps < 1 or args.rounds < 1 or args.simulators < 1:
         parser.error("--steps, --rounds and --simulators must be >= 1")
-    if args.relays:
-        parser.error("--relays: needs the relay (python -m worker --relay), which is not in this tree yet")
+    if not 0 <= args.relays <= min(s.workers for s in shapes):
+        parser.error(f"--relays {args.relays}: must be between 0 and the smallest worker count "
+                     f"({min(s.workers for s in shapes)}): every relay serves at least one worker")
     for s in shapes:  # an epoch's end evaluates the test set: it must not fall inside the clock
         if WARMUP + args.steps >= steps_per_epoch(60000, s.batch):
             parser.error(f"--steps {args.steps}: at a batch of {s.batch}, warm-up and steps must stay within an epoch "
                          f"({steps_per_epoch(60000, s.batch) - 1 - WARMUP} steps at most)")
+    modes = [0, args.relays] if args.relays else [0]
     logging.basicConfig(level=logging.WARNING)
     # Its warnings name workers one by one (hundreds of "overtaken by a backup" at 1,024 workers) and would
     # bury the table; what they report is counted in each round's line.
     logging.getLogger("coordinator").setLevel(logging.ERROR)
     tune_malloc()
     # The coordinator holds a descriptor per connected worker: at a soft limit of 1,024, some of 1,024
-    # workers cannot connect and the run waits for them until it gives up.
+    # workers cannot connect and the run waits for them until it gives up.  The relays inherit the limit.
     needed = max(s.workers for s in shapes) + 256
     if raise_fd_limit(needed) < needed:
         print(f"warning: the open-file limit is below {needed}: not every worker may connect", flush=True)
     data = load_mnist(args.data_dir)
     print(f"{args.steps} timed steps after {WARMUP} warm-up, {args.rounds} rounds, {args.simulators} simulator "
-          f"processes, {os.cpu_count()} cores", flush=True)
-    rounds: list[dict[int, dict[str, Any]]] = []
+          f"processes, {f'direct and through {args.relays} relays, ' if args.relays else ''}{os.cpu_count()} cores",
+          flush=True)
+    rounds: list[dict[tuple[int, int], dict[str, Any]]] = []
     for i in range(args.rounds):
         rounds.append({})
         for s in shapes:
-            rounds[-1][s.workers] = r = measure(data, s, args.steps, args.simulators)
-            print(f"round {i + 1}: {s.workers} workers: {r['coord_ms']:.1f} coordinator CPU ms/step, "
-                  f"{r['steps_per_s']:.2f} steps/s, {r['backups']:.1f} backup tasks/step, at least "
-                  f"{r['tasked_min']} workers given work per step; messages refused in the whole run: "
-                  f"{', '.join(f'{n} {why}' for why, n in sorted(r['rejected'].items())) or 'none'}", flush=True)
-    print(table(shapes, rounds))
-    print(f"Medians of {args.rounds} rounds [min-max].  With {os.cpu_count()} cores shared by the coordinator and the "
-          "simulators, steps/s and samples/s also measure the simulators (their CPU per step in the last column); "
-          "coordinator CPU and MB per step do not.")
+            for relays in modes:  # interleaved: a change of the machine's load falls on both modes alike
+                rounds[-1][s.workers, relays] = r = measure(data, s, args.steps, args.simulators, relays)
+                via = f"through {relays} relays" if relays else "direct"
+                relay_line = (f"{r['relay_ms']:.0f} relays CPU ms/step, units cut for {r['members_min']} members "
+                              f"of {r['planned_min']} workers' capacity (fewest in a step), " if relays else "")
+                print(f"round {i + 1}: {s.workers} workers {via}: {r['coord_ms']:.1f} coordinator CPU ms/step, "
+                      f"{r['mb_out']:.1f} MB/step out, {relay_line}{r['steps_per_s']:.2f} steps/s, "
+                      f"{r['backups']:.1f} backup tasks/step, at least {r['tasked_min']} workers given work per "
+                      "step; messages refused in the whole run: "
+                      f"{', '.join(f'{n} {why}' for why, n in sorted(r['rejected'].items())) or 'none'}", flush=True)
+    print(table(shapes, modes, rounds))
+    print(f"Medians of {args.rounds} rounds [min-max].  With {os.cpu_count()} cores shared by the coordinator, the "
+          "simulators and the relays, steps/s and samples/s also measure the simulators and relays (their CPU per "
+          "step in their columns); coordinator CPU and MB per step do not.  Relays 0: the workers connect to the "
+          "coordinator directly.")
     if args.plot is not None:
         args.plot.parent.mkdir(parents=True, exist_ok=True)
         subtitle = (f"median of {args.rounds} round(s), bars: min-max; {args.steps} steps each; batch max(128, 2 x "
                     f"workers), a shard per worker; {os.cpu_count()} cores")
-        args.plot.write_text(svg_plot(plot_series(shapes, rounds, "direct", "#1f77b4"),
-                                      "One coordinator, simulated workers: its cost per step", subtitle))
+        series = [x for relays, color in zip(modes, ("#1f77b4", "#d62728"))
+                  for x in plot_series(shapes, rounds, relays, color)]
+        args.plot.write_text(svg_plot(series, "One coordinator, simulated workers: its cost per step", subtitle))
         print(f"plot written to {args.plot}")
     return rounds
 
