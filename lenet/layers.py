@@ -19,11 +19,12 @@ never one product over the whole batch.  Two reasons:
   and its gradient contributions do not depend on which other samples shared the
   call; weight and bias gradients are summed from per-sample partials in a fixed
   order (`segment_sums`), per shard when asked.  This is what lets
-  `LeNet5.shard_sums` compute many shards in one pass, each bit for bit as if alone.
+  `LeNet5.stacked_shard_sums` compute many shards in one pass, each bit for bit as
+  if alone.
 
 The linear layers take an optional leading stack axis, (S, N, D): one product and
-one gradient per stack entry (per shard), of the same shapes as for that shard
-alone.  Weights keep PyTorch's layouts (conv: (F, C, KH, KW), linear: (out, in)).
+one gradient per stack entry, of the same shapes as for that entry alone (training
+stacks single samples, (N, 1, D)).  Weights keep PyTorch's layouts (conv: (F, C, KH, KW), linear: (out, in)).
 All functions work in the float dtype they are given (float32 in training,
 float64 in gradient checks).
 """

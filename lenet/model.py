@@ -151,7 +151,7 @@ class LeNet5:
         return h.reshape(len(h), 400), [c1, r1, c2, p2, r2]  # PyTorch's flatten order (C, H, W)
 
     def _fc_forward(self, h: np.ndarray) -> tuple[np.ndarray, list]:
-        """The fully connected half: h (N, 400) or a stack of shards (S, N, 400) -> logits (..., 10)."""
+        """The fully connected half: h (N, 400), or a stack (S, n, 400) of separate products -> logits (..., 10)."""
         p = self.params
         h, f1 = layers.linear_forward(h, p["fc1.weight"], p["fc1.bias"])
         h, r3 = layers.relu_forward(h)
