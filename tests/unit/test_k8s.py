@@ -335,7 +335,64 @@ def test_prometheus_scrapes_services_that_exist():
     assert dns["port"] == int(pod_templates()["lenet5-worker"]["metadata"]["annotations"]["prometheus.io/port"])
 
 
+# ---------------------------------------------------------------- the renderer's limits
+
+
 def test_renderer_refuses_kustomize_features_it_does_not_implement(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text("resources: []\npatches:\n  - path: p.yaml\n")
-    with pytest.raises(SystemExit, match="patches"):
+    (tmp_path / "kustomization.yaml").write_text("resources: []\nreplicas: []\n")
+    with pytest.raises(SystemExit, match="replicas"):
         renderer().render(tmp_path)
+    (tmp_path / "kustomization.yaml").write_text("resources: []\npatches:\n  - path: p.yaml\n    target: {kind: Job}\n")
+    with pytest.raises(SystemExit, match="target"):
+        renderer().render(tmp_path)
+
+
+@pytest.mark.parametrize("patch,error", [
+    ("spec:\n  template:\n    spec:\n      containers:\n        - name: w\n          ports: [{containerPort: 1}]\n",
+     "no merge rule"),
+    ("spec:\n  template:\n    spec:\n      containers:\n        - name: w\n          $patch: replace\n", r"\$patch"),
+    ("metadata: {name: other}\n", "matches 0 objects"),
+])
+def test_renderer_refuses_patches_it_cannot_apply_as_kustomize_does(tmp_path, patch, error):
+    head = "apiVersion: apps/v1\nkind: Deployment\n"
+    (tmp_path / "d.yaml").write_text(head + "metadata: {name: d}\nspec:\n  template:\n    spec:\n      containers:\n"
+                                     "        - {name: w, image: x, ports: [{containerPort: 2}]}\n")
+    (tmp_path / "p.yaml").write_text(head + ("" if patch.startswith("metadata") else "metadata: {name: d}\n") + patch)
+    (tmp_path / "kustomization.yaml").write_text("resources: [d.yaml]\npatches:\n  - path: p.yaml\n")
+    with pytest.raises(SystemExit, match=error):
+        renderer().render(tmp_path)
+
+
+def test_renderer_merges_as_kustomize_does(tmp_path):
+    """Patch elements first, in the patch's order, merged by key, then the others; a replaced list; a null."""
+    def env(*pairs):
+        return [{"name": n, "value": v} for n, v in pairs]
+
+    def deployment(annotations, container):
+        return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "annotations": annotations},
+                "spec": {"template": {"spec": {"containers": [container]}}}}
+
+    def policy(egress):
+        return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy", "metadata": {"name": "p"},
+                "spec": {"egress": egress}}
+
+    (tmp_path / "d.yaml").write_text(yaml.safe_dump_all([
+        deployment({"a": "1", "b": "2"}, {"name": "w", "image": "x", "env": env(("A", "1"), ("B", "2"), ("C", "3")),
+                                          "volumeMounts": [{"name": "v", "mountPath": "/v"}]}),
+        policy([{"to": [{"podSelector": {}}]}, {"ports": [{"port": 1}]}])]))
+    (tmp_path / "p1.yaml").write_text(yaml.safe_dump(deployment(
+        {"b": None}, {"name": "w", "env": env(("N", "new"), ("B", "two")),
+                      "volumeMounts": [{"name": "k", "mountPath": "/k", "readOnly": True}]})))
+    (tmp_path / "p2.yaml").write_text(yaml.safe_dump(policy([{"ports": [{"port": 3}]}])))
+    (tmp_path / "kustomization.yaml").write_text("resources: [d.yaml]\npatches:\n  - path: p1.yaml\n  - path: p2.yaml\n")
+    ours = renderer().render(tmp_path)
+    (c,) = ours[0]["spec"]["template"]["spec"]["containers"]
+    assert ours[0]["metadata"]["annotations"] == {"a": "1"}
+    assert c["env"] == env(("N", "new"), ("B", "two"), ("A", "1"), ("C", "3"))
+    assert c["volumeMounts"] == [{"name": "k", "mountPath": "/k", "readOnly": True}, {"name": "v", "mountPath": "/v"}]
+    assert ours[1]["spec"]["egress"] == [{"ports": [{"port": 3}]}]
+    if shutil.which("kubectl") is not None:  # the same rules, by kustomize itself
+        out = subprocess.run(["kubectl", "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        theirs = {o["kind"]: o for o in yaml.safe_load_all(out.stdout)}
+        assert theirs == {o["kind"]: o for o in ours}
