@@ -357,6 +357,12 @@ def test_the_overlay_adds_to_deploy_k8s_and_keeps_its_settings():
         assert overlay[field] == base[field], field
     ids = {(o["kind"], o["metadata"]["name"]) for o in rendered("relay")}
     assert {(o["kind"], o["metadata"]["name"]) for o in rendered("base")} <= ids  # nothing removed
+    # The label on exactly what the overlay adds, of the kinds the README's command deletes to go back:
+    # kubectl -n lenet5 delete daemonset,service,networkpolicy -l app.kubernetes.io/component=relay
+    marked = {(o["kind"], o["metadata"]["name"]) for o in rendered("relay")
+              if o["metadata"]["labels"].get("app.kubernetes.io/component") == "relay"}
+    assert marked == {(o["kind"], o["metadata"]["name"]) for o in objects(SETUPS["relay"])}
+    assert {kind for kind, _ in marked} == {"DaemonSet", "Service", "NetworkPolicy"}
     settings = {k: v for k, v in by_kind("ConfigMap", "relay")["lenet5-settings"]["data"].items()}
     base_settings = by_kind("ConfigMap")["lenet5-settings"]["data"]
     # One member per node now: the coordinator starts with the first relay, whatever the cluster's size.
