@@ -1,5 +1,6 @@
 """The real stack: `docker compose up --scale worker=8` with CURVE on by default, a worker
-killed, an outsider without keys kept out, a real Prometheus.
+killed, an outsider without keys kept out, a real Prometheus; and the relay profile,
+three workers behind one relay.
 
 Needs a Docker engine (`.ci/run` starts one) and, for promtool, Debian's `prometheus`
 package. Without an engine the module is skipped, unless LENET_REQUIRE_SYSTEM=1
@@ -196,3 +197,65 @@ def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
     left = sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}")
     assert left.strip() == ""
     assert took < 10, f"docker compose down took {took:.1f} s"
+
+
+def test_relay_profile_one_member_for_three_workers(engine, mnist_dir, tmp_path):
+    """`--profile relay --scale worker=0 --scale relay-worker=3`: the coordinator sees one member,
+    the relay, with CURVE on both hops; the relay and its workers leave when the run ends; the model
+    is bit-identical to the single-process trainer's."""
+    # Long enough (about 6 s of training) that a relay-worker container started a few seconds
+    # after the others, as happens on a cold start, still joins before the run ends.
+    project, steps = f"{PROJECT}relay", 200
+    prom_port = free_port()
+    env = {**os.environ, "DOCKER_BUILDKIT": "0", "MNIST_HOST_DIR": str(mnist_dir), "LENET_MAX_STEPS": str(steps),
+           "LENET_MIN_WORKERS": "1", "LENET_RESUME": "false",
+           "LENET_METRICS_HOST_PORT": str(free_port()), "PROMETHEUS_HOST_PORT": str(prom_port)}
+    compose = ("docker", "compose", "-p", project, "--profile", "relay")
+    sh(*compose, "down", "-v", "-t", "2", env=env, check=False)
+    sh(*compose, "build", env=env, timeout=900)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", IMAGE,
+       "python", "-m", "lenet.train", "--max-steps", str(steps), "--shards", str(DEFAULT_SHARDS),
+       "--output", "/out/ref.npz", timeout=900)
+    reference = params(out / "ref.npz")
+
+    try:
+        sh(*compose, "up", "-d", "--scale", "worker=0", "--scale", "relay-worker=3", env=env, timeout=300)
+        coordinator = sh(*compose, "ps", "-q", "coordinator", env=env).strip()
+        relay = sh(*compose, "ps", "-q", "relay", env=env).strip()
+        relay_workers = sh(*compose, "ps", "-q", "relay-worker", env=env).split()
+        assert len(relay_workers) == 3 and not sh(*compose, "ps", "-q", "worker", env=env).split()
+        assert sh("docker", "wait", coordinator, timeout=600).strip() == "0"
+        # The coordinator's Shutdown goes through the relay to its workers: all leave, with status 0.
+        for container in [relay, *relay_workers]:
+            try:
+                status = sh("docker", "wait", container, timeout=60).strip()
+            except subprocess.TimeoutExpired:
+                status = "still running 60 s after the coordinator's exit"
+            assert status == "0", (status, container_log(container)[-2000:], container_log(relay)[-2000:])
+
+        logs = container_log(coordinator)
+        assert "done: test accuracy" in logs and f"after {steps} steps" in logs, logs[-3000:]
+        assert "CURVE on: 1 worker keys admitted" in logs, logs[-3000:]
+        joined = [line for line in logs.splitlines() if " joined (" in line]
+        assert len(joined) == 1 and " worker relay-" in joined[0], joined  # one member: the relay
+        assert "Traceback" not in logs
+        relay_log = container_log(relay)
+        assert relay_log.count(" joined (") == 3 and "joined (3 workers)" in relay_log, relay_log[-3000:]
+        assert "registered with tcp://coordinator:5555" in relay_log and "Traceback" not in relay_log
+        for container in relay_workers:
+            assert "registered with tcp://relay:5556" in container_log(container)
+        sh("docker", "cp", f"{coordinator}:/runs/lenet5.npz", str(tmp_path / "final.npz"))
+        assert identical(params(tmp_path / "final.npz"), reference)
+
+        # `worker` is scaled to 0, so its name does not resolve, as `relay-worker`'s does not without
+        # the profile: Prometheus's DNS discovery counts that as no targets, not as a failed lookup.
+        wait_until("Prometheus to have made DNS lookups", lambda: metrics(prom_port).get(
+            "prometheus_sd_dns_lookups_total", 0) > 0, timeout=60)
+        assert metrics(prom_port)["prometheus_sd_dns_lookup_failures_total"] == 0  # its own /metrics
+        assert promql(prom_port, 'up{job="workers"}') == []
+    finally:
+        sh(*compose, "down", "-v", "-t", "5", env=env, check=False)
+    assert sh("docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={project}").strip() == ""
