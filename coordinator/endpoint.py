@@ -83,7 +83,8 @@ class RouterEndpoint:
             except zmq.Again:
                 return
 
-    def close(self) -> None:
-        self.sock.close(linger=0)
+    def close(self, linger_ms: int = 0) -> None:
+        """Close the socket; `linger_ms`: how long frames still queued (a Shutdown) may take to leave."""
+        self.sock.close(linger=linger_ms)
         if self.auth is not None:
             self.auth.stop()

@@ -585,5 +585,5 @@ class Coordinator:
                 progress(self._finish_step(now), len(self.members))
         return RunOutcome(training.params, training.state, finished=True)
 
-    def close(self) -> None:
-        self.endpoint.close()
+    def close(self, linger_ms: int = 0) -> None:
+        self.endpoint.close(linger_ms)

@@ -46,6 +46,7 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
     context = zmq.Context()
     coordinator = None
     local = None
+    linger_ms = 0  # once the workers are told to stop: a second for that to reach them
     try:
         coordinator = Coordinator(training, service, metrics, context)
         if resume_from is not None:
@@ -69,6 +70,7 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
         if not outcome.finished or training.state.step % training.steps_per_epoch:
             checkpoint = coordinator.save_checkpoint()  # stopped, or a --max-steps run ended mid-epoch: keep it
         coordinator.broadcast_shutdown("training finished" if outcome.finished else "coordinator stopped")
+        linger_ms = 1000
         return ServiceOutcome(outcome.params, outcome.state, outcome.finished, checkpoint)
     finally:
         rejected = metrics.rejected_by_reason()
@@ -78,5 +80,5 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
         if local is not None:
             local.stop()
         if coordinator is not None:
-            coordinator.close()
+            coordinator.close(linger_ms)
         context.term()

@@ -103,6 +103,7 @@ class Relay:
 
     def run(self) -> str:
         """Relay until the coordinator shuts the run down or the relay is stopped; returns which."""
+        linger_ms = 0
         cfg = self.config.upstream
         try:
             self.up = open_dealer(self.context, cfg, self.identity)
@@ -113,6 +114,7 @@ class Relay:
                     if sock is self.up:
                         outcome = self._from_coordinator(self._receive_up(), time.monotonic())
                         if outcome == "shutdown":
+                            linger_ms = 1000  # for the Shutdown just forwarded to the workers
                             return outcome
                         if outcome is not None:
                             last_heard = time.monotonic()
@@ -145,13 +147,14 @@ class Relay:
             self._send_up(P.Leave())
             return "stopped"
         finally:
-            self.close()
+            self.close(linger_ms)
 
-    def close(self) -> None:
+    def close(self, linger_ms: int = 0) -> None:
+        """Close both sides; `linger_ms`: how long a Shutdown forwarded to the workers may take to leave."""
         if self.up is not None:
             self.up.close(linger=1000)  # a second for a Leave queued behind a Result
             self.up = None
-        self.down.close()
+        self.down.close(linger_ms)
 
     def _reconnect(self) -> None:
         assert self.up is not None

@@ -222,10 +222,12 @@ def test_parameters_travel_once_per_step_and_every_worker_has_a_unit(tmp_path, p
             break  # the workers were told to exit: use the last complete scrape
         time.sleep(0.2)
     assert seen, coord.log()
+    received = [m["lenet_worker_params_total"] for m in seen.values()]
+    assert min(received) >= 0.9 * max(received) and max(received) >= 50, received  # all of them, nearly every step
     for m in seen.values():
         assert m["lenet_worker_params_total"] <= 100  # at most once per step
-        # Work nearly every step (a scrape may fall between a step's parameters and its task).
-        assert m["lenet_worker_tasks_total"] >= m["lenet_worker_params_total"] - 1 >= 89
+        # A task with every broadcast (a scrape may fall between a step's parameters and its task).
+        assert m["lenet_worker_tasks_total"] >= m["lenet_worker_params_total"] - 1
         # Its own time computing has a name apart from the coordinator's per-worker accepted seconds.
         assert m["lenet_worker_busy_seconds_total"] > 0 and "lenet_worker_compute_seconds_total" not in m
     assert coord.wait() == 0
