@@ -5,7 +5,7 @@
         (public + secret: keep it on the machine that uses it, mode 0600).
     python -m coordinator.keys DIR NAME --if-missing
         the same, but leaves an existing pair alone (container entrypoints).
-    python -m coordinator.keys --k8s-secrets [--workers N] > secrets.yaml
+    python -m coordinator.keys --k8s-secrets [--namespace NS] > secrets.yaml
         prints fresh Kubernetes Secret manifests: the coordinator's key pair and
         the admitted worker public keys, and the worker key pair(s).
     python -m coordinator.keys --checkpoint-key FILE
