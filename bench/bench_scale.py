@@ -157,16 +157,15 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-class Simulators:
-    """The simulator processes of one configuration; `finish` ends them all, whatever happened."""
+def child_env() -> dict[str, str]:
+    """This checkout's code, BLAS pinned to one thread: the environment of every process started here."""
+    return {**single_thread_blas_env(), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 
-    def __init__(self, groups: Sequence[tuple[str, int]], silence: float):
-        env = {**single_thread_blas_env(), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-        self.procs = [subprocess.Popen([sys.executable, str(SIMULATOR), "--connect", endpoint, "--workers", str(n),
-                                        "--name", f"sim{i}", "--silence", str(silence),
-                                        "--seconds", str(CONFIG_SECONDS + 10)],
-                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
-                      for i, (endpoint, n) in enumerate(groups)]
+
+class ProcessGroup:
+    """Child processes of one configuration, ended together."""
+
+    procs: list[subprocess.Popen]
 
     def exited(self) -> bool:
         return any(p.poll() is not None for p in self.procs)
@@ -174,14 +173,30 @@ class Simulators:
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(p.pid) for p in self.procs)
 
-    def finish(self, grace: float = 1.0) -> list[dict[str, Any]]:
-        """Wait `grace` s for them to end on the coordinator's Shutdown, then SIGTERM, then kill; their counts."""
+    def _stop_stragglers(self, grace: float) -> None:
+        """Wait `grace` s for them to end on the coordinator's Shutdown; SIGTERM those still running."""
         deadline = time.monotonic() + grace
         for p in self.procs:
             try:
                 p.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGTERM)
+
+
+class Simulators(ProcessGroup):
+    """The simulator processes of one configuration; `finish` ends them all, whatever happened."""
+
+    def __init__(self, groups: Sequence[tuple[str, int]], silence: float):
+        env = child_env()
+        self.procs = [subprocess.Popen([sys.executable, str(SIMULATOR), "--connect", endpoint, "--workers", str(n),
+                                        "--name", f"sim{i}", "--silence", str(silence),
+                                        "--seconds", str(CONFIG_SECONDS + 10)],
+                                       stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, env=env)
+                      for i, (endpoint, n) in enumerate(groups)]
+
+    def finish(self, grace: float = 1.0) -> list[dict[str, Any]]:
+        """Wait `grace` s for them to end on the coordinator's Shutdown, then SIGTERM, then kill; their counts."""
+        self._stop_stragglers(grace)
         counts = []
         for p in self.procs:
             try:
@@ -194,12 +209,12 @@ class Simulators:
         return counts
 
 
-class Relays:
+class Relays(ProcessGroup):
     """The relay processes of one configuration (`python -m worker --relay`), each one member of the run
     that the simulated workers of its share connect to; `finish` ends them all, whatever happened."""
 
     def __init__(self, coordinator: str, count: int, logs: Path):
-        env = {**single_thread_blas_env(), "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+        env = child_env()
         self.endpoints = [f"tcp://127.0.0.1:{free_port()}" for _ in range(count)]
         self.logs = [logs / f"relay{i}.log" for i in range(count)]  # stderr: its INFO log, a line per join
         self.procs = []
@@ -232,24 +247,13 @@ class Relays:
                                    f"relays: {self.tails()}")
             time.sleep(0.05)
 
-    def exited(self) -> bool:
-        return any(p.poll() is not None for p in self.procs)
-
-    def cpu_seconds(self) -> float:
-        return sum(cpu_seconds(p.pid) for p in self.procs)
-
     def tails(self, lines: int = 3) -> list[str]:
         """The last lines of each relay's log, for an error message."""
         return [" | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:]) for path in self.logs]
 
     def finish(self, grace: float = 1.0) -> list[dict[str, Any]]:
         """Wait `grace` s for them to end on the coordinator's Shutdown, then SIGTERM, then kill; how each ended."""
-        deadline = time.monotonic() + grace
-        for p in self.procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.send_signal(signal.SIGTERM)
+        self._stop_stragglers(grace)
         for p in self.procs:
             try:
                 p.wait(timeout=10)

@@ -93,6 +93,18 @@ def metrics_seen_alive_max(prom_port: int) -> float:
     return float(result[0]["value"][1])
 
 
+def reference_params(mnist_dir, tmp_path, steps: int) -> dict:
+    """The single-process trainer, same image, same steps, the service's default shard count: what an
+    undisturbed service run must equal bit for bit."""
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o777)
+    sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", IMAGE,
+       "python", "-m", "lenet.train", "--max-steps", str(steps), "--shards", str(DEFAULT_SHARDS),
+       "--output", "/out/ref.npz", timeout=900)
+    return params(out / "ref.npz")
+
+
 def test_prometheus_config_is_valid():
     promtool = shutil.which("promtool")
     if promtool is None:
@@ -139,16 +151,7 @@ def test_scale_8_kill_one_and_prometheus(engine, mnist_dir, tmp_path):
     sh(*compose, "down", "-v", "-t", "2", env=env, check=False)
     sh(*compose, "build", env=env, timeout=900)
 
-    # The same configuration, undisturbed, in the same image: the single-process
-    # trainer with the service's default shard count is bit-identical to an undisturbed run.
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)
-    sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", IMAGE,
-       "python", "-m", "lenet.train", "--max-steps", str(STEPS), "--shards", str(DEFAULT_SHARDS),
-       "--output", "/out/ref.npz",
-       timeout=900)
-    reference = params(out / "ref.npz")
+    reference = reference_params(mnist_dir, tmp_path, STEPS)
     outsider = f"{PROJECT}-outsider"
 
     try:
@@ -213,13 +216,7 @@ def test_relay_profile_one_member_for_three_workers(engine, mnist_dir, tmp_path)
     compose = ("docker", "compose", "-p", project, "--profile", "relay")
     sh(*compose, "down", "-v", "-t", "2", env=env, check=False)
     sh(*compose, "build", env=env, timeout=900)
-    out = tmp_path / "out"
-    out.mkdir()
-    out.chmod(0o777)
-    sh("docker", "run", "--rm", "-v", f"{mnist_dir}:/data/mnist:ro", "-v", f"{out}:/out", IMAGE,
-       "python", "-m", "lenet.train", "--max-steps", str(steps), "--shards", str(DEFAULT_SHARDS),
-       "--output", "/out/ref.npz", timeout=900)
-    reference = params(out / "ref.npz")
+    reference = reference_params(mnist_dir, tmp_path, steps)
 
     try:
         sh(*compose, "up", "-d", "--scale", "worker=0", "--scale", "relay-worker=3", env=env, timeout=300)
