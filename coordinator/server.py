@@ -578,9 +578,12 @@ class Coordinator:
             self._plan_ahead()
             deadline = self.step.scheduler.next_deadline()
             now = self._turn(0.1 if deadline is None else min(0.1, max(0.0, deadline - now)), tick)
-            if not len(self.members) and not paused:
-                log.warning("no live workers: training paused until one registers")
-            paused = not len(self.members)
+            # No member, or only relays that have no worker right now (stops at the first with capacity).
+            idle = not any(m.capacity for m in self.members.members.values())
+            if idle and not paused:
+                log.warning("no live workers%s: training paused until one registers",
+                            f" ({len(self.members)} relays without workers)" if len(self.members) else "")
+            paused = idle
             if self.step.scheduler.complete:
                 progress(self._finish_step(now), len(self.members))
         return RunOutcome(training.params, training.state, finished=True)

@@ -3,9 +3,9 @@
     python -m worker --relay --connect tcp://coordinator:5555 --listen tcp://127.0.0.1:5556
     python -m worker --connect tcp://127.0.0.1:5556          # each of the host's workers
 
-Upstream the relay is a worker: it registers (with the conformance probe and a
-capacity, the number of its live workers, announced again with `Capacity` when it
-changes), heartbeats, receives the parameters and tasks, and answers each task
+Upstream the relay is a worker: it registers once its first worker has joined it
+(with the conformance probe and a capacity, the number of its live workers,
+announced again with `Capacity` when it changes), heartbeats, receives the parameters and tasks, and answers each task
 with one Result.  Downstream it is a coordinator to its workers: they connect
 and register exactly as they would to the coordinator, and the same probe admits
 them (a relay does not serve other relays).  It forwards the parameters once per
@@ -126,7 +126,7 @@ class Relay:
                         self._from_workers(time.monotonic())
                 now = time.monotonic()
                 self._check_workers(now)
-                if not self.registered and now >= next_register:
+                if not self.registered and now >= next_register and len(self.workers):  # a member once it serves
                     self._send_up(P.Register(name=cfg.name, pid=os.getpid(), probe=self.probe,
                                              capacity=len(self.workers)))
                     self.announced = len(self.workers)

@@ -179,3 +179,16 @@ def test_a_relay_shrugs_off_garbage_and_lying_workers(direct, tmp_path, procs):
     assert identical(got, direct)
     log = relays[0].log()
     assert "Traceback" not in log and log.count("ignored") <= 6, log[-3000:]
+
+
+def test_a_relay_joins_the_run_with_its_first_worker(tmp_path, procs):
+    """A relay without workers is not a member: it does not start the run on its own."""
+    endpoint, listen = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--output", str(tmp_path / "m.npz"), *CONFIG)
+    the_relay = relay(tmp_path, endpoint, listen, "relay0")
+    procs.extend([coord, the_relay])
+    time.sleep(3)
+    assert "training:" not in coord.log() and "relay0 joined" not in coord.log()
+    procs.append(worker(tmp_path, listen, "w0"))
+    assert coord.wait() == 0, coord.log()[-3000:]
+    assert "worker relay0 joined" in coord.log()
