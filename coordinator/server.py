@@ -325,7 +325,11 @@ class Coordinator:
             self._handle_result(identity, member, msg)
         elif isinstance(msg, P.Capacity):
             if msg.capacity != member.capacity:
-                log.info("relay %s now serves %d workers (was %d)", member.label, msg.capacity, member.capacity)
+                # Rate-limited: a peer may send these as fast as it likes.
+                held = self.warnings.admit(f"capacity {member.label}", time.monotonic())
+                if held is not None:
+                    log.info("relay %s now serves %d workers (was %d)%s", member.label, msg.capacity,
+                             member.capacity, f" (+{held} changes since the last report)" if held else "")
             member.capacity = msg.capacity
         else:
             self._reject(Reason.UNEXPECTED, identity, f"a worker may not send {msg.TYPE}")

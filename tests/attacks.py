@@ -217,11 +217,25 @@ def ghosts(tmp: Path) -> Run:
 
 def capacity_liar(tmp: Path) -> Run:
     """A ghost claiming to be a relay of 1,024 workers: units are cut by capacity, so it was handed nearly
-    the whole batch.  It costs one deadline: then it is suspect, gets no work, and no longer counts."""
-    run, peers = run_training(tmp, _scripted(H.silent_answer, name="bigrelay", capacity=P.MAX_CAPACITY),
-                              min_workers=3)
+    the whole batch.  It costs one deadline: then it is suspect, gets no work, and no longer counts.  Then
+    it flips its capacity 2,000 times: one log line per 10 s."""
+    def during(endpoint: str, coord: Proc) -> None:
+        time.sleep(1.0)
+        flips = [P.encode(P.Capacity(capacity=c)) for c in (1, P.MAX_CAPACITY)]
+        for i in range(2000):
+            peers[0].outbox.put(flips[i % 2])
+
+    peers: list = []
+
+    def start(endpoint: str) -> list:
+        peers.extend(_scripted(H.silent_answer, name="bigrelay", capacity=P.MAX_CAPACITY)(endpoint))
+        return peers
+
+    run, _ = run_training(tmp, start, min_workers=3, during=during)
     run.expect("given work at most twice", peers[0].tasks <= 2, peers[0].tasks)
     run.expect("no honest worker lost", run.count("lenet_workers_lost_total") == 0, run.metrics)
+    run.expect("capacity changes seen, and rate-limited in the log", 1 <= run.log.count("now serves") <= 3,
+               run.log.count("now serves"))
     return run
 
 

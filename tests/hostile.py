@@ -9,6 +9,7 @@ the attack catalogue's lies.
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 import uuid
@@ -60,6 +61,7 @@ class ScriptedWorker(threading.Thread):
         self.model = LeNet5()
         self.params_step = -1
         self.sent: list[P.Result] = []  # honest results computed so far, for replays
+        self.outbox: queue.Queue[bytes] = queue.Queue()  # frames another thread asks it to send (sockets are not shared)
 
     def honest(self, task: P.Task) -> P.Result:
         """The true result of `task` (computed with the parameters the coordinator sent)."""
@@ -77,6 +79,8 @@ class ScriptedWorker(threading.Thread):
         deadline, beat = time.monotonic() + self.seconds, 0.0
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
+                while not self.outbox.empty():
+                    sock.send(self.outbox.get())
                 if self.heartbeat and time.monotonic() - beat > self.heartbeat:
                     sock.send(P.encode(P.Heartbeat()))
                     beat = time.monotonic()
