@@ -121,7 +121,7 @@ class ResultCache:
             seconds = time.perf_counter() - start
             self.compute_seconds += seconds
             result = P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                              loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=seconds,
+                              losses=sums.losses, correct=sums.correct, compute_seconds=seconds,
                               grads=sums.grads, factors=sums.factors)
             self.templates[key] = (ResultTemplate(result), seconds)
         template, seconds = self.templates[key]

@@ -36,7 +36,7 @@ import numpy as np
 from coordinator.refusals import Reason
 from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS
 
-PROTOCOL_VERSION = 3  # 2: Register carries the conformance probe's digest; 3: units, factors, capacity
+PROTOCOL_VERSION = 3  # 2: Register carries the conformance probe's digest; 3: units, factors, losses, capacity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
 MAX_SHARD_SAMPLES = 16384  # samples in one task
 MAX_SHARDS = 1024
@@ -54,7 +54,7 @@ def max_result_bytes(samples: int, num_shards: int) -> int:
     """
     nodes = 2 * max(1, num_shards.bit_length())
     tree = sum(math.prod(PARAM_SHAPES[name]) for name in TREE_PARAMS)
-    return 4 * (nodes * tree + samples * sum(FACTOR_WIDTHS.values())) + 4096
+    return 4 * (nodes * tree + samples * (1 + sum(FACTOR_WIDTHS.values()))) + 4096  # 1: the sample's loss
 
 MAX_REGISTER_BYTES = 2 * MAX_TEXT + 256  # what an unregistered peer may send before it is decoded
 
@@ -144,6 +144,13 @@ def _capacity(value: Any, name: str) -> int:
     if _int(value, name) > MAX_CAPACITY:
         raise ProtocolError(Reason.BAD_FIELD, f"{name} must be at most {MAX_CAPACITY}")
     return value
+
+
+def _losses(value: Any, name: str) -> np.ndarray:
+    a = decode_array(value, name, "<f4", (None,))
+    if not (np.isfinite(a).all() and (a >= 0).all()):
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be finite numbers >= 0")
+    return a
 
 
 def _pixels(value: Any, name: str) -> np.ndarray:
@@ -245,9 +252,9 @@ class Task:
 
 @dataclass(frozen=True)
 class Result:
-    """What a task's shards contribute (lenet.shards.UnitSums): summed loss and correct
-    count, the tree parameters' sums for each node of the unit's cover (stacked, in
-    cover order: the coordinator checks their number), and one row of linear-layer
+    """What a task's shards contribute (lenet.shards.UnitSums): each sample's loss and the
+    correct count, the tree parameters' sums for each node of the unit's cover (stacked,
+    in cover order: the coordinator checks their number), and one row of linear-layer
     factors per sample, in order."""
 
     TYPE: ClassVar[str] = "result"
@@ -255,7 +262,7 @@ class Result:
     first: int = _f(_int)
     shards: int = _f(_int)
     count: int = _f(_int)
-    loss_sum: float = _f(_float)
+    losses: np.ndarray = _f(_losses)
     correct: int = _f(_int)
     compute_seconds: float = _f(_float)
     grads: dict[str, np.ndarray] = _f(_tree_grads)
@@ -264,9 +271,9 @@ class Result:
     def __post_init__(self) -> None:
         if self.correct > self.count:
             raise ProtocolError(Reason.BAD_FIELD, f"{self.correct} correct out of {self.count} samples")
-        rows = {len(a) for a in self.factors.values()}
+        rows = {len(a) for a in (self.losses, *self.factors.values())}
         if rows != {self.count}:
-            raise ProtocolError(Reason.BAD_ARRAY, f"factors of {sorted(rows)} samples for a count of {self.count}")
+            raise ProtocolError(Reason.BAD_ARRAY, f"losses and factors of {sorted(rows)} samples for a count of {self.count}")
 
 
 @dataclass(frozen=True)

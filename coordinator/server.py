@@ -386,7 +386,7 @@ class Coordinator:
         sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         self.metrics.units_recomputed_locally.inc()
         return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                        loss_sum=sums.loss_sum, correct=sums.correct,
+                        losses=sums.losses, correct=sums.correct,
                         compute_seconds=time.perf_counter() - start, grads=sums.grads, factors=sums.factors)
 
     def _settle(self, identity: bytes, unit: int, reason: Reason, detail: str) -> None:

@@ -68,7 +68,7 @@ def chosen_for_verification(secret: bytes, step: int, first: int, fraction: floa
 
 def same_result(a: P.Result, b: P.Result) -> bool:
     """Bit for bit: results are deterministic, so two honest workers agree exactly."""
-    return (a.count == b.count and a.correct == b.correct and a.loss_sum == b.loss_sum
+    return (a.count == b.count and a.correct == b.correct and a.losses.tobytes() == b.losses.tobytes()
             and all(a.grads[k].tobytes() == b.grads[k].tobytes() for k in a.grads)
             and all(a.factors[k].tobytes() == b.factors[k].tobytes() for k in a.factors))
 

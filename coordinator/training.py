@@ -24,7 +24,7 @@ from lenet.data import MNIST, epoch_batches, steps_per_epoch, training_subset
 from lenet.model import LeNet5
 from lenet.params import Params
 from lenet.reduction import Node
-from lenet.shards import mean_gradient
+from lenet.shards import mean_gradient, summed_loss
 from lenet.train import EpochStats, evaluate
 
 
@@ -110,7 +110,7 @@ class Training:
             self.model.params = before[0]  # never keep (or checkpoint) non-finite parameters
             self.optimizer.load_state_dict(before[1])
             raise TrainingDiverged(f"step {self.state.step}: the update would make parameters non-finite")
-        loss_sum = sum(r.loss_sum for r in ordered)
+        loss_sum = summed_loss(ordered)
         st = self.state
         st.step += 1
         st.epoch_loss_sum += loss_sum

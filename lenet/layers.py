@@ -319,10 +319,11 @@ def linear_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
 def softmax_cross_entropy(logits: Array, y: Array) -> tuple[Array, Array, Array]:
     """Per-sample softmax cross-entropy, computed stably through log-sum-exp.
 
-    logits: (N, K), y: int (N,).  Returns (losses (N,) float64, correctness (N,)
-    bool, dlogits (N, K)), where dlogits is the gradient of the losses' *sum*:
-    callers scale it.  Summing rather than averaging lets shard gradients add up
-    exactly to a batch; per-sample losses let callers sum them per shard.
+    logits: (N, K), y: int (N,).  Returns (losses (N,), correctness (N,) bool,
+    dlogits (N, K)), in the logits' dtype, where dlogits is the gradient of the
+    losses' *sum*: callers scale it.  Summing rather than averaging lets shard
+    gradients add up exactly to a batch; per-sample losses let callers add them up
+    exactly (math.fsum), however the batch was grouped.
     """
     n = logits.shape[0]
     shifted = logits - logits.max(axis=1, keepdims=True)
@@ -330,7 +331,7 @@ def softmax_cross_entropy(logits: Array, y: Array) -> tuple[Array, Array, Array]
     sum_exp = exp.sum(axis=1, keepdims=True)
     log_probs = shifted - np.log(sum_exp)
     rows = np.arange(n)
-    losses = -log_probs[rows, y].astype(np.float64)
+    losses = -log_probs[rows, y]
     dlogits = exp / sum_exp
     dlogits[rows, y] -= 1
     correct = logits.argmax(axis=1) == y

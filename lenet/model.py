@@ -19,6 +19,7 @@ per-sample factors, multiplied out once per batch by `linear_grads`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -74,10 +75,10 @@ class SumLossGrads(NamedTuple):
 
 
 class StackedSums(NamedTuple):
-    """Consecutive shards' sums: loss_sums (S,) float64, correct (S,) int, grads TREE_PARAMS name -> (S, *shape)
-    (row s: shard s), and factors FACTOR_WIDTHS name -> (N, width) (row i: sample i)."""
+    """Consecutive shards' results: per sample, losses (N,) and correct (N,) bool; grads TREE_PARAMS name
+    -> (S, *shape) (row s: shard s); and factors FACTOR_WIDTHS name -> (N, width) (row i: sample i)."""
 
-    loss_sums: np.ndarray
+    losses: np.ndarray
     correct: np.ndarray
     grads: Params
     factors: Factors
@@ -176,7 +177,7 @@ class LeNet5:
         stacked = self.stacked_shard_sums(x, y, [len(y)])
         grads = {k: g[0] for k, g in stacked.grads.items()}
         grads.update(linear_grads(stacked.factors))
-        return SumLossGrads(float(stacked.loss_sums[0]), int(stacked.correct[0]),
+        return SumLossGrads(math.fsum(stacked.losses.tolist()), int(stacked.correct.sum()),
                             {name: grads[name] for name in PARAM_SHAPES})
 
     def stacked_shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
@@ -210,20 +211,20 @@ class LeNet5:
                 group.append(size)
         if len(parts) == 1:
             return parts[0]
-        return StackedSums(np.concatenate([p.loss_sums for p in parts]), np.concatenate([p.correct for p in parts]),
+        return StackedSums(np.concatenate([p.losses for p in parts]), np.concatenate([p.correct for p in parts]),
                            {k: np.concatenate([p.grads[k] for p in parts]) for k in TREE_PARAMS},
                            concat_factors([p.factors for p in parts]))
 
     def _large_shard(self, x: np.ndarray, y: np.ndarray) -> StackedSums:
-        """One shard of more than CHUNK samples, CHUNK at a time: its sums added in order, its factors joined."""
+        """One shard of more than CHUNK samples, CHUNK at a time: its sums added in order, its samples' results
+        joined."""
         pieces = [self._pass(x[i : i + CHUNK], y[i : i + CHUNK], [len(y[i : i + CHUNK])])
                   for i in range(0, len(y), CHUNK)]
         grads = pieces[0].grads
         for piece in pieces[1:]:
             grads = add(grads, piece.grads)
-        return StackedSums(np.array([sum(float(p.loss_sums[0]) for p in pieces)]),
-                           np.array([sum(int(p.correct[0]) for p in pieces)]), grads,
-                           concat_factors([p.factors for p in pieces]))
+        return StackedSums(np.concatenate([p.losses for p in pieces]), np.concatenate([p.correct for p in pieces]),
+                           grads, concat_factors([p.factors for p in pieces]))
 
     def _pass(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
         """Sums of consecutive shards computed in one pass (at most CHUNK samples).
@@ -237,8 +238,7 @@ class LeNet5:
         losses, correct, dlogits = layers.softmax_cross_entropy(logits[:, 0], y)
         dh, factors = self._fc_backward(dlogits[:, None, :], fc_caches)
         grads = self._conv_backward(dh[:, 0], conv_caches, sizes)
-        return StackedSums(layers.segment_sums(losses, sizes), layers.segment_sums(correct.astype(np.intp), sizes),
-                           grads, factors)
+        return StackedSums(losses, correct, grads, factors)
 
     def _fc_backward(self, dlogits: np.ndarray, caches: list) -> tuple[np.ndarray, Factors]:
         """Backward through the linear layers, dlogits (N, 1, 10) -> dh (N, 1, 400) and each layer's factors."""

@@ -24,13 +24,13 @@ PROBE_SIZES = (7, 9)  # two shards of odd sizes: the tree's addition is part of 
 
 
 def probe_digest() -> str:
-    """SHA-256 (hex) of the probe's loss, correct count, gradient and factor bytes."""
+    """SHA-256 (hex) of the probe's losses, correct count, gradient and factor bytes."""
     rng = np.random.default_rng(PROBE_SEED)  # PCG64: the same stream on every platform
     n = sum(PROBE_SIZES)
     pixels = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
     labels = rng.integers(0, 10, size=n, dtype=np.uint8)
     sums = unit_sums(LeNet5(seed=PROBE_SEED), pixels, labels, PROBE_SIZES)
-    h = hashlib.sha256(np.float64(sums.loss_sum).tobytes() + sums.correct.to_bytes(8, "little"))
+    h = hashlib.sha256(np.ascontiguousarray(sums.losses, dtype="<f4").tobytes() + sums.correct.to_bytes(8, "little"))
     for arrays in (sums.grads, sums.factors):
         for name in sorted(arrays):
             h.update(np.ascontiguousarray(arrays[name], dtype="<f4").tobytes())

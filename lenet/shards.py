@@ -5,9 +5,10 @@ written here once.  `split_batch` fixes a batch's shards from the batch alone (n
 from the number of workers).  `unit_sums` computes a unit, any run of consecutive
 shards: the convolutions' gradients summed for each node of its cover in
 `lenet.reduction`'s tree, the linear layers' per-sample factors in sample order.
-`gather` joins adjacent units into one, and `mean_gradient` turns the units of a
-whole batch into its mean gradient: the rest of the tree, then one product per
-linear layer over the batch's factors.  A worker calls `unit_sums` for the unit it
+`gather` joins adjacent units into one, `mean_gradient` turns the units of a whole
+batch into its mean gradient (the rest of the tree, then one product per linear
+layer over the batch's factors), and `summed_loss` adds up their per-sample losses
+exactly.  A worker calls `unit_sums` for the unit it
 was given, a relay `gather`s its workers' pieces, the coordinator calls
 `mean_gradient`, and the reference trainer calls both for the whole batch.  The
 same nodes, the same float32 operations, the same bits, however the batch was cut
@@ -16,7 +17,8 @@ into units.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple, Protocol
 
 import numpy as np
@@ -36,14 +38,17 @@ DEFAULT_SHARDS = 64
 class UnitSums(NamedTuple):
     """What a unit, a run of consecutive shards, contributes to its batch.
 
-    nodes: the unit's cover in the tree (`lenet.reduction.cover`); grads: for each
-    tree parameter (lenet.model.TREE_PARAMS), a stack (len(nodes), *shape): row i
-    is node i's gradient sum; factors: the linear layers' per-sample factors
+    losses: each sample's cross-entropy, in order (float32; a batch's sum is
+    `math.fsum` of them all: exact, so it does not depend on the grouping either);
+    correct: how many samples were classified right; nodes: the unit's cover in the
+    tree (`lenet.reduction.cover`); grads: for each tree parameter
+    (lenet.model.TREE_PARAMS), a stack (len(nodes), *shape): row i is node i's
+    gradient sum; factors: the linear layers' per-sample factors
     (lenet.model.FACTOR_WIDTHS), one row per sample of the unit, in order.
     A coordinator's Result carries the same fields.
     """
 
-    loss_sum: float
+    losses: np.ndarray
     correct: int
     nodes: list[Node]
     grads: Params
@@ -51,7 +56,10 @@ class UnitSums(NamedTuple):
 
 
 class Contribution(Protocol):
-    """Anything holding a unit's nodes, node sums and factors: UnitSums, or a Result off the wire."""
+    """Anything holding a unit's losses, node sums and factors: UnitSums, or a Result off the wire."""
+
+    @property
+    def losses(self) -> np.ndarray: ...
 
     @property
     def grads(self) -> Params: ...
@@ -72,7 +80,7 @@ def split_batch(indices: np.ndarray, num_shards: int) -> list[np.ndarray]:
 
 def unit_sums(model: LeNet5, pixels: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
               first: int = 0, num_shards: int | None = None) -> UnitSums:
-    """Summed loss, correct count, node sums and factors of the shards first .. first+len(sizes)-1.
+    """Losses, correct count, node sums and factors of the shards first .. first+len(sizes)-1.
 
     pixels: uint8 (N, 28, 28), labels: (N,), the shards back to back with
     `sizes[i]` samples each (sum(sizes) == N), in a batch of `num_shards` shards
@@ -86,11 +94,8 @@ def unit_sums(model: LeNet5, pixels: np.ndarray, labels: np.ndarray, sizes: Sequ
                          f"and {len(labels)} labels")
     nodes = cover(first, first + len(sizes), first + len(sizes) if num_shards is None else num_shards)
     stacked = model.stacked_shard_sums(standardize(pixels), labels, sizes)
-    loss_sum = 0.0
-    for part in stacked.loss_sums.tolist():  # in shard order, as every caller has always added them
-        loss_sum += part
     sums = [stacked_tree_sum({k: v[lo - first : hi - first] for k, v in stacked.grads.items()}) for lo, hi in nodes]
-    return UnitSums(loss_sum, int(stacked.correct.sum()), nodes, _stack(sums), stacked.factors)
+    return UnitSums(stacked.losses, int(stacked.correct.sum()), nodes, _stack(sums), stacked.factors)
 
 
 def _stack(node_sums: Sequence[Params]) -> Params:
@@ -112,11 +117,13 @@ def gather(parts: Sequence[UnitSums], num_shards: int) -> UnitSums:
     for part in parts:
         values.update(node_values(part.nodes, part.grads))
     nodes = cover(lo, hi, num_shards)
-    loss_sum = 0.0
-    for part in parts:
-        loss_sum += part.loss_sum
-    return UnitSums(loss_sum, sum(p.correct for p in parts), nodes,
+    return UnitSums(np.concatenate([p.losses for p in parts]), sum(p.correct for p in parts), nodes,
                     _stack([tree_sum(values, a, b) for a, b in nodes]), concat_factors([p.factors for p in parts]))
+
+
+def summed_loss(units: Iterable[Contribution]) -> float:
+    """The units' summed cross-entropy, exactly rounded: the same float however the batch was cut."""
+    return math.fsum(x for unit in units for x in unit.losses.tolist())
 
 
 def mean_gradient(units: Mapping[Node, Contribution], num_shards: int, n: int) -> Params:

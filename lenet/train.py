@@ -33,7 +33,7 @@ from lenet.data import (  # noqa: E402
     MNIST, epoch_batches, load_mnist, standardize, steps_per_epoch, training_subset)
 from lenet.model import PARAM_SHAPES, LeNet5, check_params  # noqa: E402
 from lenet.params import Params  # noqa: E402
-from lenet.shards import DEFAULT_SHARDS, mean_gradient, split_batch, unit_sums  # noqa: E402
+from lenet.shards import DEFAULT_SHARDS, mean_gradient, split_batch, summed_loss, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, write_npz  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
@@ -106,7 +106,7 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
             whole = (0, len(sizes))  # one unit: the whole batch
             optimizer.step(model.params, mean_gradient({whole: sums}, len(sizes), len(idx)), schedule(result.steps))
             result.steps += 1
-            loss_sum += sums.loss_sum
+            loss_sum += summed_loss([sums])  # a step's loss: the same float as the service's
             correct += sums.correct
             seen += len(idx)
         if seen == 0:

@@ -67,7 +67,7 @@ class ScriptedWorker(threading.Thread):
         """The true result of `task` (computed with the parameters the coordinator sent)."""
         sums = unit_sums(self.model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                        loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=0.01, grads=sums.grads,
+                        losses=sums.losses, correct=sums.correct, compute_seconds=0.01, grads=sums.grads,
                         factors=sums.factors)
 
     def run(self) -> None:
@@ -144,7 +144,7 @@ def _raw(result: P.Result, **changes) -> bytes:
 def impossible_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message | bytes]:
     """Right gradients, impossible statistics: a billion correct, a negative loss."""
     good = peer.honest(task)
-    return [_raw(good, correct=10**9), _raw(good, loss_sum=-5.0), good]
+    return [_raw(good, correct=10**9), _raw(good, losses=P.encode_array(np.full_like(good.losses, -5.0))), good]
 
 
 def other_numerics_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
@@ -174,10 +174,11 @@ def someone_elses_unit_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Mess
 def bogus_answers(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
     """Results that may not be applied: NaN, then for a future step, an unknown shard, a wrong count."""
     honest = peer.honest(task)
-    good = _with(honest, grads=nan_grads(len(honest.grads["conv1.bias"])), loss_sum=1.0, correct=0)
+    good = _with(honest, grads=nan_grads(len(honest.grads["conv1.bias"])), correct=0)
     one_more = {k: np.concatenate([v, v[:1]]) for k, v in good.factors.items()}  # a sample the task did not have
     return [_with(good, step=task.step + 1000), _with(good, first=999),
-            _with(good, count=len(task.labels) + 1, factors=one_more), good]
+            _with(good, count=len(task.labels) + 1, factors=one_more, losses=np.append(good.losses, good.losses[:1])),
+            good]
 
 
 def result_flood_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:

@@ -207,7 +207,7 @@ class Worker:
         sums = unit_sums(self.model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         seconds = time.perf_counter() - start
         self._send(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                            loss_sum=sums.loss_sum, correct=sums.correct, compute_seconds=seconds, grads=sums.grads,
+                            losses=sums.losses, correct=sums.correct, compute_seconds=seconds, grads=sums.grads,
                             factors=sums.factors))
         if self.metrics is not None:
             self.metrics.task(len(task.sizes), len(task.labels), seconds)

@@ -316,7 +316,7 @@ class Relay:
             return
         self.workers.vouch(identity)
         self.deadlines.record(msg.compute_seconds, msg.count)
-        overtaken = unit.scheduler.accept(msg.first, UnitSums(msg.loss_sum, msg.correct, nodes, msg.grads,
+        overtaken = unit.scheduler.accept(msg.first, UnitSums(msg.losses, msg.correct, nodes, msg.grads,
                                                               msg.factors), by=identity)
         for other in overtaken:  # it had the piece and did not answer first: no new pieces until it answers
             self.workers.suspect(other, now, missed=False)
@@ -326,7 +326,7 @@ class Relay:
             whole = gather(parts, unit.task.num_shards)
             task = unit.task
             self._send_up(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                                   loss_sum=whole.loss_sum, correct=whole.correct,
+                                   losses=whole.losses, correct=whole.correct,
                                    compute_seconds=now - unit.received, grads=whole.grads, factors=whole.factors))
 
     def _dispatch(self, now: float) -> None:

@@ -126,7 +126,8 @@ def test_relays_need_a_worker_each(capsys):
 
 def test_a_replayed_result_is_byte_for_byte_what_the_protocol_encodes():
     rng = np.random.default_rng(0)
-    result = P.Result(step=3, first=5, shards=2, count=3, loss_sum=6.5, correct=2, compute_seconds=0.01,
+    result = P.Result(step=3, first=5, shards=2, count=3, losses=np.array([6.5, 0.25, 1.0], np.float32), correct=2,
+                      compute_seconds=0.01,
                       grads={k: rng.standard_normal((2, *PARAM_SHAPES[k])).astype(np.float32) for k in TREE_PARAMS},
                       factors={k: rng.random((3, w)).astype(np.float32) for k, w in FACTOR_WIDTHS.items()})
     template = sim_workers.ResultTemplate(result)

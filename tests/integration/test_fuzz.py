@@ -32,7 +32,7 @@ VALID = [
     P.Register(name="fuzz", pid=1, probe="0" * 64, capacity=1),
     P.Heartbeat(),
     P.Leave(),
-    P.Result(step=3, first=0, shards=2, count=32, loss_sum=1.0, correct=3, compute_seconds=0.1,
+    P.Result(step=3, first=0, shards=2, count=32, losses=np.ones(32, np.float32), correct=3, compute_seconds=0.1,
              grads={k: v[None] for k, v in init_params(0).items() if k in TREE_PARAMS}, factors=zero_factors(32)),
     P.Task(step=1, first=0, num_shards=1, sizes=[2], pixels=np.zeros((2, 28, 28), np.uint8), labels=np.zeros(2, np.uint8)),
 ]
@@ -73,7 +73,8 @@ frames = st.one_of(
     st.builds(lambda name, d: array_with(name, dtype=d), arrays, st.sampled_from(["<f8", ">f4", "<i4", "O", ""])),
     st.builds(lambda name, shape: array_with(name, shape=shape), arrays, st.lists(st.integers(-2, 500), max_size=5)),
     st.builds(lambda name, data: array_with(name, data=data), arrays, st.binary(max_size=64)),
-    st.builds(lambda step, first: P.encode(P.Result(step=step, first=first, shards=1, count=16, loss_sum=0.0,
+    st.builds(lambda step, first: P.encode(P.Result(step=step, first=first, shards=1, count=16,
+                                                    losses=np.zeros(16, np.float32),
                                                     correct=0, compute_seconds=0.0, grads=nan_grads(),
                                                     factors=zero_factors(16))),
               st.integers(0, 2**40), st.integers(0, 2**20)),  # NaN results for steps/shards that do not exist

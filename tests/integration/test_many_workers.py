@@ -4,8 +4,8 @@ import time
 
 from procs import coordinator, free_port, identical, params, scrape
 
-STEPS = 30
-CONFIG = ("--max-steps", str(STEPS), "--checkpoint-dir", "off")  # the default batch (128) and shards (64)
+# The default batch (128) and shards (64); 2 epochs of 15 steps, so each run records an epoch history.
+CONFIG = ("--train-subset", "1920", "--epochs", "2", "--checkpoint-dir", "off")
 
 
 def test_64_workers_all_get_work_and_change_nothing(tmp_path, procs, mnist_dir):
@@ -31,3 +31,8 @@ def test_64_workers_all_get_work_and_change_nothing(tmp_path, procs, mnist_dir):
     assert "64 workers" in many.log()
     assert len(accepted) == 64 and min(accepted.values()) > 0, sorted(accepted.items(), key=lambda kv: kv[1])[:5]
     assert identical(params(tmp_path / "m.npz"), params(tmp_path / "one.npz"))
+    # Losses are added exactly (math.fsum of per-sample losses): the history is the same floats too.
+    from lenet.train import load_model
+
+    history = [load_model(tmp_path / name)[1]["history"] for name in ("m.npz", "one.npz")]
+    assert history[0] == history[1] and len(history[0]) == 2

@@ -140,7 +140,8 @@ def test_large_batches_are_computed_in_chunks_with_the_same_result():
 def _rows_equal(batched, s: int, lo: int, alone) -> bool:
     """Shard s of a batched pass (samples from lo) against the same shard computed alone."""
     n = len(alone.factors["fc3.delta"])
-    return (batched.loss_sums[s] == alone.loss_sums[0] and batched.correct[s] == alone.correct[0]
+    return (np.array_equal(batched.losses[lo : lo + n], alone.losses)
+            and np.array_equal(batched.correct[lo : lo + n], alone.correct)
             and all(np.array_equal(batched.grads[k][s], alone.grads[k][0]) for k in TREE_PARAMS)
             and all(np.array_equal(batched.factors[k][lo : lo + n], alone.factors[k]) for k in FACTOR_WIDTHS))
 
@@ -164,7 +165,7 @@ def test_each_shard_of_a_batched_pass_is_bit_identical_to_the_shard_alone(mnist,
     while sum(sizes) < n:
         sizes.append(min(int(rng.choice(choices)), n - sum(sizes)))
     batched = model.stacked_shard_sums(x, y, sizes)
-    assert len(batched.loss_sums) == len(sizes) and len(batched.factors["fc1.input"]) == n
+    assert len(batched.grads["conv1.bias"]) == len(sizes) and len(batched.losses) == len(batched.factors["fc1.input"]) == n
     lo = 0
     for s, size in enumerate(sizes):
         alone = model.stacked_shard_sums(x[lo : lo + size], y[lo : lo + size], [size])

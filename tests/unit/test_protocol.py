@@ -27,7 +27,8 @@ MESSAGES = [
     P.Params(step=3, params=grads()),
     P.Task(step=3, first=2, num_shards=8, sizes=[3, 1], pixels=np.zeros((4, 28, 28), np.uint8),
            labels=np.array([0, 1, 2, 9], np.uint8)),
-    P.Result(step=3, first=2, shards=2, count=4, loss_sum=1.5, correct=2, compute_seconds=0.01, grads=tree_grads(),
+    P.Result(step=3, first=2, shards=2, count=4, losses=np.full(4, 0.375, np.float32), correct=2, compute_seconds=0.01,
+             grads=tree_grads(),
              factors=factors(4)),
     P.Leave(),
     P.Shutdown(reason="done"),
@@ -68,7 +69,7 @@ def test_rejections_name_their_reason():
     assert reason_of({**result, "type": "reboot"}) == "unknown_type"
     assert reason_of({**result, "extra": 1}) == "bad_field"
     assert reason_of({**result, "step": -1}) == "bad_field"
-    assert reason_of({**result, "loss_sum": float("nan")}) == "bad_field"
+    assert reason_of({**result, "losses": P.encode_array(np.full(4, np.nan, np.float32))}) == "bad_field"
     assert reason_of({**result, "count": True}) == "bad_field"
     g = dict(result["grads"])
     g["conv1.bias"] = {**g["conv1.bias"], "dtype": "<f8"}
@@ -121,8 +122,9 @@ def test_a_result_may_not_claim_the_impossible():
     """Valid msgpack, valid types, values that cannot be true: refused before the coordinator uses them."""
     result = body(MESSAGES[5])  # count 4
     assert reason_of({**result, "compute_seconds": -1.0}) == "bad_field"  # once crashed the coordinator
-    assert reason_of({**result, "loss_sum": -0.5}) == "bad_field"
-    assert reason_of({**result, "loss_sum": float("inf")}) == "bad_field"
+    assert reason_of({**result, "losses": P.encode_array(np.full(4, -0.5, np.float32))}) == "bad_field"
+    assert reason_of({**result, "losses": P.encode_array(np.full(4, np.inf, np.float32))}) == "bad_field"
+    assert reason_of({**result, "losses": P.encode_array(np.zeros(5, np.float32))}) == "bad_array"  # 5 for a count of 4
     assert reason_of({**result, "correct": 5}) == "bad_field"  # more correct than samples
     assert reason_of({**result, "correct": 10**9}) == "bad_field"
     assert reason_of({**result, "count": 5, "correct": 2}) == "bad_array"  # factors of 4 samples, not 5
@@ -132,7 +134,8 @@ def test_a_result_may_not_claim_the_impossible():
 
 def test_what_a_worker_sends_is_small_enough_to_decode_cheaply():
     assert len(P.encode(MESSAGES[5])) <= P.max_result_bytes(4, 8) < 120_000
-    whole_batch = P.Result(step=1, first=0, shards=64, count=128, loss_sum=1.0, correct=1, compute_seconds=0.1,
+    whole_batch = P.Result(step=1, first=0, shards=64, count=128, losses=np.ones(128, np.float32), correct=1,
+                           compute_seconds=0.1,
                            grads=tree_grads(), factors=factors(128))
     assert len(P.encode(whole_batch)) <= P.max_result_bytes(128, 64) < 1_000_000
     register = P.Register(name="x" * P.MAX_TEXT, pid=2**52, probe="f" * 64, capacity=P.MAX_CAPACITY)

@@ -5,7 +5,7 @@ import pytest
 
 from lenet.model import LeNet5
 from coordinator.scheduler import work_units
-from lenet.shards import gather, mean_gradient, split_batch, unit_sums
+from lenet.shards import gather, mean_gradient, split_batch, summed_loss, unit_sums
 
 
 def test_split_is_fixed_and_independent_of_workers():
@@ -41,6 +41,7 @@ def test_units_computed_apart_add_up_to_the_whole_batch_bit_for_bit(mnist, num_s
         assert all(np.array_equal(gathered.grads[k], whole.grads[k]) for k in whole.grads), cut
         assert all(np.array_equal(gathered.factors[k], whole.factors[k]) for k in whole.factors), cut
         assert gathered.correct == whole.correct
+        assert summed_loss(units.values()) == summed_loss([gathered]) == summed_loss([whole])  # exactly
     assert whole.correct == sum(unit_sums(model, pixels[lo:hi], labels[lo:hi], [hi - lo]).correct
                                 for lo, hi in zip(bounds[:-1], bounds[1:]))
 
