@@ -188,9 +188,9 @@ class Register:
 
     `name` is for logs and metrics (host:pid by default; the coordinator admits only
     names of NAME_CHARS).  `capacity`: how many units' worth of work it takes at
-    once, 1 for a worker, the number of its workers for a relay.  `probe` is the hex digest of the worker's answer to the
-    fixed conformance probe (lenet.probe): the coordinator admits only workers whose
-    arithmetic is bit for bit its own.
+    once, 1 for a worker, the number of its workers for a relay.  `probe` is the hex
+    digest of the worker's answer to the fixed conformance probe (lenet.probe): the
+    coordinator admits only workers whose arithmetic is bit for bit its own.
     """
 
     TYPE: ClassVar[str] = "register"
@@ -273,7 +273,8 @@ class Result:
             raise ProtocolError(Reason.BAD_FIELD, f"{self.correct} correct out of {self.count} samples")
         rows = {len(a) for a in (self.losses, *self.factors.values())}
         if rows != {self.count}:
-            raise ProtocolError(Reason.BAD_ARRAY, f"losses and factors of {sorted(rows)} samples for a count of {self.count}")
+            raise ProtocolError(Reason.BAD_ARRAY,
+                                f"losses and factors of {sorted(rows)} samples for a count of {self.count}")
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class ScriptedWorker(threading.Thread):
         self.model = LeNet5()
         self.params_step = -1
         self.sent: list[P.Result] = []  # honest results computed so far, for replays
-        self.outbox: queue.Queue[bytes] = queue.Queue()  # frames another thread asks it to send (sockets are not shared)
+        self.outbox: queue.Queue[bytes] = queue.Queue()  # frames another thread has it send (sockets are not shared)
 
     def honest(self, task: P.Task) -> P.Result:
         """The true result of `task` (computed with the parameters the coordinator sent)."""

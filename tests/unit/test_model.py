@@ -165,7 +165,8 @@ def test_each_shard_of_a_batched_pass_is_bit_identical_to_the_shard_alone(mnist,
     while sum(sizes) < n:
         sizes.append(min(int(rng.choice(choices)), n - sum(sizes)))
     batched = model.stacked_shard_sums(x, y, sizes)
-    assert len(batched.grads["conv1.bias"]) == len(sizes) and len(batched.losses) == len(batched.factors["fc1.input"]) == n
+    assert len(batched.grads["conv1.bias"]) == len(sizes)
+    assert len(batched.losses) == len(batched.factors["fc1.input"]) == n
     lo = 0
     for s, size in enumerate(sizes):
         alone = model.stacked_shard_sums(x[lo : lo + size], y[lo : lo + size], [size])
