@@ -192,3 +192,30 @@ def test_a_relay_joins_the_run_with_its_first_worker(tmp_path, procs):
     procs.append(worker(tmp_path, listen, "w0"))
     assert coord.wait() == 0, coord.log()[-3000:]
     assert "worker relay0 joined" in coord.log()
+
+
+def test_a_relay_outlives_its_coordinator(direct, tmp_path, procs):
+    """The coordinator is killed and resumed from its checkpoint: the relay registers with the new one
+    (told it is unknown, or on hearing nothing), its workers never leave it, and the run ends as 4 direct
+    workers' does."""
+    endpoint, listen = f"tcp://127.0.0.1:{free_port()}", f"tcp://127.0.0.1:{free_port()}"
+    ckpt = tmp_path / "ckpt"
+    args = ("--workers", "0", "--bind", endpoint, "--output", str(tmp_path / "m.npz"), *CONFIG[:2],
+            "--checkpoint-dir", str(ckpt), "--checkpoint-every", "10", "--resume")
+    the_relay = relay(tmp_path, endpoint, listen, "relay0", "--coordinator-timeout", "2")
+    procs.append(the_relay)
+    procs.extend(worker(tmp_path, listen, f"r0w{i}") for i in range(4))
+    first = coordinator(tmp_path, *args, log_name="first.log")
+    procs.append(first)
+    deadline = time.monotonic() + 60
+    while not list(ckpt.glob("ckpt-*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.signal(signal.SIGKILL)
+    first.wait()
+    second = coordinator(tmp_path, *args, log_name="second.log")
+    procs.append(second)
+    assert second.wait() == 0, second.log()[-3000:]
+    assert "resuming from" in second.log() and "worker relay0 joined" in second.log()
+    log = the_relay.log()
+    assert log.count("registered with") == 2 and "lost" not in log and "left" not in log, log[-2000:]
+    assert identical(params(tmp_path / "m.npz"), direct)
