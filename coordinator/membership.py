@@ -18,10 +18,31 @@ from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from coordinator.refusals import Reason
+
 W = TypeVar("W", bound=Hashable)  # a worker's identity
 
 NAME_RULE = "1-64 characters of A-Z a-z 0-9 . _ : @ -"
 _NAME = re.compile(r"[A-Za-z0-9._:@-]{1,64}")
+
+
+# Said to a peer whose probe differs (at most protocol.MAX_TEXT characters with the digests).
+NONCONFORMING_HINT = ("another CPU kernel, BLAS or NumPy build; compare `python -m worker --self-test` on both "
+                      "machines and align NumPy/OpenBLAS (and OPENBLAS_CORETYPE)")
+
+
+def door_refusal(name: str, probe: str, own_probe: str, judge: str) -> tuple[Reason, str] | None:
+    """Why a peer may not join whoever judges it (the coordinator, or a relay for its workers), or None.
+
+    A name must be safe in logs and metric labels; the peer's conformance probe must
+    be bit for bit the judge's own (lenet.probe), or its results would change the run.
+    """
+    if not valid_name(name):
+        return Reason.BAD_NAME, f"worker name refused: use {NAME_RULE} (--name)"
+    if probe != own_probe:
+        return Reason.NONCONFORMING, (f"probe {probe[:12]:.12} is not the {judge}'s {own_probe[:12]}: "
+                                      + NONCONFORMING_HINT)
+    return None
 
 
 def valid_name(name: str) -> bool:

@@ -40,7 +40,7 @@ from coordinator import keys
 from coordinator import protocol as P
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
-from coordinator.membership import NAME_RULE, Member, Membership, valid_name
+from coordinator.membership import Member, Membership, door_refusal
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import RateLimitedLog, ReplyLimiter, TokenBucket
 from coordinator.refusals import Reason
@@ -67,9 +67,6 @@ RECEIVE_BUDGET = 256  # messages handled per loop turn, so a flood cannot starve
 # results wait in its queue must not take them for stragglers.
 STRAGGLER, BACKUP_AFTER = 4.0, 0.5
 LOSSES_LOGGED = 3  # workers found silent at once and logged one by one; the rest in one line
-# Said to a worker whose probe differs (at most protocol.MAX_TEXT characters with the digests).
-NONCONFORMING_HINT = ("another CPU kernel, BLAS or NumPy build; compare `python -m worker --self-test` on both "
-                      "machines and align NumPy/OpenBLAS (and OPENBLAS_CORETYPE)")
 
 Progress = Callable[[StepReport, int], None]  # after each step: its report and the number of workers
 
@@ -164,12 +161,11 @@ class Coordinator:
 
     def _admission(self, msg: P.Register, now: float) -> tuple[Reason, str] | None:
         """Why a new peer may not join, or None."""
-        if not valid_name(msg.name):
-            return Reason.BAD_NAME, f"worker name refused: use {NAME_RULE} (--name)"
-        if msg.probe != self.probe:
-            self.metrics.probe_failures.inc()
-            return Reason.NONCONFORMING, (f"probe {msg.probe[:12]:.12} is not the coordinator's {self.probe[:12]}: "
-                                          + NONCONFORMING_HINT)
+        refusal = door_refusal(msg.name, msg.probe, self.probe, "coordinator")
+        if refusal is not None:
+            if refusal[0] is Reason.NONCONFORMING:
+                self.metrics.probe_failures.inc()
+            return refusal
         if self.members.full:
             return Reason.FULL, f"the run has its maximum of {self.members.max_members} workers (--max-workers)"
         if not self.registrations.take(now):

@@ -37,7 +37,7 @@ import zmq
 from coordinator import protocol as P
 from coordinator.endpoint import RouterEndpoint
 from coordinator.keys import CurveServer
-from coordinator.membership import NAME_RULE, Membership, valid_name
+from coordinator.membership import Membership, door_refusal
 from coordinator.ratelimit import RateLimitedLog, ReplyLimiter
 from coordinator.refusals import Reason
 from coordinator.scheduler import DeadlinePolicy, StepScheduler, work_units
@@ -270,15 +270,13 @@ class Relay:
 
     def _register(self, identity: bytes, msg: P.Register, now: float) -> None:
         if identity not in self.workers:
-            if not valid_name(msg.name):
-                return self._refuse(identity, "bad_name", f"worker name refused: use {NAME_RULE} (--name)")
-            if msg.probe != self.probe:
-                return self._refuse(identity, "nonconforming", f"probe {msg.probe[:12]:.12} is not the relay's "
-                                    f"{self.probe[:12]}: align NumPy/OpenBLAS with the coordinator's machine")
+            refusal = door_refusal(msg.name, msg.probe, self.probe, "relay")
+            if refusal is not None:
+                return self._refuse(identity, refusal[0].value, refusal[1])
             if msg.capacity != 1:
-                return self._refuse(identity, "bad_field", "a relay serves workers, not other relays")
+                return self._refuse(identity, Reason.BAD_FIELD.value, "a relay serves workers, not other relays")
             if self.workers.full:
-                return self._refuse(identity, "full", f"the relay serves at most {MAX_WORKERS} workers")
+                return self._refuse(identity, Reason.FULL.value, f"the relay serves at most {MAX_WORKERS} workers")
         if self.workers.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6]):
             log.info("worker %s joined (%d workers)", msg.name, len(self.workers))
         self.down.send(identity, P.encode(P.Heartbeat()))

@@ -98,3 +98,14 @@ def test_members_are_found_by_the_key_they_registered_with():
     m.join("c", "gamma", 3, 0.0)
     assert m.with_keys([b"K2", b"K3"]) == ["b"] and m.get("a").key == b"K1" and m.get("c").key is None
 
+
+
+def test_the_door_refuses_unsafe_names_and_other_arithmetic_for_coordinator_and_relay_alike():
+    from coordinator.membership import door_refusal
+
+    assert door_refusal("w-1", "ab" * 32, "ab" * 32, "coordinator") is None
+    reason, text = door_refusal("a\nb", "ab" * 32, "ab" * 32, "relay")
+    assert reason == "bad_name" and "--name" in text
+    reason, text = door_refusal("w-1", "cd" * 32, "ab" * 32, "relay")
+    assert reason == "nonconforming" and "is not the relay's abababababab" in text and "OpenBLAS" in text
+    assert len(text) <= 256  # fits the protocol's text fields
