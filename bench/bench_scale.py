@@ -82,7 +82,6 @@ import logging  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import re  # noqa: E402
-import signal  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -96,6 +95,7 @@ from xml.sax.saxutils import escape  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from coordinator.config import ServiceConfig  # noqa: E402
+from coordinator.local_workers import stop_processes  # noqa: E402
 from coordinator.metrics import Metrics  # noqa: E402
 from coordinator.protocol import MAX_SHARDS  # noqa: E402
 from coordinator.service import run_service  # noqa: E402
@@ -173,15 +173,6 @@ class ProcessGroup:
     def cpu_seconds(self) -> float:
         return sum(cpu_seconds(p.pid) for p in self.procs)
 
-    def _stop_stragglers(self, grace: float) -> None:
-        """Wait `grace` s for them to end on the coordinator's Shutdown; SIGTERM those still running."""
-        deadline = time.monotonic() + grace
-        for p in self.procs:
-            try:
-                p.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.send_signal(signal.SIGTERM)
-
 
 class Simulators(ProcessGroup):
     """The simulator processes of one configuration; `finish` ends them all, whatever happened."""
@@ -196,14 +187,10 @@ class Simulators(ProcessGroup):
 
     def finish(self, grace: float = 1.0) -> list[dict[str, Any]]:
         """Wait `grace` s for them to end on the coordinator's Shutdown, then SIGTERM, then kill; their counts."""
-        self._stop_stragglers(grace)
+        stop_processes(self.procs, grace, kill_after=10.0)
         counts = []
         for p in self.procs:
-            try:
-                out, _ = p.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                out, _ = p.communicate()
+            out, _ = p.communicate()  # each printed one line of counts as it ended (SIGTERM included)
             lines = out.decode(errors="replace").strip().splitlines()
             counts.append(json.loads(lines[-1]) if lines else {"ended": f"exit status {p.returncode}, no counts"})
         return counts
@@ -253,13 +240,7 @@ class Relays(ProcessGroup):
 
     def finish(self, grace: float = 1.0) -> list[dict[str, Any]]:
         """Wait `grace` s for them to end on the coordinator's Shutdown, then SIGTERM, then kill; how each ended."""
-        self._stop_stragglers(grace)
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+        stop_processes(self.procs, grace, kill_after=10.0)
         return [{"name": f"relay{i}", "exit": p.returncode, "ended": tail}
                 for i, (p, tail) in enumerate(zip(self.procs, self.tails(1)))]
 

@@ -17,6 +17,23 @@ from lenet.runtime import single_thread_blas_env
 log = logging.getLogger("coordinator")
 
 
+def stop_processes(procs: list[subprocess.Popen], grace: float, kill_after: float = 1.0) -> None:
+    """Give `procs` `grace` seconds to exit on their own (told to stop), then SIGTERM; kill what is left
+    `kill_after` seconds later.  Returns when every one has exited."""
+    deadline = time.monotonic() + grace
+    for proc in procs:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class LocalWorkers:
     def __init__(self, count: int, endpoint: str, extra_args: list[str] | None = None):
         self.endpoint = endpoint
@@ -48,15 +65,4 @@ class LocalWorkers:
 
     def stop(self, grace: float = 3.0) -> None:
         """Wait for the workers to exit after Shutdown; terminate, then kill, stragglers."""
-        deadline = time.monotonic() + grace
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.terminate()
-        for proc in self.procs:
-            try:
-                proc.wait(timeout=1.0)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_processes(self.procs, grace)
