@@ -167,6 +167,11 @@ class StepScheduler(Generic[W, R]):
             self.pending.appendleft(unit)
         return sum(self.units[u][1] - self.units[u][0] for u in units)
 
+    def given_at(self, unit: int, worker: W | None) -> float | None:
+        """When `worker` was given `unit` (as primary or backup), or None if it does not hold it."""
+        return next((t[unit].since for t in (self.assigned, self.backups) if unit in t and t[unit].worker == worker),
+                    None)
+
     def oldest_age(self, now: float) -> float:
         """How long the unit out longest has been out (0 if none): units are given out in order."""
         first = next(iter(self.assigned.values()), None)

@@ -420,10 +420,9 @@ class Coordinator:
     def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
         assert self.step is not None
         sched = self.step.scheduler
-        held = next((t[unit] for t in (sched.assigned, sched.backups) if unit in t and t[unit].worker == identity),
-                    None)
-        if held is not None:
-            self.turnaround.record(time.monotonic() - held.since, sched.samples[unit])
+        since = sched.given_at(unit, identity)
+        if since is not None:
+            self.turnaround.record(time.monotonic() - since, sched.samples[unit])
         overtaken = sched.accept(result.first, result, by=identity)
         if identity is not None:
             self.step.produced[unit] = identity

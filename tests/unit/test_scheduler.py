@@ -179,3 +179,12 @@ def test_what_each_worker_holds_is_counted_exactly_through_any_sequence_of_event
                 assert s.holds(x) == len(s.held_by(x)), (trial, op, x)
             ages = [now - a.since for a in s.assigned.values()]
             assert s.oldest_age(now) <= max(ages, default=0.0) + 1e-9
+
+
+def test_when_a_unit_was_given_to_whoever_holds_it():
+    s = make(((0, 1), (1, 2)))
+    s.next_unit("a", 2.0)
+    s.next_unit("b", 3.0)
+    s.backup_unit("c", 7.0)
+    assert s.given_at(0, "a") == 2.0 and s.given_at(0, "c") == 7.0 and s.given_at(1, "b") == 3.0
+    assert s.given_at(1, "a") is None and s.given_at(0, None) is None
