@@ -329,25 +329,23 @@ class Relay:
 
     def _dispatch(self, now: float) -> None:
         """Pieces to idle workers, oldest task first; then idle workers back up stragglers."""
-        busy = {i for unit in self.units for t in (unit.scheduler.assigned, unit.scheduler.backups)
-                for i in (a.worker for a in t.values())}
-        idle = [i for i in self.workers.eligible() if i not in busy]
+        idle = [i for i in self.workers.eligible() if not any(u.scheduler.holds(i) for u in self.units)]
         for unit in self.units:
             sched = unit.scheduler
+            timeout = self.deadlines.timeout(max(sched.samples))
             while idle and sched.pending:
-                identity = idle[0]
-                piece = sched.next_unit(identity, now, self.deadlines.timeout(max(sched.samples)))
+                piece = sched.next_unit(idle[0], now, timeout)
                 if piece is None:
                     break
                 self._give(idle.pop(0), unit, piece)
-        expected = self.deadlines.expected(1)
         for unit in self.units:
             sched = unit.scheduler
+            expected = self.deadlines.expected(max(sched.samples))
             if sched.pending or expected is None:
                 continue
             for identity in list(idle):
                 piece = sched.backup_unit(identity, now, self.deadlines.timeout(max(sched.samples)),
-                                          older_than=max(BACKUP_AFTER, STRAGGLER * expected * max(sched.samples)))
+                                          older_than=max(BACKUP_AFTER, STRAGGLER * expected))
                 if piece is not None:
                     idle.remove(identity)
                     self._give(identity, unit, piece)
