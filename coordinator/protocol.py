@@ -35,6 +35,7 @@ import numpy as np
 
 from coordinator.refusals import Reason
 from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS
+from lenet.reduction import cover
 
 PROTOCOL_VERSION = 3  # 2: Register carries the conformance probe's digest; 3: units, factors, losses, capacity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
@@ -343,3 +344,14 @@ def decode(frame: bytes | memoryview) -> Message:
 
 def all_finite(arrays: dict[str, np.ndarray]) -> bool:
     return all(bool(np.isfinite(a).all()) for a in arrays.values())
+
+
+def cover_size(result: Result, num_shards: int) -> int:
+    """How many node sums `result` must hold: the nodes of its unit's cover in a tree of `num_shards`.
+    (Not on the wire: it follows from the unit; whoever knows the tree checks it.)"""
+    return len(cover(result.first, result.first + result.shards, num_shards))
+
+
+def finite(result: Result) -> bool:
+    """Whether every gradient and factor of `result` is finite (the losses are checked when decoded)."""
+    return all_finite(result.grads) and all_finite(result.factors)

@@ -51,7 +51,6 @@ from lenet.bounds import implausible, per_sample_bounds
 from lenet.model import LeNet5
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
-from lenet.reduction import cover
 from lenet.shards import unit_sums
 from lenet.status import UserError
 
@@ -337,8 +336,7 @@ class Coordinator:
             return
         step, sched = self.step, self.step.scheduler
         reason = sched.check(identity, msg.step, msg.first, msg.shards, msg.count)
-        if reason is None and len(msg.grads["conv1.bias"]) != len(cover(msg.first, msg.first + msg.shards,
-                                                                      step.plan.num_shards)):
+        if reason is None and len(msg.grads["conv1.bias"]) != P.cover_size(msg, step.plan.num_shards):
             reason = Reason.BAD_ARRAY  # one sum per node of the unit's cover, no more, no fewer
         doubt = self._doubt(msg) if reason in (None, Reason.LATE, Reason.DUPLICATE, Reason.STALE_STEP) else None
         if reason is not None:
@@ -367,7 +365,7 @@ class Coordinator:
 
     def _doubt(self, msg: P.Result) -> Reason | None:
         """Why a result's gradients cannot be true (NaN/Inf, or larger than any honest result), or None."""
-        if not (P.all_finite(msg.grads) and P.all_finite(msg.factors)):
+        if not P.finite(msg):
             return Reason.NON_FINITE
         if self.bounds[0] != msg.step:
             self.bounds = (msg.step, per_sample_bounds(self.training.params))
@@ -389,7 +387,7 @@ class Coordinator:
         """A result that cannot be true: compute the unit here; a finite answer convicts the peer."""
         self._reject(reason, identity, detail)
         own = self._compute_locally(unit)
-        if not (P.all_finite(own.grads) and P.all_finite(own.factors)):
+        if not P.finite(own):
             raise TrainingDiverged(f"step {own.step}: the coordinator's own computation of shards "
                                    f"{own.first}-{own.first + own.shards - 1} is not finite either")
         self._ban(identity, detail)

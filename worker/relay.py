@@ -305,11 +305,12 @@ class Relay:
                 self.workers.vouch(identity)
             return
         nodes = cover(msg.first, msg.first + msg.shards, unit.task.num_shards)
-        if len(msg.grads["conv1.bias"]) != len(nodes):
+        expected = len(nodes)
+        if len(msg.grads["conv1.bias"]) != expected:
             held = self.warnings.admit(("nodes", identity), now)
             if held is not None:
                 log.warning("worker %s sent %d node sums for %d nodes: ignored%s", self.workers.get(identity).label,
-                            len(msg.grads["conv1.bias"]), len(nodes),
+                            len(msg.grads["conv1.bias"]), expected,
                             f" (and {held} more since the last report)" if held else "")
             return
         self.workers.vouch(identity)
