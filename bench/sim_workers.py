@@ -120,9 +120,7 @@ class ResultCache:
             sums = unit_sums(self.model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
             seconds = time.perf_counter() - start
             self.compute_seconds += seconds
-            result = P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                              losses=sums.losses, correct=sums.correct, compute_seconds=seconds,
-                              grads=sums.grads, factors=sums.factors)
+            result = P.result_of(task.step, sums, seconds)
             self.templates[key] = (ResultTemplate(result), seconds)
         template, seconds = self.templates[key]
         return template.frame(task.step, seconds)

@@ -2,11 +2,14 @@
 
 A worker is a member from its Register until it leaves, its local process exits,
 it has been silent for `heartbeat_timeout` seconds, or it is banned for the run.
-A member that missed a task deadline is *suspect*: it gets no new work until it
-shows that it computes (`vouch`, on any valid result, even a late one): a
-heartbeat alone proves only that it is alive.  One that misses `max_misses`
-deadlines in a row without ever answering is removed; a slow worker that does
-answer never is.  Names are free text chosen by the peer, so they are checked
+A member that missed a task deadline, or was overtaken by a backup, is
+*suspect*: it gets no new work until it shows that it computes (`vouch`: the
+trust rules of coordinator/trust.py say what shows it), except on probation:
+after `probation` seconds, doubling with each strike against it, it may have
+one more unit, so a worker that hung and came back is put back to work while
+a ghost costs ever less.  A heartbeat alone proves only that it is alive.  One
+that misses `max_misses` deadlines in a row without ever answering is removed;
+a slow worker that does answer never is.  Names are free text chosen by the peer, so they are checked
 (`valid_name`) and each member gets a metric label of its own.  Time is passed
 in, so tests control it.
 """
@@ -58,16 +61,19 @@ class Member:
     params_step: int = -1  # the step whose parameters it was last sent
     suspect_since: float | None = None  # missed a task deadline; no new work until it answers
     misses: int = 0  # deadlines missed since its last valid result
+    strikes: int = 0  # deadlines missed or backups that overtook it, since its last valid result
     label: str = ""  # its metric label: the name, made unique if another member has it
     key: bytes | None = None  # the CURVE public key it registered with (None without CURVE)
     capacity: int = 1  # units' worth of work it takes: 1 for a worker, its workers' count for a relay
 
 
 class Membership(Generic[W]):
-    def __init__(self, heartbeat_timeout: float, max_members: int = 1024, max_misses: int = 3):
+    def __init__(self, heartbeat_timeout: float, max_members: int = 1024, max_misses: int = 3,
+                 probation: float = 5.0, max_probation: float = 300.0):
         if not heartbeat_timeout > 0:
             raise ValueError(f"heartbeat timeout must be > 0, got {heartbeat_timeout}")
         self.heartbeat_timeout, self.max_members, self.max_misses = heartbeat_timeout, max_members, max_misses
+        self.probation, self.max_probation = probation, max_probation
         self.members: dict[W, Member] = {}
         self.banned: set[W] = set()
 
@@ -112,7 +118,7 @@ class Membership(Generic[W]):
         """A member answered a task with a valid result: it computes, so it may have work again."""
         member = self.members.get(identity)
         if member is not None:
-            member.suspect_since, member.misses = None, 0
+            member.suspect_since, member.misses, member.strikes = None, 0, 0
 
     def suspect(self, identity: W, now: float, missed: bool = True) -> bool:
         """A member missed a task deadline (`missed`), or was overtaken by a backup before it (not a miss:
@@ -122,6 +128,7 @@ class Membership(Generic[W]):
             return False
         member.suspect_since = now
         member.misses += missed
+        member.strikes += 1
         return member.misses >= self.max_misses
 
     def ban(self, identity: W) -> Member | None:
@@ -144,11 +151,17 @@ class Membership(Generic[W]):
         wanted = set(pids)
         return [i for i, m in self.members.items() if m.pid in wanted]
 
-    def eligible(self) -> list[W]:
-        """Members that may be given work: those not suspect or, if every member is, all of them.
+    def on_probation(self, member: Member, now: float) -> bool:
+        """A suspect whose probation has come: `probation` s after its first strike, doubling with each."""
+        assert member.suspect_since is not None
+        wait = min(self.max_probation, self.probation * 2 ** max(0, member.strikes - 1))
+        return now - member.suspect_since >= wait
+
+    def eligible(self, now: float) -> list[W]:
+        """Members that may be given work: those not suspect or on probation; if there are none, all of them.
 
         A task can be lost on the way (a reconnection); a worker that never received it
         has nothing to show, and a run whose every worker is suspect must not stall.
         """
-        trusted = [i for i, m in self.members.items() if m.suspect_since is None]
+        trusted = [i for i, m in self.members.items() if m.suspect_since is None or self.on_probation(m, now)]
         return trusted or list(self.members)

@@ -36,6 +36,7 @@ import numpy as np
 from coordinator.refusals import Reason
 from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS
 from lenet.reduction import cover
+from lenet.shards import UnitSums
 
 PROTOCOL_VERSION = 3  # 2: Register carries the conformance probe's digest; 3: units, factors, losses, capacity
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
@@ -188,7 +189,7 @@ class Register:
     """A worker asks to join.
 
     `name` is for logs and metrics (host:pid by default; the coordinator admits only
-    names of NAME_CHARS).  `capacity`: how many units' worth of work it takes at
+    names of membership.NAME_RULE).  `capacity`: how many units' worth of work it takes at
     once, 1 for a worker, the number of its workers for a relay.  `probe` is the hex
     digest of the worker's answer to the fixed conformance probe (lenet.probe): the
     coordinator admits only workers whose arithmetic is bit for bit its own.
@@ -350,6 +351,23 @@ def cover_size(result: Result, num_shards: int) -> int:
     """How many node sums `result` must hold: the nodes of its unit's cover in a tree of `num_shards`.
     (Not on the wire: it follows from the unit; whoever knows the tree checks it.)"""
     return len(cover(result.first, result.first + result.shards, num_shards))
+
+
+def node_count(result: Result) -> int:
+    """How many node sums `result` holds (every tree parameter holds as many: checked when decoded)."""
+    return len(next(iter(result.grads.values())))
+
+
+def cover_refusal(result: Result, num_shards: int) -> Reason | None:
+    """BAD_ARRAY unless `result` holds one sum per node of its unit's cover, no more, no fewer."""
+    return None if node_count(result) == cover_size(result, num_shards) else Reason.BAD_ARRAY
+
+
+def result_of(step: int, sums: UnitSums, compute_seconds: float) -> Result:
+    """The Result of a unit computed (`lenet.shards.unit_sums`) or gathered (`gather`): its one constructor."""
+    first, end = sums.nodes[0][0], sums.nodes[-1][1]
+    return Result(step=step, first=first, shards=end - first, count=len(sums.losses), losses=sums.losses,
+                  correct=sums.correct, compute_seconds=compute_seconds, grads=sums.grads, factors=sums.factors)
 
 
 def finite(result: Result) -> bool:

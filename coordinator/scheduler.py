@@ -50,17 +50,10 @@ def work_units(num_shards: int, capacities: Sequence[int]) -> tuple[list[Node], 
     return units, caps
 
 
-class DeadlinePolicy:
-    """How long a unit may take: a multiple of the recent median time per sample, with a floor and a cap.
+class RecentRate:
+    """The recent median time per sample, of the last `window` measurements."""
 
-    A deadline that follows the measured compute time makes a stall cost seconds,
-    not the fixed cap; the floor keeps a burst of fast (or falsely fast) reports
-    from making honest workers miss; the cap is `--task-timeout`.  Until anything
-    is measured, the cap applies.
-    """
-
-    def __init__(self, cap: float, floor: float = 3.0, multiple: float = 10.0, window: int = 64):
-        self.cap, self.floor, self.multiple = cap, floor, multiple
+    def __init__(self, window: int = 64):
         self.recent: deque[float] = deque(maxlen=window)
 
     def record(self, seconds: float, samples: int) -> None:
@@ -71,6 +64,20 @@ class DeadlinePolicy:
         if not self.recent:
             return None
         return sorted(self.recent)[len(self.recent) // 2] * samples
+
+
+class DeadlinePolicy(RecentRate):
+    """How long a unit may take: a multiple of the recent median time per sample, with a floor and a cap.
+
+    A deadline that follows the measured compute time makes a stall cost seconds,
+    not the fixed cap; the floor keeps a burst of fast (or falsely fast) reports
+    from making honest workers miss; the cap is `--task-timeout`.  Until anything
+    is measured, the cap applies.
+    """
+
+    def __init__(self, cap: float, floor: float = 3.0, multiple: float = 10.0, window: int = 64):
+        super().__init__(window)
+        self.cap, self.floor, self.multiple = cap, floor, multiple
 
     def timeout(self, samples: int) -> float:
         expected = self.expected(samples)
@@ -109,9 +116,11 @@ class StepScheduler(Generic[W, R]):
         self.excluded: dict[int, W] = {}  # unit -> the worker that may not compute it (its first answer awaits a check)
         self.results: dict[int, R] = {}
         self.holding: dict[W, int] = {}  # units each worker holds now: asked of every worker at every turn
+        self.given: dict[int, set[W]] = {}  # unit -> every worker it was given to in this step
 
     def _hold(self, table: dict[int, Assignment[W]], unit: int, assignment: Assignment[W]) -> None:
         table[unit] = assignment
+        self.given.setdefault(unit, set()).add(assignment.worker)
         self.holding[assignment.worker] = self.holding.get(assignment.worker, 0) + 1
 
     def _unhold(self, table: dict[int, Assignment[W]], unit: int) -> Assignment[W]:
@@ -160,12 +169,20 @@ class StepScheduler(Generic[W, R]):
         if unit not in self.pending:
             self.pending.appendleft(unit)
 
+    def readmit(self, unit: int) -> None:
+        """The answer that barred a worker from `unit` is void (its author was banned): anyone may compute it."""
+        self.excluded.pop(unit, None)
+
     def discard(self, units: list[int]) -> int:
         """Accepted results that turned out untrustworthy: compute these units again.  Returns shards re-queued."""
         for unit in units:
             del self.results[unit]
             self.pending.appendleft(unit)
         return sum(self.units[u][1] - self.units[u][0] for u in units)
+
+    def was_given(self, unit: int, worker: W) -> bool:
+        """Whether `worker` was given `unit` at any time in this step (it may since have lost it)."""
+        return worker in self.given.get(unit, ())
 
     def given_at(self, unit: int, worker: W | None) -> float | None:
         """When `worker` was given `unit` (as primary or backup), or None if it does not hold it."""

@@ -1,26 +1,19 @@
 """The coordinator's event loop: receive and route messages, dispatch units, finish steps.
 
-One thread, one ROUTER socket (coordinator/endpoint.py), every wait bounded.  The
-loop only moves messages and calls the pure parts:
-  - `Membership` (who is alive, who may get work, who is banned),
-  - `Training.plan` / `Step` (a step's units and encoded tasks, and its state while
-    the workers compute: the `StepScheduler` keeps the first valid result of each
-    unit, takes units back from dead, departed or overdue workers, and hands out
-    backups to idle workers),
+One thread, one ROUTER socket, every wait bounded.  The loop only moves messages,
+times, metrics and logs; the rules live in pure rooms it calls:
+  - `Hub` (coordinator/hub.py, shared with the relay): the door, heartbeats,
+    members lost, work given with its parameters once per step;
+  - `Training.plan` / `Step` (a step's units and encoded tasks, and its state
+    while the members compute);
+  - `plan_gives` (coordinator/dispatch.py, shared with the relay): which member
+    gets which unit now, prefetch and backups;
+  - `Verification` (coordinator/trust.py): which answers are believed, what the
+    coordinator computes itself, who is banned;
   - `Training.apply` (add the units up the fixed tree, step the optimizer) and
-    `Training.end_epoch`,
-  - `Checkpointer` (coordinator/checkpoint.py).
+    `Training.end_epoch`; `Checkpointer` (coordinator/checkpoint.py).
 Every node of the reduction tree is the same float32 addition wherever it is done,
 so the parameters are bit-identical whatever the number, order or failures of workers.
-
-Peers are not trusted.  A message is handled in isolation: one that makes the
-code fail is refused and counted, and training goes on.  A result must fit its
-task in every field; gradients that are non-finite or larger than any honest
-result (`lenet.bounds`) are settled by the coordinator computing the unit itself:
-if its own answer is finite the peer lied and is banned for the run, and if not,
-the model has diverged.  A fraction of units (`--verify-fraction`), chosen with a
-per-run secret, is computed twice and compared bit for bit.  A worker joins only
-if its conformance probe (`lenet.probe`) matches the coordinator's bit for bit.
 """
 
 from __future__ import annotations
@@ -28,7 +21,6 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,18 +28,19 @@ from pathlib import Path
 import zmq
 
 from coordinator import checkpoint as ckpt
-from coordinator import keys
 from coordinator import protocol as P
+from coordinator import trust
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
-from coordinator.membership import Member, Membership, door_refusal
+from coordinator.hub import Hub
+from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
-from coordinator.ratelimit import RateLimitedLog, ReplyLimiter, TokenBucket
+from coordinator.ratelimit import TokenBucket
 from coordinator.refusals import Reason
-from coordinator.scheduler import DeadlinePolicy
-from coordinator.step import Step, StepPlan, same_result
+from coordinator.scheduler import DeadlinePolicy, RecentRate
+from coordinator.step import Step
 from coordinator.training import RunState, StepReport, Training, TrainingDiverged
-from lenet.bounds import implausible, per_sample_bounds
+from lenet.bounds import implausible
 from lenet.model import LeNet5
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
@@ -56,18 +49,8 @@ from lenet.status import UserError
 
 log = logging.getLogger("coordinator")
 
-PREFETCH = 2  # tasks a worker may hold at once: hides the round trip between units
-RECEIVE_BUDGET = 256  # messages handled per loop turn, so a flood cannot starve the rest of the loop
-# A unit out for this many times its expected time, and at least BACKUP_AFTER seconds,
-# is also given to an idle worker.  Earlier, a backup would mostly keep that worker
-# busy into the next step; later, a stalled worker costs more than it must.  The
-# expected time is the larger of the workers' compute time and the turnaround the
-# coordinator sees (compute, network and its own queue): a busy coordinator whose
-# results wait in its queue must not take them for stragglers.
-STRAGGLER, BACKUP_AFTER = 4.0, 0.5
-LOSSES_LOGGED = 3  # workers found silent at once and logged one by one; the rest in one line
+StepObserver = Callable[[StepReport, int], None]  # after each step: its report and the number of workers
 
-Progress = Callable[[StepReport, int], None]  # after each step: its report and the number of workers
 
 @dataclass
 class RunOutcome:
@@ -79,29 +62,26 @@ class RunOutcome:
 class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
-        self.members = Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers)
         self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, key=service.checkpoint_key)
         self.step: Step | None = None
-        self.next_plan: StepPlan | None = None
         self.epoch_started = 0.0
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
-        self.turnaround = DeadlinePolicy(cap=service.task_timeout)  # from giving a unit out to accepting it
-        self.warnings = RateLimitedLog(interval=10.0)
-        self.join_lines = TokenBucket(rate=1.0, burst=16)  # a line per join, unless they flood in
-        self.joins_unlogged = 0
-        self.replies = ReplyLimiter(interval=1.0)
-        self.registrations = TokenBucket(rate=service.registrations_per_second, burst=service.registration_burst)
+        self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
         started = time.perf_counter()
-        self.probe = probe_digest()
+        probe = probe_digest()
         # Its own probe is the first measurement of the time per sample: deadlines follow it from
         # the first step, rather than starting at the --task-timeout cap (a flood of ghosts at step
         # 0 would hold it that long).
         self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
         self.local_model = LeNet5()  # settles doubts by computing a unit here
-        self.bounds: tuple[int, dict[str, float]] = (-1, {})  # (step, per-sample gradient bounds)
         self.endpoint = RouterEndpoint(context, service.bind, service.curve,
                                        P.max_result_bytes(training.config.batch_size, training.num_shards))
+        self.hub = Hub(self.endpoint, Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers),
+                       probe, "coordinator", log, self._release, metrics=metrics,
+                       registrations=TokenBucket(rate=service.registrations_per_second,
+                                                 burst=service.registration_burst))
+        self.members = self.hub.members
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -113,95 +93,16 @@ class Coordinator:
     def save_checkpoint(self) -> Path | None:
         return self.checkpoints.save(self.training)
 
-    # ------------------------------------------------------------------ sending
-
-    def _send(self, identity: bytes, frame: bytes) -> None:
-        if self.endpoint.send(identity, frame):
-            self.metrics.sent_bytes.inc(len(frame))
-        else:
-            self._warn_limited("send_full", f"send buffer to {self._name(identity)} full: message dropped")
-
-    def _refuse_peer(self, identity: bytes, code: str, message: str, now: float) -> None:
-        """Tell a peer why it is refused, at most once a second per peer."""
-        if self.replies.allow(identity, now):
-            self._send(identity, P.encode(P.Error(code=code, message=message[: P.MAX_TEXT])))
-
-    def _name(self, identity: bytes) -> str:
-        member = self.members.get(identity)
-        return member.label if member else identity.hex()[:8]
-
     def broadcast_shutdown(self, reason: str) -> None:
-        frame = P.encode(P.Shutdown(reason=reason))
-        for identity in list(self.members.members):
-            self._send(identity, frame)
+        self.hub.broadcast(P.encode(P.Shutdown(reason=reason)))
 
-    # ------------------------------------------------------------------ membership
+    def close(self, linger_ms: int = 0) -> None:
+        self.endpoint.close(linger_ms)
 
-    def _register(self, identity: bytes, msg: P.Register, now: float, key: bytes | None) -> None:
-        if identity not in self.members:
-            refusal = self._admission(msg, now)
-            if refusal is not None:
-                reason, text = refusal
-                self._reject(reason, identity, f"registration of {msg.name!r:.80}: {text}")
-                if reason is not Reason.RATE_LIMITED:  # unanswered, it simply retries with back-off
-                    self._refuse_peer(identity, reason.value, text, now)
-                return
-        if self.members.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6], key=key,
-                             capacity=msg.capacity):
-            if self.join_lines.take(now):
-                more = f" (+{self.joins_unlogged} more joined since the last report)" if self.joins_unlogged else ""
-                log.info("worker %s joined (%d live)%s", self._name(identity), len(self.members), more)
-                self.joins_unlogged = 0
-            else:
-                self.joins_unlogged += 1
-        self.metrics.worker_seen(self._name(identity))
-        self.metrics.workers_alive.set(len(self.members))
-        self._send(identity, P.encode(P.Heartbeat()))
+    # ------------------------------------------------------------------ members
 
-    def _admission(self, msg: P.Register, now: float) -> tuple[Reason, str] | None:
-        """Why a new peer may not join, or None."""
-        refusal = door_refusal(msg.name, msg.probe, self.probe, "coordinator")
-        if refusal is not None:
-            if refusal[0] is Reason.NONCONFORMING:
-                self.metrics.probe_failures.inc()
-            return refusal
-        if self.members.full:
-            return Reason.FULL, f"the run has its maximum of {self.members.max_members} workers (--max-workers)"
-        if not self.registrations.take(now):
-            return Reason.RATE_LIMITED, "registrations arrive faster than they are admitted"
-        return None
-
-    def _remove_worker(self, identity: bytes, why: str, quiet: bool = False) -> int:
-        member = self.members.remove(identity)
-        return self._forget(identity, member, why, quiet)
-
-    def _forget(self, identity: bytes, member: Member, why: str, quiet: bool = False) -> int:
-        """Take back its units and its metric series; returns the shards re-dispatched."""
-        released = self.step.scheduler.release_worker(identity) if self.step else 0
-        self.metrics.redispatched.inc(released)
-        self.metrics.forget_worker(member.label)
-        self.metrics.workers_alive.set(len(self.members))
-        if not quiet:
-            log.info("worker %s %s (%d live; %d shards re-dispatched)", member.label, why, len(self.members),
-                     released)
-        return released
-
-    def _ban(self, identity: bytes, why: str) -> None:
-        """Out for the run; its results of this step are discarded and computed again."""
-        member = self.members.ban(identity)
-        self.metrics.workers_banned.inc()
-        if member is None:
-            return
-        if self.step is not None:
-            step = self.step
-            mine = [u for u, who in step.produced.items() if who == identity]
-            for unit in mine:
-                del step.produced[unit]
-            self.metrics.redispatched.inc(step.scheduler.discard(mine))
-            for unit in [u for u, (who, _) in step.candidates.items() if who == identity]:
-                del step.candidates[unit]
-                step.scheduler.excluded.pop(unit, None)
-        self._forget(identity, member, f"banned for the run: {why}")
+    def _release(self, identity: bytes) -> int:
+        return self.step.scheduler.release_worker(identity) if self.step else 0
 
     def reload_keys(self) -> None:
         """Re-read the CURVE allow-list (SIGHUP): new keys may connect; revoked keys' workers are dropped."""
@@ -215,7 +116,7 @@ class Coordinator:
             return
         revoked = self.members.with_keys(removed)
         for identity in revoked:
-            self._remove_worker(identity, "dropped: its key was revoked")
+            self.hub.remove(identity, "dropped: its key was revoked")
         log.info("SIGHUP: allow-list reloaded: %d keys added, %d revoked, %d workers dropped", len(added),
                  len(removed), len(revoked))
 
@@ -223,16 +124,10 @@ class Coordinator:
         """Local worker processes seen to exit: drop them now rather than at the heartbeat timeout."""
         for identity in self.members.with_pids(pids):
             self.metrics.workers_lost.inc()
-            self._remove_worker(identity, "exited")
+            self.hub.remove(identity, "exited")
 
     def _check_liveness(self, now: float) -> None:
-        silent = self.members.silent(now)
-        for i, (identity, seconds) in enumerate(silent):  # a line each for a few, then one for the rest
-            self.metrics.workers_lost.inc()
-            self._remove_worker(identity, f"lost: silent for {seconds:.1f} s", quiet=i >= LOSSES_LOGGED)
-        if len(silent) > LOSSES_LOGGED:
-            log.info("%d more workers lost: silent for over %.0f s (%d live)", len(silent) - LOSSES_LOGGED,
-                     self.service.heartbeat_timeout, len(self.members))
+        self.hub.drop_silent(now)
         if self.step is None:
             return
         sched = self.step.scheduler
@@ -240,263 +135,143 @@ class Coordinator:
             lo, hi = sched.units[unit]
             self.metrics.redispatched.inc(hi - lo)
             log.warning("shards %d-%d of step %d missed their %.0f s deadline on %s: re-dispatched", lo, hi - 1,
-                        sched.step, self.deadlines.timeout(sched.samples[unit]), self._name(identity))
+                        sched.step, self.deadlines.timeout(sched.samples[unit]), self.hub.name(identity))
             if self.members.suspect(identity, now):
                 self.metrics.workers_removed.inc()
-                self._remove_worker(identity, f"removed: missed {self.members.max_misses} deadlines in a row "
-                                              "without answering")
+                self.hub.remove(identity, f"removed: missed {self.members.max_misses} deadlines in a row "
+                                          "without answering")
 
-    # ------------------------------------------------------------------ receiving
+    # ------------------------------------------------------------------ results
 
-    def _warn_limited(self, key: str, text: str) -> None:
-        """One log line per key per 10 s, whatever the flood, saying how many were held back."""
-        held = self.warnings.admit(key, time.monotonic())
-        if held is not None:
-            more = f" (+{held} more like it since the last report)" if held else ""
-            log.warning("%s%s", text, more)
-
-    def _reject(self, reason: Reason, identity: bytes | None, detail: str) -> None:
-        self.metrics.rejected.labels(reason.value).inc()
-        who = self._name(identity) if identity else "?"
-        self._warn_limited(reason.value, f"rejected message from {who}: {reason.value}: {detail[:200]!s}")
-
-    def _drain(self) -> None:
-        """Handle the messages already queued, at most RECEIVE_BUDGET of them, each in isolation."""
-        for frames in self.endpoint.receive(RECEIVE_BUDGET):
-            self.metrics.received_bytes.inc(sum(len(f.buffer) for f in frames))
-            identity = frames[0].bytes if frames else None
-            if len(frames) != 2 or identity is None:
-                self._reject(Reason.MALFORMED, identity, f"{len(frames)} frames, expected 2")
-                continue
-            key = keys.sender_key(frames[1]) if self.endpoint.auth is not None else None
-            try:
-                self._handle(identity, frames[1].buffer, time.monotonic(), key)
-            except TrainingDiverged:
-                raise
-            except Exception as err:  # a bug must not end the run: refuse the message, say where
-                self._reject(Reason.INTERNAL_ERROR, identity, f"{type(err).__name__}: {err}")
-                self._warn_limited("internal_error_traceback", "handling it failed:\n" + traceback.format_exc())
-
-    def _handle(self, identity: bytes, frame: bytes | memoryview, now: float, key: bytes | None = None) -> None:
-        """One message; `key` is the CURVE public key that sent it (None without CURVE)."""
-        if identity in self.members.banned:
-            self._reject(Reason.BANNED, identity, f"{len(frame)} bytes from a banned worker: dropped unread")
-            self._refuse_peer(identity, "banned", "banned for this run: it returned results the coordinator's own "
-                              "computation contradicts", now)
-            return
-        if self.endpoint.auth is not None:
-            if not self.endpoint.auth.allows(key):
-                self._reject(Reason.REVOKED_KEY, identity, "sent with a key no longer admitted: dropped unread")
-                return
-            member = self.members.get(identity)
-            if member is not None and member.key != key:
-                self._reject(Reason.KEY_MISMATCH, identity, "sent with another key than it registered with: "
-                             "dropped unread")
-                return
-        if identity not in self.members and len(frame) > P.MAX_REGISTER_BYTES:
-            self._reject(Reason.UNREGISTERED, identity, f"{len(frame)} bytes from an unknown peer: dropped unread")
-            self._refuse_peer(identity, "unregistered", "register first", now)
-            return
-        try:
-            msg = P.decode(frame)
-        except P.ProtocolError as err:
-            self._reject(err.reason, identity, err.detail)
-            return
-        if isinstance(msg, P.Register):
-            self._register(identity, msg, now, key)
-            return
-        member = self.members.touch(identity, now)
-        if member is None:
-            self._reject(Reason.UNREGISTERED, identity, f"{msg.TYPE} from an unknown worker")
-            if not isinstance(msg, P.Leave):
-                self._refuse_peer(identity, "unregistered", "register first", now)
-            return
-        self.metrics.worker_seen(member.label)
-        if isinstance(msg, P.Heartbeat):
-            self._send(identity, P.encode(P.Heartbeat()))
-        elif isinstance(msg, P.Leave):
-            self._remove_worker(identity, "left")
-        elif isinstance(msg, P.Result):
-            self._handle_result(identity, member, msg)
+    def _handle(self, identity: bytes, member: Member, msg: P.Message, now: float) -> None:
+        if isinstance(msg, P.Result):
+            self._on_result(identity, member, msg)
         elif isinstance(msg, P.Capacity):
-            if msg.capacity != member.capacity:
-                # Rate-limited: a peer may send these as fast as it likes.
-                held = self.warnings.admit(f"capacity {member.label}", time.monotonic())
-                if held is not None:
-                    log.info("relay %s now serves %d workers (was %d)%s", member.label, msg.capacity,
-                             member.capacity, f" (+{held} changes since the last report)" if held else "")
+            if msg.capacity != member.capacity:  # rate-limited: a peer may send these as fast as it likes
+                self.hub.warn_limited(f"capacity {member.label}", f"relay {member.label} now serves "
+                                      f"{msg.capacity} workers (was {member.capacity})")
             member.capacity = msg.capacity
         else:
-            self._reject(Reason.UNEXPECTED, identity, f"a worker may not send {msg.TYPE}")
+            self.hub.reject(Reason.UNEXPECTED, identity, f"a worker may not send {msg.TYPE}")
 
-    def _handle_result(self, identity: bytes, member: Member, msg: P.Result) -> None:
+    def _on_result(self, identity: bytes, member: Member, msg: P.Result) -> None:
         where = f"step {msg.step} shards {msg.first}-{msg.first + msg.shards - 1}"
         if self.step is None:
-            self._reject(Reason.STALE_STEP, identity, f"result for {where} between steps")
+            self.hub.reject(Reason.STALE_STEP, identity, f"result for {where} between steps")
             return
         step, sched = self.step, self.step.scheduler
-        reason = sched.check(identity, msg.step, msg.first, msg.shards, msg.count)
-        if reason is None and len(msg.grads["conv1.bias"]) != P.cover_size(msg, step.plan.num_shards):
-            reason = Reason.BAD_ARRAY  # one sum per node of the unit's cover, no more, no fewer
-        doubt = self._doubt(msg) if reason in (None, Reason.LATE, Reason.DUPLICATE, Reason.STALE_STEP) else None
-        if reason is not None:
-            if reason in (Reason.LATE, Reason.DUPLICATE, Reason.STALE_STEP) and doubt is None:
-                self.members.vouch(identity)  # too late to use, but it shows the worker computes
-            self._reject(reason, identity, where)
+        refusal = sched.check(identity, msg.step, msg.first, msg.shards, msg.count)
+        if refusal is None:
+            refusal = P.cover_refusal(msg, step.plan.num_shards)
+        if refusal not in (None, Reason.LATE, Reason.DUPLICATE):
+            self.hub.reject(refusal, identity, where)
             return
         unit = sched.index[msg.first]
-        if doubt is not None:
-            self._settle(identity, unit, doubt, f"{doubt.value} gradients for {where}")
+        doubt = Reason.NON_FINITE if not P.finite(msg) else (
+            Reason.IMPLAUSIBLE if implausible(msg.grads, msg.factors, msg.count, step.bounds) else None)
+        if refusal is not None:  # too late to use; it may still show that its sender computes
+            self.hub.reject(refusal, identity, where)
+            if doubt is None and sched.was_given(unit, identity):
+                self._carry_out(step.verification.aside(identity, unit, msg, sched.results.get(unit)))
             return
-        self.members.vouch(identity)
-        self.deadlines.record(msg.compute_seconds, msg.count)
-        self.metrics.worker_compute.labels(member.label).inc(msg.compute_seconds)
-        self.metrics.worker_shards.labels(member.label).inc(msg.shards)
-        if unit not in step.verify:
-            self._accept(identity, unit, msg)
-        elif unit not in step.candidates:
-            step.candidates[unit] = (identity, msg)
-            if len(self.members.eligible()) > 1:
-                sched.second_opinion(msg.first, identity)  # another worker computes it too
-            else:
-                self._verify(unit, self._compute_locally(unit))
+        if doubt is not None:
+            self.hub.reject(doubt, identity, f"{doubt.value} gradients for {where}")
         else:
-            self._verify(unit, msg, identity)
+            self.deadlines.record(msg.compute_seconds, msg.count)
+            self.metrics.worker_compute.labels(member.label).inc(msg.compute_seconds)
+            self.metrics.worker_shards.labels(member.label).inc(msg.shards)
+        others = any(i != identity for i in self.members.eligible(time.monotonic()))
+        self._carry_out(step.verification.answer(identity, unit, msg, doubt, where, others))
 
-    def _doubt(self, msg: P.Result) -> Reason | None:
-        """Why a result's gradients cannot be true (NaN/Inf, or larger than any honest result), or None."""
-        if not P.finite(msg):
-            return Reason.NON_FINITE
-        if self.bounds[0] != msg.step:
-            self.bounds = (msg.step, per_sample_bounds(self.training.params))
-        return Reason.IMPLAUSIBLE if implausible(msg.grads, msg.factors, msg.count, self.bounds[1]) else None
+    def _carry_out(self, decisions: list[trust.Decision]) -> None:
+        """Do what the trust rules decided, in order; a Recompute feeds its answer back to them."""
+        step = self.step
+        assert step is not None
+        queue = list(decisions)
+        while queue:
+            d = queue.pop(0)
+            if isinstance(d, trust.Accept):
+                if d.unit not in step.scheduler.results:
+                    self._accept(d.by, d.unit, d.result)
+                    if d.unit in step.verification.verify:
+                        self.metrics.units_verified.inc()
+            elif isinstance(d, trust.Vouch):
+                self.members.vouch(d.who)
+            elif isinstance(d, trust.SecondOpinion):
+                step.scheduler.second_opinion(step.plan.units[d.unit][0], d.exclude)  # another worker computes it
+            elif isinstance(d, trust.Recompute):
+                own = self._compute_locally(d.unit)
+                queue[:0] = step.verification.own(d.unit, own, P.finite(own))
+            elif isinstance(d, trust.Ban):
+                self._ban(d)
+            elif isinstance(d, trust.Diverged):
+                lo, hi = step.plan.units[d.unit]
+                raise TrainingDiverged(f"step {step.number}: the coordinator's own computation of shards "
+                                       f"{lo}-{hi - 1} is not finite either")
 
     def _compute_locally(self, unit: int) -> P.Result:
         """The unit computed here, with the step's parameters: the reference every doubt is settled by."""
         assert self.step is not None
         task = self.step.task(unit)
-        self.local_model.params = self.training.params
+        self.local_model.params = self.step.params
         start = time.perf_counter()
         sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         self.metrics.units_recomputed_locally.inc()
-        return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                        losses=sums.losses, correct=sums.correct,
-                        compute_seconds=time.perf_counter() - start, grads=sums.grads, factors=sums.factors)
+        return P.result_of(task.step, sums, time.perf_counter() - start)
 
-    def _settle(self, identity: bytes, unit: int, reason: Reason, detail: str) -> None:
-        """A result that cannot be true: compute the unit here; a finite answer convicts the peer."""
-        self._reject(reason, identity, detail)
-        own = self._compute_locally(unit)
-        if not P.finite(own):
-            raise TrainingDiverged(f"step {own.step}: the coordinator's own computation of shards "
-                                   f"{own.first}-{own.first + own.shards - 1} is not finite either")
-        self._ban(identity, detail)
-        if self.step is not None and unit not in self.step.scheduler.results:
-            self._accept(None, unit, own)
-
-    def _verify(self, unit: int, second: P.Result, second_by: bytes | None = None) -> None:
-        """Compare a verified unit's two answers bit for bit; a third computation here settles a mismatch."""
-        step = self.step
-        assert step is not None
-        first_by, first = step.candidates.pop(unit)
-        self.metrics.units_verified.inc()
-        if same_result(first, second):
-            # Both agree.  The unit is held by the second answerer, or, when the coordinator computed the
-            # second answer itself, still by the first: not a worker overtaken.
-            self._accept(second_by if second_by is not None else first_by, unit, first)
+    def _ban(self, ban: trust.Ban) -> None:
+        """Out for the run; its answers of this step are discarded and computed again."""
+        if ban.reason is Reason.MISMATCH:
+            self.metrics.verify_mismatches.inc()
+            self.hub.reject(Reason.MISMATCH, ban.who, f"{ban.detail} differ from the coordinator's own computation")
+            why = "its result of a verified unit differs from the coordinator's own computation"
+        else:
+            why = f"{ban.reason.value} gradients for {ban.detail}"
+        member = self.members.ban(ban.who)
+        self.metrics.workers_banned.inc()
+        if member is None:
             return
-        self.metrics.verify_mismatches.inc()
-        own = self._compute_locally(unit) if second_by is not None else second
-        for who, answer in ((first_by, first), (second_by, second)):
-            if who is not None and not same_result(answer, own):
-                self._reject(Reason.MISMATCH, who, f"step {own.step} shards {own.first}-{own.first + own.shards - 1}"
-                                                   " differ from the coordinator's own computation")
-                self._ban(who, "its result of a verified unit differs from the coordinator's own computation")
-        if unit not in step.scheduler.results:
-            self._accept(None, unit, own)
+        step = self.step
+        if step is not None:
+            mine = step.verification.convicted(ban.who)
+            self.metrics.redispatched.inc(step.scheduler.discard(mine))
+            for unit in step.scheduler.excluded.copy():
+                if step.scheduler.excluded[unit] == ban.who:
+                    step.scheduler.readmit(unit)
+        self.hub.forget(ban.who, member, f"banned for the run: {why}")
 
     def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
-        assert self.step is not None
-        sched = self.step.scheduler
+        step = self.step
+        assert step is not None
+        sched = step.scheduler
         since = sched.given_at(unit, identity)
         if since is not None:
             self.turnaround.record(time.monotonic() - since, sched.samples[unit])
         overtaken = sched.accept(result.first, result, by=identity)
-        if identity is not None:
-            self.step.produced[unit] = identity
         now = time.monotonic()
         for other in overtaken:  # it had the unit and did not answer first: no new work until it answers
-            lo, hi = self.step.scheduler.units[unit]
-            self._warn_limited(f"overtaken {self._name(other)}",
-                               f"shards {lo}-{hi - 1} of step {result.step}: {self._name(other)} was overtaken by a "
-                               "backup; no new work for it until it answers")
+            lo, hi = sched.units[unit]
+            self.hub.warn_limited(f"overtaken {self.hub.name(other)}",
+                                  f"shards {lo}-{hi - 1} of step {result.step}: {self.hub.name(other)} was "
+                                  "overtaken by a backup; no new work for it until it answers")
             self.members.suspect(other, now, missed=False)
 
     # ------------------------------------------------------------------ steps
 
-    def _capacities(self) -> tuple[int, ...]:
+    def _capacities(self, now: float) -> tuple[int, ...]:
         """What the next step's units are cut for: the capacity of every member that may get work."""
-        caps = [self.members.members[i].capacity for i in self.members.eligible()]
+        caps = [self.members.members[i].capacity for i in self.members.eligible(now)]
         return tuple(sorted((c for c in caps if c > 0), reverse=True))
 
-    def _plan_ahead(self) -> None:
-        """Build the next step's tasks while the workers compute, off the step's critical path."""
-        nxt = self.training.state.step + 1
-        if nxt < self.training.total_steps and (self.next_plan is None or self.next_plan.step != nxt):
-            self.next_plan = self.training.plan(nxt, self._capacities())
-
-    def _start_step(self, now: float) -> None:
-        step, capacities = self.training.state.step, self._capacities()
-        plan = self.next_plan
-        if plan is None or plan.step != step or plan.capacities != capacities:
-            plan = self.training.plan(step, capacities)
-        self.step = Step.start(plan, self.training.params, self.service.task_timeout, now,
-                               secret=self.secret, verify_fraction=self.service.verify_fraction)
-
-    def _give(self, identity: bytes, unit: int) -> None:
-        step = self.step
-        assert step is not None
-        member = self.members.get(identity)
-        assert member is not None
-        if member.params_step != step.number:
-            self._send(identity, step.params_frame)
-            member.params_step = step.number
-        self._send(identity, step.plan.tasks[unit])
-
     def _dispatch(self, now: float) -> None:
-        """Hand out pending units round-robin, up to PREFETCH per member; then back up stragglers."""
+        """Hand out units (coordinator/dispatch.py); a unit under check that nobody else may take is computed here."""
         step = self.step
         assert step is not None
+        self.metrics.backup_tasks.inc(self.hub.dispatch([step.batch], now, self.deadlines, self.turnaround))
         sched = step.scheduler
-        eligible = [i for i in self.members.eligible() if self.members.members[i].capacity > 0]
-        largest = max(sched.samples)
-        timeout = self.deadlines.timeout(largest)
-        progress = True
-        while sched.pending and progress:
-            progress = False
-            for identity in eligible:
-                if not sched.pending or sched.holds(identity) >= PREFETCH:
-                    continue
-                unit = sched.next_unit(identity, now, timeout, capacity=self.members.members[identity].capacity)
-                if unit is not None:
-                    self._give(identity, unit)
-                    progress = True
-        for unit in [u for u in sched.pending if u in step.candidates]:
-            if not [i for i in eligible if i != sched.excluded.get(unit)]:  # nobody else left to check it
-                self._verify(unit, self._compute_locally(unit))
-        expected = self.deadlines.expected(largest)
-        if sched.pending or expected is None:
-            return
-        older_than = max(BACKUP_AFTER, STRAGGLER * max(expected, self.turnaround.expected(largest) or 0.0))
-        if sched.oldest_age(now) <= older_than:
-            return  # no straggler: the common case, decided without a look at every worker
-        for identity in eligible:
-            if sched.holds(identity):
-                continue
-            unit = sched.backup_unit(identity, now, timeout, older_than=older_than)
-            if unit is not None:
-                self.metrics.backup_tasks.inc()
-                self._give(identity, unit)
+        for unit in [u for u in sched.pending if u in step.verification.candidates]:
+            if not [i for i, _ in self.hub.workers_for_work(now) if i != sched.excluded.get(unit)]:  # nobody else
+                self._carry_out(step.verification.no_checker(unit))
 
     def _finish_step(self, now: float) -> StepReport:
         step = self.step
@@ -517,8 +292,7 @@ class Coordinator:
         return report
 
     def _end_epoch(self) -> None:
-        now = time.monotonic()
-        stats = self.training.end_epoch(seconds=now - self.epoch_started)
+        stats = self.training.end_epoch(seconds=time.monotonic() - self.epoch_started)
         self.metrics.train_accuracy.set(stats.train_accuracy)
         self.metrics.test_accuracy.set(stats.test_accuracy)
         self.metrics.epoch.set(self.training.epoch)
@@ -533,8 +307,8 @@ class Coordinator:
 
     def _turn(self, wait: float, tick: Callable[[], None]) -> float:
         """Wait up to `wait` s for messages, handle them, check liveness, run `tick`; returns the time after."""
-        if self.endpoint.poll(wait):
-            self._drain()
+        if self.hub.poll(wait):
+            self.hub.drain(self._handle, fatal=(TrainingDiverged,))
         now = time.monotonic()
         self._check_liveness(now)
         tick()
@@ -554,7 +328,7 @@ class Coordinator:
         return True
 
     def run(self, stop: Callable[[], bool], tick: Callable[[], None] = lambda: None,
-            progress: Progress = lambda report, workers: None) -> RunOutcome:
+            progress: StepObserver = lambda report, workers: None) -> RunOutcome:
         """Train until done or `stop()` is true; `tick` runs every loop turn, `progress` after each step."""
         training = self.training
         self.metrics.epoch.set(training.epoch)
@@ -569,10 +343,11 @@ class Coordinator:
                 return RunOutcome(training.params, training.state, finished=False)
             now = time.monotonic()
             if self.step is None:
-                self._start_step(now)
-            assert self.step is not None
+                plan = training.plan(training.state.step, self._capacities(now))
+                self.step = Step.start(plan, training.params, self.service.task_timeout, now,
+                                       secret=self.secret, verify_fraction=self.service.verify_fraction)
             self._dispatch(now)
-            self._plan_ahead()
+            training.plan_ahead(self._capacities(now))
             deadline = self.step.scheduler.next_deadline()
             now = self._turn(0.1 if deadline is None else min(0.1, max(0.0, deadline - now)), tick)
             # No member, or only relays that have no worker right now (stops at the first with capacity).
@@ -584,6 +359,3 @@ class Coordinator:
             if self.step.scheduler.complete:
                 progress(self._finish_step(now), len(self.members))
         return RunOutcome(training.params, training.state, finished=True)
-
-    def close(self, linger_ms: int = 0) -> None:
-        self.endpoint.close(linger_ms)

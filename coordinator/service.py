@@ -19,7 +19,7 @@ from coordinator import checkpoint as ckpt
 from coordinator.config import ServiceConfig
 from coordinator.local_workers import LocalWorkers
 from coordinator.metrics import Metrics
-from coordinator.server import Coordinator, Progress, RunOutcome
+from coordinator.server import Coordinator, RunOutcome, StepObserver
 from coordinator.training import Training, TrainingDiverged
 
 log = logging.getLogger("coordinator")
@@ -33,7 +33,7 @@ class ServiceOutcome(RunOutcome):
 def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *, local_workers: int = 0,
                 local_worker_args: Sequence[str] = (), resume_from: ckpt.Checkpoint | None = None,
                 stop: Callable[[], bool] = lambda: False, reload_keys: Callable[[], bool] = lambda: False,
-                progress: Progress = lambda report, workers: None) -> ServiceOutcome:
+                progress: StepObserver = lambda report, workers: None) -> ServiceOutcome:
     """Train `training` with `local_workers` processes started here plus any that connect.
 
     `stop()` true ends the run early; `reload_keys()` true (a SIGHUP) re-reads the

@@ -5,8 +5,8 @@ the live members' capacities (`work_units`) and encodes each unit's Task: everyt
 not depend on the parameters, so the next step's plan is built while the workers
 compute.  `Step` then holds the state of the step under way: its plan, the
 scheduler that hands out units and keeps the first valid result of each, the
-encoded parameters, when it started, and which workers answered with non-finite
-gradients.
+verification of its answers, its parameters (encoded once) and their gradient
+bounds, and when it started.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import accumulate
 
 import numpy as np
 
 from coordinator import protocol as P
 from coordinator.scheduler import StepScheduler, work_units
+from coordinator.trust import Verification
+from lenet.bounds import per_sample_bounds
 from lenet.params import Params
 from lenet.reduction import Node
 from lenet.shards import split_batch
@@ -74,24 +76,53 @@ def same_result(a: P.Result, b: P.Result) -> bool:
 
 
 @dataclass
+class Batch:
+    """Units of one step handed out to members: their encoded tasks, who holds what, which answers count.
+
+    The coordinator's step is one; so is each task a relay cuts into pieces for its workers.
+    """
+
+    step: int
+    params_frame: bytes  # the step's Params message, sent once per member
+    tasks: list[bytes]  # per unit: its encoded Task
+    scheduler: StepScheduler[Hashable, object]  # which unit is out where; the accepted results
+    verification: Verification[Hashable, P.Result]  # which answers are believed (coordinator/trust.py)
+
+
+@dataclass
 class Step:
-    """The step under way."""
+    """The step under way: everything the loop needs about it, in one place."""
 
     plan: StepPlan
-    scheduler: StepScheduler[Hashable, P.Result]
-    params_frame: bytes  # the encoded Params message, sent once per worker
+    batch: Batch
+    params: Params  # the parameters every unit of the step is computed with
     started: float
-    verify: set[int] = field(default_factory=set)  # units whose first answer must be confirmed
-    candidates: dict[int, tuple[Hashable, P.Result]] = field(default_factory=dict)  # first answers awaiting a check
-    produced: dict[int, Hashable] = field(default_factory=dict)  # accepted units: who answered
+    _bounds: dict[str, float] | None = None
 
     @classmethod
     def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float,
               secret: bytes = b"", verify_fraction: float = 0.0) -> "Step":
         verify = {u for u, (first, _) in enumerate(plan.units)
                   if chosen_for_verification(secret, plan.step, first, verify_fraction)}
-        return cls(plan=plan, scheduler=StepScheduler(plan.step, plan.units, plan.samples, task_timeout, plan.weights),
-                   params_frame=P.encode(P.Params(step=plan.step, params=params)), started=now, verify=verify)
+        scheduler = StepScheduler(plan.step, plan.units, plan.samples, task_timeout, plan.weights)
+        batch = Batch(plan.step, P.encode(P.Params(step=plan.step, params=params)), plan.tasks, scheduler,
+                      Verification(verify, same_result))
+        return cls(plan=plan, batch=batch, params=params, started=now)
+
+    @property
+    def scheduler(self) -> StepScheduler[Hashable, P.Result]:
+        return self.batch.scheduler  # type: ignore[return-value]  # holds the step's accepted Results
+
+    @property
+    def verification(self) -> Verification[Hashable, P.Result]:
+        return self.batch.verification
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        """The largest gradient and factor elements one honest sample can give with the step's parameters."""
+        if self._bounds is None:
+            self._bounds = per_sample_bounds(self.params)
+        return self._bounds
 
     def task(self, unit: int) -> P.Task:
         task = P.decode(self.plan.tasks[unit])

@@ -76,6 +76,7 @@ class Training:
         self.schedule = make_schedule(config, self.steps_per_epoch)
         self.state = RunState()
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])  # one epoch's batches, cached
+        self._next_plan: StepPlan | None = None  # built while the workers compute the step under way
 
     @property
     def params(self) -> Params:
@@ -92,6 +93,19 @@ class Training:
 
     def plan(self, step: int, capacities: tuple[int, ...]) -> StepPlan:
         """Shards, units and encoded tasks of `step` for members of `capacities`: independent of the parameters."""
+        ahead = self._next_plan
+        if ahead is not None and ahead.step == step and ahead.capacities == capacities:
+            return ahead
+        return self._plan(step, capacities)
+
+    def plan_ahead(self, capacities: tuple[int, ...]) -> None:
+        """Build the next step's plan now, off the step's critical path (kept if members change meanwhile:
+        `plan` then builds it again)."""
+        nxt = self.state.step + 1
+        if nxt < self.total_steps and (self._next_plan is None or self._next_plan.step != nxt):
+            self._next_plan = self._plan(nxt, capacities)
+
+    def _plan(self, step: int, capacities: tuple[int, ...]) -> StepPlan:
         epoch, index = divmod(step, self.steps_per_epoch)
         if self._batches[0] != epoch:
             self._batches = (epoch, epoch_batches(self.config.seed, epoch, self.n_train, self.config.batch_size))

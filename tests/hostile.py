@@ -66,9 +66,7 @@ class ScriptedWorker(threading.Thread):
     def honest(self, task: P.Task) -> P.Result:
         """The true result of `task` (computed with the parameters the coordinator sent)."""
         sums = unit_sums(self.model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
-        return P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                        losses=sums.losses, correct=sums.correct, compute_seconds=0.01, grads=sums.grads,
-                        factors=sums.factors)
+        return P.result_of(task.step, sums, 0.01)
 
     def run(self) -> None:
         sock = zmq.Context.instance().socket(zmq.DEALER)

@@ -206,8 +206,6 @@ class Worker:
         start = time.perf_counter()
         sums = unit_sums(self.model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         seconds = time.perf_counter() - start
-        self._send(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                            losses=sums.losses, correct=sums.correct, compute_seconds=seconds, grads=sums.grads,
-                            factors=sums.factors))
+        self._send(P.result_of(task.step, sums, seconds))
         if self.metrics is not None:
             self.metrics.task(len(task.sizes), len(task.labels), seconds)

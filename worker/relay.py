@@ -30,17 +30,12 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
-from itertools import accumulate
 
 import zmq
 
+from coordinator import hub
 from coordinator import protocol as P
-from coordinator.endpoint import RouterEndpoint
 from coordinator.keys import CurveServer
-from coordinator.membership import Membership, door_refusal
-from coordinator.ratelimit import RateLimitedLog, ReplyLimiter
-from coordinator.refusals import Reason
-from coordinator.scheduler import DeadlinePolicy, StepScheduler, work_units
 from lenet.probe import probe_digest
 from lenet.reduction import cover
 from lenet.shards import UnitSums, gather
@@ -49,9 +44,6 @@ from worker.client import WorkerConfig, open_dealer
 log = logging.getLogger("relay")
 
 MAX_WORKERS = P.MAX_CAPACITY
-# A piece out for this many times its expected time (and at least BACKUP_AFTER s) is
-# also given to an idle worker, as the coordinator backs up its stragglers.
-STRAGGLER, BACKUP_AFTER = 4.0, 0.5
 
 
 @dataclass(frozen=True)
@@ -69,12 +61,11 @@ def relay_name() -> str:
 
 @dataclass
 class Unit:
-    """A task from the coordinator under way: its pieces, and the scheduler that hands them out."""
+    """A task from the coordinator under way: its pieces, handed out and judged as the coordinator's units are."""
 
     task: P.Task
     received: float
-    pieces: list[bytes]  # encoded piece Tasks, in shard order
-    scheduler: StepScheduler[bytes, UnitSums]
+    pieces: hub.Batch
 
 
 class Relay:
@@ -83,21 +74,21 @@ class Relay:
         self.context = context or zmq.Context.instance()
         self.identity = uuid.uuid4().bytes  # upstream, kept across reconnections
         self.probe = probe_digest()
-        self.workers: Membership[bytes] = Membership(config.heartbeat_timeout, max_members=MAX_WORKERS)
-        self.down = RouterEndpoint(self.context, config.listen, config.curve)
+        self.down = hub.Hub(hub.RouterEndpoint(self.context, config.listen, config.curve),
+                            hub.Membership(config.heartbeat_timeout, max_members=MAX_WORKERS), self.probe, "relay",
+                            log, self._release, max_capacity=1, count_word="workers")
+        self.workers = self.down.members
         self.up: zmq.Socket | None = None
         self.registered = False
         self.announced = -1  # the capacity the coordinator was last told
         self.params: tuple[int, bytes] = (-1, b"")  # (step, encoded Params) as received
         self.units: list[Unit] = []
-        self.deadlines = DeadlinePolicy(cap=config.task_timeout)
-        self.warnings = RateLimitedLog(interval=10.0)  # a flooding peer costs a line per 10 s
-        self.replies = ReplyLimiter(interval=1.0)  # and a reply per second
+        self.deadlines = hub.DeadlinePolicy(cap=config.task_timeout)
         self.stopping = False
 
     @property
     def address(self) -> str:
-        return self.down.address
+        return self.down.endpoint.address
 
     # ------------------------------------------------------------------ life cycle
 
@@ -123,7 +114,7 @@ class Relay:
                             elif outcome == "unregistered":
                                 next_register = last_heard
                     else:
-                        self._from_workers(time.monotonic())
+                        self.down.drain(self._from_worker)
                 now = time.monotonic()
                 self._check_workers(now)
                 if not self.registered and now >= next_register and len(self.workers):  # a member once it serves
@@ -154,13 +145,16 @@ class Relay:
         if self.up is not None:
             self.up.close(linger=1000)  # a second for a Leave queued behind a Result
             self.up = None
-        self.down.close(linger_ms)
+        self.down.endpoint.close(linger_ms)
 
     def _reconnect(self) -> None:
         assert self.up is not None
         self.up.close(linger=0)
         self.up = open_dealer(self.context, self.config.upstream, self.identity)
         self.registered, self.units = False, []
+
+    def _release(self, identity: bytes) -> int:
+        return sum(u.pieces.scheduler.release_worker(identity) for u in self.units)
 
     def _poll(self, timeout: float) -> list[zmq.Socket]:
         poller = zmq.Poller()
@@ -203,8 +197,7 @@ class Relay:
             self._plan(msg, now)
         elif isinstance(msg, P.Shutdown):
             log.info("coordinator ended the run: %s; telling %d workers", msg.reason, len(self.workers))
-            for identity in list(self.workers.members):
-                self.down.send(identity, frame)
+            self.down.broadcast(frame)
             return "shutdown"
         elif isinstance(msg, P.Error):
             self.registered = False
@@ -223,139 +216,69 @@ class Relay:
             return
         if any(u.task.step == task.step and u.task.first == task.first for u in self.units):
             return  # given again after the coordinator's deadline: the pieces under way still answer it
-        ranges, _ = work_units(len(task.sizes), [1] * max(1, len(self.workers)))
-        starts = [0, *accumulate(task.sizes)]  # where each shard starts in the task's samples
-        pieces, units, samples = [], [], []
-        for a, b in ranges:
-            lo, hi = starts[a], starts[b]
-            pieces.append(P.encode(P.Task(step=task.step, first=task.first + a, num_shards=task.num_shards,
-                                          sizes=task.sizes[a:b], pixels=task.pixels[lo:hi], labels=task.labels[lo:hi])))
-            units.append((task.first + a, task.first + b))
-            samples.append(hi - lo)
-        scheduler: StepScheduler[bytes, UnitSums] = StepScheduler(task.step, units, samples, self.config.task_timeout)
-        self.units.append(Unit(task, now, pieces, scheduler))
+        self.units.append(Unit(task, now, hub.cut(task, len(self.workers), self.params[1], self.config.task_timeout)))
 
     # ------------------------------------------------------------------ downstream
 
-    def _from_workers(self, now: float) -> None:
-        for parts in self.down.receive(budget=256):
-            if len(parts) != 2:
-                continue
-            identity, frame = parts[0].bytes, parts[1].buffer
-            try:
-                msg = P.decode(frame)
-            except P.ProtocolError as err:
-                held = self.warnings.admit(err.reason, now)
-                if held is not None:
-                    log.warning("ignored a bad message from a worker: %s%s", err,
-                                f" (and {held} more since the last report)" if held else "")
-                continue
-            if isinstance(msg, P.Register):
-                self._register(identity, msg, now)
-                continue
-            member = self.workers.touch(identity, now)
-            if member is None:
-                if not isinstance(msg, P.Leave):
-                    self._refuse(identity, "unregistered", "register first")
-            elif isinstance(msg, P.Heartbeat):
-                self.down.send(identity, P.encode(P.Heartbeat()))
-            elif isinstance(msg, P.Leave):
-                self._drop(identity, "left")
-            elif isinstance(msg, P.Result):
-                self._result(identity, msg, now)
-
-    def _refuse(self, identity: bytes, code: str, text: str) -> None:
-        if self.replies.allow(identity, time.monotonic()):
-            self.down.send(identity, P.encode(P.Error(code=code, message=text)))
-
-    def _register(self, identity: bytes, msg: P.Register, now: float) -> None:
-        if identity not in self.workers:
-            refusal = door_refusal(msg.name, msg.probe, self.probe, "relay")
-            if refusal is not None:
-                return self._refuse(identity, refusal[0].value, refusal[1])
-            if msg.capacity != 1:
-                return self._refuse(identity, Reason.BAD_FIELD.value, "a relay serves workers, not other relays")
-            if self.workers.full:
-                return self._refuse(identity, Reason.FULL.value, f"the relay serves at most {MAX_WORKERS} workers")
-        if self.workers.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6]):
-            log.info("worker %s joined (%d workers)", msg.name, len(self.workers))
-        self.down.send(identity, P.encode(P.Heartbeat()))
-
-    def _drop(self, identity: bytes, why: str) -> None:
-        member = self.workers.remove(identity)
-        for unit in self.units:
-            unit.scheduler.release_worker(identity)
-        log.info("worker %s %s (%d workers)", member.label, why, len(self.workers))
+    def _from_worker(self, identity: bytes, member: hub.Member, msg: P.Message, now: float) -> None:
+        if isinstance(msg, P.Result):
+            self._result(identity, msg, now)
+        else:
+            self.down.reject(hub.Reason.UNEXPECTED, identity, f"a worker may not send {msg.TYPE}")
 
     def _check_workers(self, now: float) -> None:
-        for identity, silent in self.workers.silent(now):
-            self._drop(identity, f"lost: silent for {silent:.0f} s")
+        self.down.drop_silent(now)
         for unit in self.units:
-            for _, identity in unit.scheduler.expire(now):
+            for _, identity in unit.pieces.scheduler.expire(now):
                 if identity in self.workers:
                     self.workers.suspect(identity, now)
 
     def _result(self, identity: bytes, msg: P.Result, now: float) -> None:
-        unit = next((u for u in self.units if u.task.step == msg.step and msg.first in u.scheduler.index), None)
-        reason = None if unit is None else unit.scheduler.check(identity, msg.step, msg.first, msg.shards, msg.count)
-        if unit is None or reason is not None:
-            # Too late to use (its task is over, or a backup answered first), but it shows the worker
-            # computes: it may have pieces again, as the coordinator treats its members.
-            if reason in (Reason.LATE, Reason.DUPLICATE) or (unit is None and msg.step <= self.params[0]):
-                self.workers.vouch(identity)
+        """A worker's piece: checked as the coordinator checks a unit, gathered into the task's result when complete."""
+        unit = next((u for u in self.units if u.task.step == msg.step and msg.first in u.pieces.scheduler.index), None)
+        where = f"step {msg.step} shards {msg.first}-{msg.first + msg.shards - 1}"
+        if unit is None:
+            self.down.reject(hub.Reason.STALE_STEP, identity, f"no task under way for {where}")
             return
-        nodes = cover(msg.first, msg.first + msg.shards, unit.task.num_shards)
-        expected = len(nodes)
-        if len(msg.grads["conv1.bias"]) != expected:
-            held = self.warnings.admit(("nodes", identity), now)
-            if held is not None:
-                log.warning("worker %s sent %d node sums for %d nodes: ignored%s", self.workers.get(identity).label,
-                            len(msg.grads["conv1.bias"]), expected,
-                            f" (and {held} more since the last report)" if held else "")
+        sched, pieces = unit.pieces.scheduler, unit.pieces
+        refusal = sched.check(identity, msg.step, msg.first, msg.shards, msg.count)
+        if refusal is None:
+            refusal = P.cover_refusal(msg, unit.task.num_shards)
+        piece = sched.index[msg.first] if refusal not in (hub.Reason.UNKNOWN_SHARD,) else None
+        if refusal is not None:
+            self.down.reject(refusal, identity, where)
+            if refusal in (hub.Reason.LATE, hub.Reason.DUPLICATE) and piece is not None \
+                    and sched.was_given(piece, identity):
+                accepted = sched.results.get(piece)
+                self._trust(pieces.verification.aside(identity, piece, msg, accepted.result if accepted else None))
             return
-        self.workers.vouch(identity)
         self.deadlines.record(msg.compute_seconds, msg.count)
-        overtaken = unit.scheduler.accept(msg.first, UnitSums(msg.losses, msg.correct, nodes, msg.grads,
-                                                              msg.factors), by=identity)
+        decisions = pieces.verification.answer(identity, piece, msg, None, where, checker_available=False)
+        self._trust(decisions)
+        nodes = cover(msg.first, msg.first + msg.shards, unit.task.num_shards)
+        overtaken = sched.accept(msg.first, Piece(msg, UnitSums(msg.losses, msg.correct, nodes, msg.grads,
+                                                                  msg.factors)), by=identity)
         for other in overtaken:  # it had the piece and did not answer first: no new pieces until it answers
             self.workers.suspect(other, now, missed=False)
-        if unit.scheduler.complete:
+        if sched.complete:
             self.units.remove(unit)
-            parts = [unit.scheduler.results[i] for i in range(len(unit.scheduler.units))]
-            whole = gather(parts, unit.task.num_shards)
-            task = unit.task
-            self._send_up(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
-                                   losses=whole.losses, correct=whole.correct,
-                                   compute_seconds=now - unit.received, grads=whole.grads, factors=whole.factors))
+            whole = gather([sched.results[i].sums for i in range(len(sched.units))], unit.task.num_shards)
+            self._send_up(P.result_of(unit.task.step, whole, now - unit.received))
+
+    def _trust(self, decisions: list) -> None:
+        """A relay verifies nothing itself (the coordinator judges its answer): only who earned trust matters."""
+        for d in decisions:
+            if isinstance(d, hub.Vouch):
+                self.workers.vouch(d.who)
 
     def _dispatch(self, now: float) -> None:
         """Pieces to idle workers, oldest task first; then idle workers back up stragglers."""
-        idle = [i for i in self.workers.eligible() if not any(u.scheduler.holds(i) for u in self.units)]
-        for unit in self.units:
-            sched = unit.scheduler
-            timeout = self.deadlines.timeout(max(sched.samples))
-            while idle and sched.pending:
-                piece = sched.next_unit(idle[0], now, timeout)
-                if piece is None:
-                    break
-                self._give(idle.pop(0), unit, piece)
-        for unit in self.units:
-            sched = unit.scheduler
-            expected = self.deadlines.expected(max(sched.samples))
-            if sched.pending or expected is None:
-                continue
-            for identity in list(idle):
-                piece = sched.backup_unit(identity, now, self.deadlines.timeout(max(sched.samples)),
-                                          older_than=max(BACKUP_AFTER, STRAGGLER * expected))
-                if piece is not None:
-                    idle.remove(identity)
-                    self._give(identity, unit, piece)
+        self.down.dispatch([u.pieces for u in self.units], now, self.deadlines, prefetch=1)
 
-    def _give(self, identity: bytes, unit: Unit, piece: int) -> None:
-        member = self.workers.get(identity)
-        assert member is not None
-        if member.params_step != unit.task.step:
-            self.down.send(identity, self.params[1])
-            member.params_step = unit.task.step
-        self.down.send(identity, unit.pieces[piece])
 
+@dataclass(frozen=True)
+class Piece:
+    """A worker's accepted answer to a piece: as received (to compare late answers with), and as sums."""
+
+    result: P.Result
+    sums: UnitSums

@@ -27,11 +27,11 @@ def test_silence_up_to_the_timeout_is_alive_past_it_is_dead():
 def test_a_suspect_gets_no_work_until_it_answers_a_task_a_heartbeat_is_not_enough():
     m = make()
     assert not m.suspect("a", now=3.0)
-    assert m.eligible() == ["b"] and m.get("a").suspect_since == 3.0
+    assert m.eligible(now=4.0) == ["b"] and m.get("a").suspect_since == 3.0
     m.touch("a", now=4.0)
-    assert m.eligible() == ["b"]  # alive, but not shown to compute
+    assert m.eligible(now=4.0) == ["b"]  # alive, but not shown to compute
     m.vouch("a")
-    assert m.eligible() == ["a", "b"]
+    assert m.eligible(now=4.0) == ["a", "b"]
 
 
 def test_one_that_keeps_missing_without_answering_must_go_one_that_answers_never():
@@ -70,7 +70,7 @@ def test_strangers_are_not_members():
     m = make()
     assert m.touch("zz", now=1.0) is None and m.get("zz") is None
     m.suspect("zz", now=1.0)  # nothing to suspect
-    assert m.eligible() == ["a", "b"]
+    assert m.eligible(now=4.0) == ["a", "b"]
 
 
 def test_exited_local_processes_are_found_by_pid_and_removed():
@@ -88,7 +88,7 @@ def test_when_every_member_is_suspect_all_are_on_probation_rather_than_the_run_s
     m = make()
     m.suspect("a", now=1.0)
     m.suspect("b", now=1.0)
-    assert m.eligible() == ["a", "b"]
+    assert m.eligible(now=4.0) == ["a", "b"]
 
 
 def test_members_are_found_by_the_key_they_registered_with():
@@ -109,3 +109,19 @@ def test_the_door_refuses_unsafe_names_and_other_arithmetic_for_coordinator_and_
     reason, text = door_refusal("w-1", "cd" * 32, "ab" * 32, "relay")
     assert reason == "nonconforming" and "is not the relay's abababababab" in text and "OpenBLAS" in text
     assert len(text) <= 256  # fits the protocol's text fields
+
+
+def test_a_suspect_is_on_probation_after_a_back_off_that_doubles_with_each_strike():
+    m = Membership(heartbeat_timeout=60.0, probation=5.0, max_probation=30.0)
+    for name in "ab":
+        m.join(name, name, 1, now=0.0)
+    m.suspect("a", now=10.0, missed=False)  # overtaken by a backup: a first strike
+    assert m.eligible(now=14.9) == ["b"] and m.eligible(now=15.0) == ["a", "b"]
+    m.suspect("a", now=20.0, missed=False)  # given a unit on probation, overtaken again
+    assert m.eligible(now=29.9) == ["b"] and m.eligible(now=30.0) == ["a", "b"]
+    for t in (40.0, 50.0, 60.0):
+        m.suspect("a", now=t, missed=False)
+    assert m.eligible(now=89.9) == ["b"] and m.eligible(now=90.0) == ["a", "b"]  # capped at max_probation
+    m.vouch("a")  # a valid answer: no strikes left
+    m.suspect("a", now=100.0, missed=False)
+    assert m.eligible(now=105.0) == ["a", "b"]
