@@ -93,6 +93,7 @@ class Coordinator:
         self.members = self.hub.members
         self.phases = Phases()  # where the loop's time goes: the per-step breakdown
         self._published = dict(self.phases.totals)
+        self._phase_seconds = {p: metrics.coordinator_seconds.labels(p) for p in self.phases.totals}
         self.worker_compute = 0.0  # seconds workers spent computing accepted units, over the run
         self.steps_timed = 0
         self.steps_seconds = 0.0  # from a step's start to its end, over the run
@@ -188,8 +189,9 @@ class Coordinator:
             self.hub.reject(refusal, identity, where)
             return
         unit = sched.index[msg.first]
-        doubt = Reason.NON_FINITE if not P.finite(msg) else (
-            Reason.IMPLAUSIBLE if implausible(msg.grads, msg.factors, msg.count, step.bounds) else None)
+        doubt = None  # the bound check also fails on NaN and infinity: which of the two, is asked only then
+        if implausible(msg.grads, msg.factors, msg.count, step.bounds):
+            doubt = Reason.IMPLAUSIBLE if P.finite(msg) else Reason.NON_FINITE
         if refusal is not None:  # too late to use; it may still show that its sender computes
             self.hub.reject(refusal, identity, where)
             if doubt is None and sched.was_given(unit, identity):
@@ -329,7 +331,7 @@ class Coordinator:
     def _publish_phases(self) -> None:
         for phase, seconds in self.phases.since(self._published).items():
             if seconds > 0:
-                self.metrics.coordinator_seconds.labels(phase).inc(seconds)
+                self._phase_seconds[phase].inc(seconds)
         self._published = dict(self.phases.totals)
 
     def breakdown(self) -> str:
