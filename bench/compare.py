@@ -407,7 +407,8 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
     if not services:
         return
     print("\nPer-step breakdown of the service, ms per step (medians over the rounds; worker figures are per "
-          "worker; coordinator phases are wall time in its loop, cpu is its process's CPU time, evaluation "
+          "worker; between steps: from a step's last result to the next step's work sent, what the workers "
+          "wait for the coordinator; coordinator phases are wall time in its loop, cpu is its process's CPU time, evaluation "
           "thread included):")
     print(f"  {'':<28}" + "".join(f"{label.removeprefix('service '):>12}" for label in services))
 
@@ -423,6 +424,7 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
     line("step", [med(label, "step") for label in services])
     line("worker computing", compute)
     line("worker waiting", [med(label, "step") - c for label, c in zip(services, compute)])
+    line("between steps", [med(label, "between steps") for label in services])
     line("coordinator cpu", [med(label, "coordinator cpu") for label in services])
     line("coordinator busy (wall)", [med(label, "coordinator busy") for label in services])
     for phase in ("receive", "checks", "recompute", "reduce", "optimizer", "plan", "send", "evaluation", "checkpoint"):

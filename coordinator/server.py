@@ -97,6 +97,9 @@ class Coordinator:
         self.worker_compute = 0.0  # seconds workers spent computing accepted units, over the run
         self.steps_timed = 0
         self.steps_seconds = 0.0  # from a step's start to its end, over the run
+        # From a step's last result to the next step's work sent: what the workers wait for the coordinator.
+        self.between_steps = 0.0
+        self._completed_at: float | None = None
         self.cpu_started = time.process_time()
         # The test-set evaluation of an epoch runs here while the next epoch trains: it needs only the
         # epoch's parameters, and the workers need not wait for it.
@@ -341,7 +344,8 @@ class Coordinator:
         cpu = time.process_time() - self.cpu_started
         return (f"time per step (ms): step {1000 * self.steps_seconds / n:.2f}  coordinator cpu {1000 * cpu / n:.2f}"
                 f"  worker compute "
-                f"{1000 * self.worker_compute / n:.2f}  coordinator busy {1000 * self.phases.busy() / n:.2f}: "
+                f"{1000 * self.worker_compute / n:.2f}  between steps {1000 * self.between_steps / n:.2f}  "
+                f"coordinator busy {1000 * self.phases.busy() / n:.2f}: "
                 f"{parts}  idle {1000 * self.phases.totals['idle'] / n:.2f}  ({self.steps_timed} steps)")
 
     def _end_epoch(self, seconds: float) -> None:
@@ -427,6 +431,9 @@ class Coordinator:
                     self.step = Step.start(plan, training.params, self.service.task_timeout, now,
                                            secret=self.secret, verify_fraction=self.service.verify_fraction)
             self._dispatch(now)
+            if self._completed_at is not None:
+                self.between_steps += time.perf_counter() - self._completed_at
+                self._completed_at = None
             with self.phases.timed("plan"):
                 training.plan_ahead(self._capacities(now))
             deadline = self.step.scheduler.next_deadline()
@@ -438,6 +445,7 @@ class Coordinator:
                             f" ({len(self.members)} relays without workers)" if len(self.members) else "")
             paused = idle
             if self.step.scheduler.complete:
+                self._completed_at = time.perf_counter()
                 progress(self._finish_step(now), len(self.members))
             self._settle_evaluation(wait=False)
         return RunOutcome(training.params, training.state, finished=True)
