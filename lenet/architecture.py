@@ -85,6 +85,8 @@ class Model:
     NONNEGATIVE_FACTORS: ClassVar[frozenset[str]] = frozenset()  # factors no honest pass makes negative
     INPUT_SHAPE: ClassVar[tuple[int, ...]]  # one sample of `prepare`'s output
     ONNX_PROPS: ClassVar[dict[str, str]] = {}  # what a consumer of the ONNX graph must know (preprocessing)
+    INPUT_DOC: ClassVar[str]  # the ONNX graph's input, in words
+    OUTPUT_DOC: ClassVar[str] = "scores (N, 10) for digits 0-9, the highest the prediction"
 
     def __init__(self, seed: int = 0, dtype: type = np.float32) -> None:
         self.dtype = np.dtype(dtype)

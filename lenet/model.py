@@ -104,6 +104,8 @@ class LeNet5(Model):
     NONNEGATIVE_FACTORS = frozenset(f"{layer}.input" for layer in LINEAR_LAYERS)  # ReLU outputs, or pooled ones
     INPUT_SHAPE = (1, 28, 28)
     ONNX_PROPS = {"standardize_mean": str(MEAN), "standardize_std": str(STD)}
+    INPUT_DOC = f"float32 (N, 1, 28, 28), pixels standardised as (p/255 - {MEAN}) / {STD}, white digit on black"
+    OUTPUT_DOC = "logits (N, 10) for digits 0-9"
 
     init_params = staticmethod(init_params)
     prepare = staticmethod(standardize)
