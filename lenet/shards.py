@@ -3,7 +3,7 @@
 The arithmetic that makes the service bit-identical to the reference trainer is
 written here once.  `split_batch` fixes a batch's shards from the batch alone (never
 from the number of workers).  `unit_sums` computes a unit, any run of consecutive
-shards: the convolutions' gradients summed for each node of its cover in
+shards: the tree parameters' gradients summed for each node of its cover in
 `lenet.reduction`'s tree, the linear layers' per-sample factors in sample order.
 `gather` joins adjacent units into one, `mean_gradient` turns the units of a whole
 batch into its mean gradient (the rest of the tree, then one product per linear
