@@ -8,14 +8,16 @@ step, the running epoch's sums, the history, the configuration (its `model` name
 the architecture: lenet.models), the shard count and the data checksums
 (`snapshot`).  The shuffle needs no RNG state: each
 epoch's order is a pure function of (seed, epoch).  `restore` refuses a
-checkpoint of another model, or made with other settings or other data, in one line.  The newest few are kept.
+checkpoint of another model, or made with other settings or other data, in one
+line.  The newest few are kept.
 
 Loading trusts nothing in the file: the array names, shapes and dtypes are
 checked against a registered model's and its optimizer's before any data is read,
 the metadata's structure and types are checked (and the arrays must be the model's
 that the configuration names), and the step must be >= 0 and every number finite.
-Checkpoints written before models were named hold LeNet-5 ("lenet5").  Any failure is one StorageError; `load_latest` sets such a file aside
-and falls back to the next older one.
+Checkpoints written before models were named hold LeNet-5 ("lenet5").  Any
+failure is one StorageError; `load_latest` sets such a file aside and falls back
+to the next older one.
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from lenet.cli import add_flag, optional, parse_bool
-from lenet.models import MODELS, get_model
+from lenet.models import DEFAULT_MODEL, MODELS, get_model
 from lenet.params import Params
 from lenet.optim import SGD, Adam, LRSchedule
 
@@ -38,7 +38,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     train_subset: int | None = None  # train on the first N images only (smoke runs, tests)
-    model: str = "lenet5"  # a name of lenet.models.MODELS
+    model: str = DEFAULT_MODEL  # a name of lenet.models.MODELS
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

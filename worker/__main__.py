@@ -23,6 +23,7 @@ from collections.abc import Sequence  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from lenet.cli import add_flag, optional, parse_bool  # noqa: E402
+from lenet.models import DEFAULT_MODEL  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "relay: directory of the public .key files of the workers it admits (with --curve-secret-key)")
     add_flag(parser, "--insecure", False, parse_bool, "relay: listen beyond loopback without CURVE")
-    add_flag(parser, "--model", "lenet5", str, "the model the run trains (the coordinator's --model): the "
+    add_flag(parser, "--model", DEFAULT_MODEL, str, "the model the run trains (the coordinator's --model): the "
              "coordinator refuses a worker of another")
     parser.add_argument("--self-test", action="store_true", help="print this machine's conformance probe digest "
                         "and exit: workers whose digest differs from the coordinator's are refused")
