@@ -69,6 +69,7 @@ FACTOR_WIDTHS: dict[str, int] = {
 # Fan-in of each weight, for initialisation.
 _FAN_IN = {"conv1.weight": 25, "conv2.weight": 150, "fc1.weight": 400, "fc2.weight": 120, "fc3.weight": 84}
 
+
 def init_params(seed: int, dtype: type = np.float32) -> Params:
     """He-normal weights before a ReLU, LeCun-normal for the output layer, zero biases.
 
