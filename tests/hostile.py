@@ -183,3 +183,21 @@ def result_flood_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
     """Two hundred copies of a result for a shard that does not exist, then the true one, for every task."""
     good = peer.honest(task)
     return [_with(good, first=10**6)] * 200 + [good]
+
+
+def one_ulp_off(result: P.Result) -> P.Result:
+    """`result` with the last bit of one factor element flipped: the smallest lie there is."""
+    factors = {k: v.copy() for k, v in result.factors.items()}
+    first = factors[next(iter(factors))]
+    first.view(np.uint32)[0, 0] ^= 1
+    return _with(result, factors=factors)
+
+
+def one_ulp_liar(from_step: int = 0, until_step: int | None = None) -> Answer:
+    """Honest except the last bit of one factor element, in the steps `from_step` to `until_step` (exclusive);
+    the step is the one the coordinator's messages carry."""
+    def answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+        good = peer.honest(task)
+        lying = task.step >= from_step and (until_step is None or task.step < until_step)
+        return [one_ulp_off(good) if lying else good]
+    return answer
