@@ -245,6 +245,33 @@ def ghosts(tmp: Path) -> Run:
     return run
 
 
+def _stale_ghosts(tmp: Path, count: int) -> Run:
+    """Outside review, finding 1: ghosts that registered before the honest workers and then only send stale
+    all-zero Results every 0.1 s were vouched for by them, stayed trusted, and held the run for minutes.  Now
+    only a valid answer to a unit held in the step under way earns trust: each ghost costs a deadline or two."""
+    def start(endpoint: str) -> list:
+        peers = [H.ScriptedWorker(endpoint, f"ghost{i}", H.silent_answer, seconds=300, chatter=H.stale_zero_results)
+                 for i in range(count)]
+        for peer in peers:
+            peer.start()
+        for peer in peers:
+            peer.registered.wait(10)  # ahead of the honest workers for every unit handed out
+        return peers
+
+    run, peers = run_training(tmp, start, min_workers=count + 2)
+    run.expect("the stale results refused", run.rejected("stale_step") >= 10, run.metrics)
+    run.expect("each ghost given work a few times at most", all(p.tasks <= 4 for p in peers), [p.tasks for p in peers])
+    return run
+
+
+def three_stale_ghosts(tmp: Path) -> Run:
+    return _stale_ghosts(tmp, 3)
+
+
+def six_stale_ghosts(tmp: Path) -> Run:
+    return _stale_ghosts(tmp, 6)
+
+
 def capacity_liar(tmp: Path) -> Run:
     """A ghost claiming to be a relay of 1,024 workers: units are cut by capacity, so it was handed nearly
     the whole batch.  It costs one deadline: then it is suspect, gets no work, and no longer counts.  Then
@@ -476,7 +503,7 @@ def liar_never_caught(tmp: Path) -> Run:
 ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
     negative_compute_seconds, finite_poison, three_nan_liars, nested_arrays, ghosts, registration_flood,
     impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
-    capacity_liar, poison_behind_a_relay, one_ulp_liar, one_ulp_liar_behind_a_relay, late_liar,
+    capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, one_ulp_liar, one_ulp_liar_behind_a_relay, late_liar,
 )}
 
 

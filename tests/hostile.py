@@ -22,6 +22,7 @@ import zmq
 from coordinator import protocol as P
 from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS, LeNet5
 from lenet.probe import probe_digest
+from lenet.reduction import cover
 from lenet.shards import unit_sums
 
 Answer = Callable[[P.Task, "ScriptedWorker"], list["P.Message | bytes"]]  # bytes: a frame sent as it is
@@ -47,13 +48,16 @@ class ScriptedWorker(threading.Thread):
     """A peer on its own DEALER socket, scripted by `answer`; it records what the coordinator told it."""
 
     def __init__(self, endpoint: str, name: str, answer: Answer, seconds: float = 120, probe: str | None = None,
-                 identity: bytes | None = None, heartbeat: float = 0.5, capacity: int = 1):
+                 identity: bytes | None = None, heartbeat: float = 0.5, capacity: int = 1,
+                 chatter: Answer | None = None, chatter_interval: float = 0.1):
         super().__init__(daemon=True)
         self.capacity = capacity  # what it claims to serve: a relay's count of workers
         self.endpoint, self.name, self.answer, self.seconds = endpoint, name, answer, seconds
         self.probe = probe if probe is not None else this_machines_probe()
         self.identity = identity or uuid.uuid4().bytes
         self.heartbeat = heartbeat
+        self.chatter, self.chatter_interval = chatter, chatter_interval  # sent unasked, every interval
+        self.given: list[tuple[float, P.Task]] = []  # the last few tasks received, with when
         self.tasks = 0
         self.errors: list[str] = []  # codes of the Error messages received
         self.registered = threading.Event()
@@ -74,11 +78,15 @@ class ScriptedWorker(threading.Thread):
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.connect(self.endpoint)
         sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe, capacity=self.capacity)))
-        deadline, beat = time.monotonic() + self.seconds, 0.0
+        deadline, beat, chatted = time.monotonic() + self.seconds, 0.0, 0.0
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
                 while not self.outbox.empty():
                     sock.send(self.outbox.get())
+                if self.chatter is not None and time.monotonic() - chatted > self.chatter_interval:
+                    for frame in self.chatter(None, self):  # type: ignore[arg-type]
+                        sock.send(frame if isinstance(frame, bytes) else P.encode(frame))
+                    chatted = time.monotonic()
                 if self.heartbeat and time.monotonic() - beat > self.heartbeat:
                     sock.send(P.encode(P.Heartbeat()))
                     beat = time.monotonic()
@@ -95,6 +103,7 @@ class ScriptedWorker(threading.Thread):
                     self.model.params, self.params_step = dict(msg.params), msg.step
                 elif isinstance(msg, P.Task):
                     self.tasks += 1
+                    self.given = [*self.given[-3:], (time.monotonic(), msg)]
                     for reply in self.answer(msg, self):
                         sock.send(reply if isinstance(reply, bytes) else P.encode(reply))
         finally:
@@ -201,3 +210,17 @@ def one_ulp_liar(from_step: int = 0, until_step: int | None = None) -> Answer:
         lying = task.step >= from_step and (until_step is None or task.step < until_step)
         return [one_ulp_off(good) if lying else good]
     return answer
+
+
+def stale_zero_results(_: None, peer: ScriptedWorker) -> list[P.Message]:
+    """All-zero Results for the units it was given over 2 s ago (backups took them long since: stale, or late),
+    shaped like true ones."""
+    out: list[P.Message] = []
+    for at, task in peer.given:
+        if time.monotonic() - at > 2.0:
+            nodes = len(cover(task.first, task.first + len(task.sizes), task.num_shards))
+            out.append(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
+                                losses=np.zeros(len(task.labels), np.float32), correct=0, compute_seconds=0.01,
+                                grads={k: np.zeros((nodes, *PARAM_SHAPES[k]), np.float32) for k in TREE_PARAMS},
+                                factors=zero_factors(len(task.labels))))
+    return out
