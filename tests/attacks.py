@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
+import signal
 import threading
 import time
 import uuid
@@ -272,6 +273,23 @@ def six_stale_ghosts(tmp: Path) -> Run:
     return _stale_ghosts(tmp, 6)
 
 
+def coordinator_stalled(tmp: Path) -> Run:
+    """Outside review, finding 2: anything that held the coordinator's loop for 10 s lost its workers for good:
+    they reconnected under the same routing id, which the ROUTER (no handover) ignored.  Here the coordinator
+    is stopped for 12 s (SIGSTOP) mid-run; the workers reconnect under new ids and are heard again."""
+    def during(endpoint: str, coord: Proc) -> None:
+        coord.wait_for("training:", timeout=60)
+        time.sleep(1.0)
+        coord.signal(signal.SIGSTOP)
+        time.sleep(12.0)
+        coord.signal(signal.SIGCONT)
+
+    run, _ = run_training(tmp, during=during)
+    run.expect("the workers were lost and joined again", run.count("lenet_workers_lost_total") >= 1
+               and run.log.count("joined") >= 4, run.log.count("joined"))
+    return run
+
+
 def capacity_liar(tmp: Path) -> Run:
     """A ghost claiming to be a relay of 1,024 workers: units are cut by capacity, so it was handed nearly
     the whole batch.  It costs one deadline: then it is suspect, gets no work, and no longer counts.  Then
@@ -503,7 +521,8 @@ def liar_never_caught(tmp: Path) -> Run:
 ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
     negative_compute_seconds, finite_poison, three_nan_liars, nested_arrays, ghosts, registration_flood,
     impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
-    capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, one_ulp_liar, one_ulp_liar_behind_a_relay, late_liar,
+    capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, coordinator_stalled,
+    one_ulp_liar, one_ulp_liar_behind_a_relay, late_liar,
 )}
 
 
