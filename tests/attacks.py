@@ -290,6 +290,64 @@ def coordinator_stalled(tmp: Path) -> Run:
     return run
 
 
+def _nested(outer: int) -> bytes:
+    """`outer` thousand empty msgpack arrays, nested two deep: one element per byte."""
+    return b"\xdc" + (1000).to_bytes(2, "big") + (b"\xdc" + (1000).to_bytes(2, "big") + b"\x90" * 1000) * outer
+
+
+def costly_frames(tmp: Path) -> Run:
+    """Outside review, finding 3: three registered peers of capacity 0 kept the coordinator's queue full of
+    just-under-limit frames of nested empty arrays (0.17 s each to decode) for 20-30 s: the loop starved,
+    heartbeats went unanswered, workers were lost, libzmq once aborted.  Now each costs a walk of at most
+    ELEMENT_BUDGET headers to refuse, before any object is made."""
+    def during(endpoint: str, coord: Proc) -> None:
+        peers = RawPeers(endpoint, 3)
+        peers.send_all(P.encode(P.Register(name="costly", pid=1, probe=H.this_machines_probe(), capacity=0)))
+        frame = _nested(560)  # 562 KB: under the coordinator's limit for this run's batch (567 KB)
+        until = time.monotonic() + 10
+        while time.monotonic() < until and coord.popen.poll() is None:
+            peers.send_all(frame)
+        peers.stop()
+
+    run, _ = run_training(tmp, during=during)
+    run.expect("the frames refused unread", run.rejected("malformed") >= 100, run.rejected("malformed"))
+    run.expect("no honest worker lost", run.count("lenet_workers_lost_total") == 0, run.metrics)
+    return run
+
+
+def relay_door(tmp: Path) -> Run:
+    """Outside review, finding 4: a relay decoded 16 MB frames from strangers (51 MB -> 1,166 MB for one) and
+    three mid-run locked its workers out.  Its door is now the coordinator's (coordinator/hub.py): an unknown
+    peer's frame larger than a registration is dropped unread, every frame is size- and budget-checked
+    before it is decoded."""
+    listen = f"tcp://127.0.0.1:{free_port()}"
+    procs: list = []
+    peak: list[float] = []
+
+    def start(endpoint: str) -> list:
+        procs.append(Proc(["-m", "worker", "--relay", "--connect", endpoint, "--listen", listen, "--name", "relay"],
+                          tmp / "relay.log"))
+        procs.append(worker(tmp, listen, "behind"))
+        return procs
+
+    def during(endpoint: str, coord: Proc) -> None:
+        coord.wait_for("relay", timeout=60)
+        strangers = RawPeers(listen, 3)
+        for _ in range(3):
+            strangers.send_all(_nested(16_000))  # 16 MB each
+            time.sleep(0.3)
+        time.sleep(1.0)
+        peak.append(_peak_rss_mb(procs[0].pid) or 0.0)
+        strangers.stop()
+
+    run, _ = run_training(tmp, start, min_workers=3, during=during)
+    relay_log = procs[0].log()
+    run.expect("the relay's memory stayed bounded", peak and peak[0] < 300, peak)
+    run.expect("its worker kept working", "lost" not in relay_log and "behind" in relay_log, relay_log[-2000:])
+    run.expect("the relay kept its place", "relay banned" not in run.log and "relay lost" not in run.log)
+    return run
+
+
 def capacity_liar(tmp: Path) -> Run:
     """A ghost claiming to be a relay of 1,024 workers: units are cut by capacity, so it was handed nearly
     the whole batch.  It costs one deadline: then it is suspect, gets no work, and no longer counts.  Then
@@ -521,7 +579,8 @@ def liar_never_caught(tmp: Path) -> Run:
 ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
     negative_compute_seconds, finite_poison, three_nan_liars, nested_arrays, ghosts, registration_flood,
     impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
-    capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, coordinator_stalled,
+    capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, coordinator_stalled, costly_frames,
+    relay_door,
     one_ulp_liar, one_ulp_liar_behind_a_relay, late_liar,
 )}
 
