@@ -116,13 +116,13 @@ def run_training(tmp: Path, attackers: Callable[[str], list] = lambda endpoint: 
     sampler.start()
     try:
         while coord.popen.poll() is None and time.monotonic() - start < 600:
+            if during is not None:  # first: a scrape of a coordinator still starting may take its 5 s timeout
+                during(endpoint, coord)
+                during = None
             try:
                 last = scrape(metrics_port)
             except OSError:
                 pass  # not up yet, or already gone: the last complete scrape stands
-            if during is not None:
-                during(endpoint, coord)
-                during = None
             time.sleep(0.1)
         status = coord.wait(timeout=30)
         seconds = time.monotonic() - start
@@ -285,8 +285,8 @@ def coordinator_stalled(tmp: Path) -> Run:
         coord.signal(signal.SIGCONT)
 
     run, _ = run_training(tmp, during=during)
-    run.expect("the workers were lost and joined again", run.count("lenet_workers_lost_total") >= 1
-               and run.log.count("joined") >= 4, run.log.count("joined"))
+    # (The old members may outlive the run: their heartbeats queued during the stall are read at SIGCONT.)
+    run.expect("the workers joined again under new ids", run.log.count("joined") >= 4, run.log.count("joined"))
     return run
 
 
@@ -311,7 +311,7 @@ def costly_frames(tmp: Path) -> Run:
 
     run, _ = run_training(tmp, during=during)
     run.expect("the frames refused unread", run.rejected("malformed") >= 100, run.rejected("malformed"))
-    run.expect("no honest worker lost", run.count("lenet_workers_lost_total") == 0, run.metrics)
+    run.expect("no honest worker lost", "w0 lost" not in run.log and "w1 lost" not in run.log)  # (they: silent)
     return run
 
 
@@ -566,11 +566,10 @@ late_liar.config = LONGER  # type: ignore[attr-defined]  # compared with an undi
 
 
 def liar_never_caught(tmp: Path) -> Run:
-    """What verification cannot do: a liar that lies in steps 0-9 only, none of whose units is drawn for
-    verification, is never convicted, and its lies stay in the model.  The odds of that are in
+    """What verification cannot do: a liar none of whose units is drawn for verification (here: none of the
+    run's 40 steps) is never convicted, and its lies stay in the model.  The odds of that are in
     docs/security.md ("What is still possible").  Not in ATTACKS: its run does differ from an undisturbed one."""
-    run, _ = run_training(tmp, _scripted(H.one_ulp_liar(until_step=10)), honest_workers=1,
-                          secret=secret_checking(10, within=0))
+    run, _ = run_training(tmp, _scripted(H.one_ulp_liar()), honest_workers=1, secret=secret_checking(40, within=0))
     run.expect("never convicted", run.count("lenet_workers_banned_total") == 0 and "rewind" not in run.log,
                run.metrics)
     return run
