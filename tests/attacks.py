@@ -116,7 +116,9 @@ def run_training(tmp: Path, attackers: Callable[[str], list] = lambda endpoint: 
     sampler.start()
     try:
         while coord.popen.poll() is None and time.monotonic() - start < 600:
-            if during is not None:  # first: a scrape of a coordinator still starting may take its 5 s timeout
+            if during is not None:
+                # Once it listens: a peer that sends and closes (LINGER 0) before that has sent nothing.
+                coord.wait_for("listening on", timeout=60)
                 during(endpoint, coord)
                 during = None
             try:
