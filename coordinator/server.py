@@ -268,9 +268,7 @@ class Coordinator:
         assert self.step is not None
         at = self.step.number
         self.step = None
-        self.training.rewind(rewind.state)
-        for member in self.members.members.values():
-            member.params_step = -1  # each is sent the parameters it is to compute with again
+        self.training.rewind(rewind.state)  # numbering the steps anew: each member gets their parameters again
         discarded = self.checkpoints.discard_after(rewind.to)
         m = self.metrics
         m.rewinds.inc()
