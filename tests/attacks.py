@@ -262,7 +262,7 @@ def _stale_ghosts(tmp: Path, count: int) -> Run:
         return peers
 
     run, peers = run_training(tmp, start, min_workers=count + 2)
-    run.expect("the stale results refused", run.rejected("stale_step") >= 10, run.metrics)
+    run.expect("the stale results refused", run.rejected("stale_step") >= 1, run.metrics)
     run.expect("each ghost given work a few times at most", all(p.tasks <= 4 for p in peers), [p.tasks for p in peers])
     return run
 
