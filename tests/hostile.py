@@ -213,13 +213,15 @@ def one_ulp_liar(from_step: int = 0, until_step: int | None = None) -> Answer:
 
 
 def stale_zero_results(_: None, peer: ScriptedWorker) -> list[P.Message]:
-    """All-zero Results for the units it was given over 2 s ago (backups took them long since: stale, or late),
-    shaped like true ones."""
+    """All-zero Results shaped like true ones, for steps surely over: the one before each task it was given
+    (a step is cut alike for the same members), and a task's own step once 2 s have passed (backups took
+    its unit long since)."""
     out: list[P.Message] = []
     for at, task in peer.given:
-        if time.monotonic() - at > 2.0:
+        step = task.step - 1 if task.step > 0 else (task.step if time.monotonic() - at > 2.0 else None)
+        if step is not None:
             nodes = len(cover(task.first, task.first + len(task.sizes), task.num_shards))
-            out.append(P.Result(step=task.step, first=task.first, shards=len(task.sizes), count=len(task.labels),
+            out.append(P.Result(step=step, first=task.first, shards=len(task.sizes), count=len(task.labels),
                                 losses=np.zeros(len(task.labels), np.float32), correct=0, compute_seconds=0.01,
                                 grads={k: np.zeros((nodes, *PARAM_SHAPES[k]), np.float32) for k in TREE_PARAMS},
                                 factors=zero_factors(len(task.labels))))
