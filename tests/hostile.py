@@ -195,10 +195,11 @@ def result_flood_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
 
 
 def one_ulp_off(result: P.Result) -> P.Result:
-    """`result` with the last bit of one factor element flipped: the smallest lie there is."""
+    """`result` with the last bit of one factor element flipped: the smallest lie there is.  The element is
+    the largest (a zero one, after a ReLU, would become a subnormal that no product notices)."""
     factors = {k: v.copy() for k, v in result.factors.items()}
     first = factors[next(iter(factors))]
-    first.view(np.uint32)[0, 0] ^= 1
+    first.view(np.uint32).flat[np.argmax(np.abs(first))] ^= 1
     return _with(result, factors=factors)
 
 
