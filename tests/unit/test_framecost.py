@@ -18,7 +18,7 @@ def nested_empty_arrays(outer: int) -> bytes:
 
 
 def test_honest_messages_are_far_within_the_budget():
-    params = P.encode(P.Params(step=3, params=LeNet5().params))
+    params = P.encode(P.Params(step=3, params=LeNet5().params, model=LeNet5.name))
     task = P.encode(P.Task(step=1, first=0, num_shards=P.MAX_SHARDS, sizes=[1] * P.MAX_SHARDS,
                            pixels=np.zeros((P.MAX_SHARDS, 28, 28), np.uint8), labels=np.zeros(P.MAX_SHARDS, np.uint8)))
     for frame in (params, task, P.encode(P.Heartbeat())):
