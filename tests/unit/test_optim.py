@@ -107,3 +107,11 @@ def test_optimizers_reject_bad_hyperparameters():
         SGD(p, momentum=1.5)
     with pytest.raises(ValueError, match="weight decay"):
         Adam(p, weight_decay=-1)
+
+
+def test_schedule_paper_steps_per_pass():
+    """The 1998 paper's rates 0.0005 (2 passes), 0.0002 (3), 0.0001 (3), 0.00005 (4), then 0.00001."""
+    s = LRSchedule(base_lr=0.0005, total_steps=2000, kind="paper", step_every=100)
+    rates = [s(100 * epoch + 50) for epoch in range(20)]
+    assert rates == pytest.approx([5e-4] * 2 + [2e-4] * 3 + [1e-4] * 3 + [5e-5] * 4 + [1e-5] * 8)
+    assert s(99) == s(0) and s(200) < s(199)
