@@ -181,6 +181,19 @@ def table_conv_backward(dout: Array, cache: tuple, sizes: Sequence[int] | None =
     return dx, dw[..., f_idx, c_idx, :, :], db
 
 
+def conv_param_grads(dout: Array, cache: tuple, sizes: Sequence[int] | None = None) -> tuple[Array, Array]:
+    """The weight and bias gradients of `layers.conv_forward` alone, as `layers.conv_backward` gives them.
+
+    For C1, whose input (the images) needs no gradient: its input gradient would be the
+    largest single cost of a training pass.
+    """
+    cols, w, _, _ = cache
+    n, f = dout.shape[:2]
+    dwb = layers.segment_sums(np.matmul(cols, dout.reshape(n, f, -1).transpose(0, 2, 1)), sizes)  # (..., K + 1, F)
+    dwb = np.ascontiguousarray(np.swapaxes(dwb, -1, -2))
+    return dwb[..., :-1].reshape(dwb.shape[:-2] + w.shape), np.ascontiguousarray(dwb[..., -1])
+
+
 def rbf_forward(x: Array, centres: Array) -> tuple[Array, tuple]:
     """Euclidean RBF units: penalty_i = sum_j (x_j - centre_ij)^2.
 
@@ -366,7 +379,7 @@ class LeNet5_1998:
         d = squash_backward(d, t2)
         d, g["s2.weight"], g["s2.bias"] = subsample_backward(d, s2, sizes)
         d = squash_backward(d, t1)
-        _, g["c1.weight"], g["c1.bias"] = layers.conv_backward(d, c1, sizes)
+        g["c1.weight"], g["c1.bias"] = conv_param_grads(d, c1, sizes)
         return {name: g[name] for name in TREE_PARAMS}
 
     def stacked_shard_sums(self, x: Array, y: Array, sizes: Sequence[int]) -> StackedSums:
