@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -295,6 +295,15 @@ class LeNet5_1998:
     """The 1998 network, holding its 60,000 parameters in `params` (float32 unless told otherwise)."""
 
     name = "lenet5-1998"
+    TITLE = "LeNet-5 (1998)"
+    DESCRIPTION = ("LeNet-5 as in LeCun et al. 1998 (C1 6@5x5, S2 trainable 2x2, C3 16@5x5 by Table I, S4, "
+                   "C5 120, F6 84, scaled tanh, RBF output with fixed 7x12 digit codes, eq. 9 loss)")
+    INPUT_SHAPE = (1, 32, 32)
+    ONNX_PROPS = {"pixel_background": str(PIXEL_BACKGROUND), "pixel_ink": str(PIXEL_INK), "padding": "2"}
+    INPUT_DOC = (f"float32 (N, 1, 32, 32): the 28x28 digit padded by 2, pixels p scaled to "
+                 f"{PIXEL_BACKGROUND} + p/255 * {PIXEL_INK - PIXEL_BACKGROUND:g} (background {PIXEL_BACKGROUND}, "
+                 f"ink {PIXEL_INK})")
+    OUTPUT_DOC = "RBF penalties (N, 10) for digits 0-9, the smallest the prediction"
     PARAM_SHAPES = PARAM_SHAPES
     TREE_PARAMS = TREE_PARAMS
     LINEAR_LAYERS = LINEAR_LAYERS
@@ -469,6 +478,65 @@ class LeNet5_1998:
             "f6.weight": d6 * A_MAX, "f6.bias": d6,
             "c5.input": A_MAX, "c5.delta": d5, "f6.input": A_MAX, "f6.delta": d6,
         }
+
+    @classmethod
+    def onnx_nodes(cls, helper: Any, input: str, output: str) -> list[Any]:
+        """The network in standard ONNX operators, the constants (A, S, Table I, the RBF centres) in the graph.
+
+        A subsampling layer is a grouped 2x2 stride-2 convolution whose kernel is its
+        coefficient times ones; C3's dense (16, 6, 5, 5) kernel is a 0/1 matrix (the
+        table) times its 60 kernels.
+        """
+        float_type = helper.TensorProto.FLOAT
+
+        def const(name: str, values: Array, dtype: int = float_type) -> Any:
+            values = np.asarray(values)
+            return helper.make_node("Constant", [], [name], value=helper.make_tensor(
+                name, dtype, values.shape, values.reshape(-1).tolist()))
+
+        def squash(x: str, out: str) -> list[Any]:
+            return [helper.make_node("Mul", [x, "squash.S"], [f"{out}.Sa"]),
+                    helper.make_node("Tanh", [f"{out}.Sa"], [f"{out}.tanh"]),
+                    helper.make_node("Mul", [f"{out}.tanh", "squash.A"], [out])]
+
+        def subsample(x: str, layer: str, maps: int, out: str) -> list[Any]:
+            return [helper.make_node("Reshape", [f"{layer}.weight", "shape.kernel"], [f"{layer}.coef"]),
+                    helper.make_node("Mul", [f"{layer}.coef", f"ones.{maps}"], [f"{layer}.kernel"]),
+                    helper.make_node("Conv", [x, f"{layer}.kernel", f"{layer}.bias"], [f"{layer}.sum"],
+                                     kernel_shape=[2, 2], strides=[2, 2], group=maps),
+                    *squash(f"{layer}.sum", out)]
+
+        table = np.zeros((16 * 6, len(C3_CONNECTIONS)), dtype=np.float32)  # row (C3 map, S2 map) <- kernel k
+        for k, (f, c) in enumerate(C3_CONNECTIONS):
+            table[6 * f + c, k] = 1.0
+        return [
+            const("squash.S", np.float32(S)), const("squash.A", np.float32(A)),
+            const("shape.kernel", np.array([-1, 1, 1, 1]), helper.TensorProto.INT64),
+            const("ones.6", np.ones((6, 1, 2, 2), np.float32)), const("ones.16", np.ones((16, 1, 2, 2), np.float32)),
+            const("c3.table", table), const("shape.c3.in", np.array([len(C3_CONNECTIONS), 25]),
+                                            helper.TensorProto.INT64),
+            const("shape.c3.out", np.array([16, 6, 5, 5]), helper.TensorProto.INT64),
+            const("rbf.centres", RBF_CENTRES.astype(np.float32)), const("axis.1", np.array([1]), helper.TensorProto.INT64),
+            const("axis.2", np.array([2]), helper.TensorProto.INT64),
+            helper.make_node("Conv", [input, "c1.weight", "c1.bias"], ["c1"], kernel_shape=[5, 5]),
+            *squash("c1", "h1"),
+            *subsample("h1", "s2", 6, "h2"),
+            helper.make_node("Reshape", ["c3.weight", "shape.c3.in"], ["c3.kernels"]),
+            helper.make_node("MatMul", ["c3.table", "c3.kernels"], ["c3.dense.flat"]),
+            helper.make_node("Reshape", ["c3.dense.flat", "shape.c3.out"], ["c3.dense"]),
+            helper.make_node("Conv", ["h2", "c3.dense", "c3.bias"], ["c3"], kernel_shape=[5, 5]),
+            *squash("c3", "h3"),
+            *subsample("h3", "s4", 16, "h4"),
+            helper.make_node("Flatten", ["h4"], ["flat"], axis=1),  # C order over (16, 5, 5), as the model
+            helper.make_node("Gemm", ["flat", "c5.weight", "c5.bias"], ["c5"], transB=1),
+            *squash("c5", "h5"),
+            helper.make_node("Gemm", ["h5", "f6.weight", "f6.bias"], ["f6"], transB=1),
+            *squash("f6", "h6"),
+            helper.make_node("Unsqueeze", ["h6", "axis.1"], ["h6.row"]),  # (N, 1, 84) against (10, 84)
+            helper.make_node("Sub", ["h6.row", "rbf.centres"], ["rbf.diff"]),
+            helper.make_node("Mul", ["rbf.diff", "rbf.diff"], ["rbf.square"]),
+            helper.make_node("ReduceSum", ["rbf.square", "axis.2"], [output], keepdims=0),
+        ]
 
     @classmethod
     def check_params(cls, params: dict[str, Array], origin: str) -> Params:
