@@ -142,8 +142,9 @@ class LRSchedule:
     Linear warm-up from base_lr / warmup_steps to base_lr over `warmup_steps`, then
     either cosine decay to `min_lr` at `total_steps`, or step decay (multiply by
     `gamma` every `step_every` steps after warm-up), or the 1998 paper's steps
-    ("paper": base_lr times PAPER_STEPS' factor of the pass, a pass being
-    `step_every` steps after warm-up).
+    ("paper": base_lr times the factor of the pass, `paper_factor(step // step_every)`,
+    a pass being `step_every` steps counted from the first: warm-up only ramps the
+    first pass's start).
     """
 
     base_lr: float
@@ -168,12 +169,13 @@ class LRSchedule:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.base_lr * (step + 1) / self.warmup_steps
+            return self.base_lr * (step + 1) / self.warmup_steps * (
+                paper_factor(step // self.step_every) if self.kind == "paper" else 1.0)
         after = step - self.warmup_steps
         if self.kind == "step":
             return self.base_lr * self.gamma ** (after // self.step_every)
         if self.kind == "paper":
-            return self.base_lr * paper_factor(after // self.step_every)
+            return self.base_lr * paper_factor(step // self.step_every)
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, after / span)
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))
