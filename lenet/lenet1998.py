@@ -27,13 +27,13 @@ be negative: no factor is sign-constrained (NONNEGATIVE_FACTORS is empty).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from lenet import layers
+from lenet.architecture import Factors, Model, StackedSums, concat_factors
 from lenet.params import Params
 from lenet.reduction import add, divide
 
@@ -101,8 +101,6 @@ FACTOR_WIDTHS: dict[str, int] = {"c5.input": 400, "c5.delta": 120, "f6.input": 1
 NONNEGATIVE_FACTORS: frozenset[str] = frozenset()  # squashed outputs are within +-A
 
 CHUNK = 64  # samples per pass, as lenet.model: a pass's working set stays near the L2 cache
-
-Factors = dict[str, Array]
 
 
 # --------------------------------------------------------------------------- layers
@@ -236,24 +234,6 @@ def rbf_loss(penalties: Array, y: Array, j: float = J) -> tuple[Array, Array, Ar
 # --------------------------------------------------------------------------- the network
 
 
-class SumLossGrads(NamedTuple):
-    """Loss and gradients summed (not averaged) over a batch."""
-
-    loss_sum: float
-    correct: int
-    grads: Params
-
-
-class StackedSums(NamedTuple):
-    """As lenet.model.StackedSums: per sample losses and correct (N,), TREE_PARAMS grads (S, *shape) per shard,
-    FACTOR_WIDTHS factors (N, width) per sample."""
-
-    losses: Array
-    correct: Array
-    grads: Params
-    factors: Factors
-
-
 def _fan_ins() -> dict[str, Array | int]:
     """Each parameter's number of inputs of its unit (a C3 map's depends on its row of Table I)."""
     c3_maps = np.array([25 * len(ins) for ins in C3_TABLE])  # 75, 100 or 150
@@ -272,28 +252,12 @@ def init_params(seed: int, dtype: type = np.float32) -> Params:
             for name, shape in PARAM_SHAPES.items()}
 
 
-def linear_grads(factors: Factors) -> Params:
-    """C5's and F6's summed gradients from a batch's factors: delta^T @ input, delta summed."""
-    grads: Params = {}
-    for layer in LINEAR_LAYERS:
-        delta, x = factors[f"{layer}.delta"], factors[f"{layer}.input"]
-        grads[f"{layer}.weight"] = delta.T @ x
-        grads[f"{layer}.bias"] = delta.sum(axis=0)
-    return grads
-
-
-def concat_factors(parts: Sequence[Factors]) -> Factors:
-    if len(parts) == 1:
-        return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in FACTOR_WIDTHS}
-
-
 _PIXEL_TABLE = (PIXEL_BACKGROUND + np.arange(256) * ((PIXEL_INK - PIXEL_BACKGROUND) / 255)).astype(np.float32)
 MAX_INPUT = float(np.abs(_PIXEL_TABLE).max())
 A_MAX = max(A, float(np.float32(A)))  # |f(a)| <= float32(A) in float32 (|tanh| <= 1, rounding is monotone)
 
 
-class LeNet5_1998:
+class LeNet5_1998(Model):
     """The 1998 network, holding its 60,000 parameters in `params` (float32 unless told otherwise)."""
 
     name = "lenet5-1998"
@@ -311,10 +275,6 @@ class LeNet5_1998:
     LINEAR_LAYERS = LINEAR_LAYERS
     FACTOR_WIDTHS = FACTOR_WIDTHS
     NONNEGATIVE_FACTORS = NONNEGATIVE_FACTORS
-
-    def __init__(self, seed: int = 0, dtype: type = np.float32) -> None:
-        self.dtype = np.dtype(dtype)
-        self.params: Params = init_params(seed, dtype)
 
     init_params = staticmethod(init_params)
 
@@ -432,14 +392,6 @@ class LeNet5_1998:
         return StackedSums(np.concatenate([p.losses for p in pieces]), np.concatenate([p.correct for p in pieces]),
                            grads, concat_factors([p.factors for p in pieces]))
 
-    def sum_loss_and_grads(self, x: Array, y: Array) -> SumLossGrads:
-        """Eq. 9 and its gradients summed over the batch, as one shard."""
-        stacked = self.stacked_shard_sums(x, y, [len(y)])
-        grads = {k: g[0] for k, g in stacked.grads.items()}
-        grads.update(linear_grads(stacked.factors))
-        return SumLossGrads(math.fsum(stacked.losses.tolist()), int(stacked.correct.sum()),
-                            {name: grads[name] for name in PARAM_SHAPES})
-
     def loss_and_grads(self, x: Array, y: Array) -> tuple[float, Params]:
         """Mean eq. 9 loss over the batch and its gradients (same keys as params)."""
         result = self.sum_loss_and_grads(x, y)
@@ -539,16 +491,3 @@ class LeNet5_1998:
             helper.make_node("Mul", ["rbf.diff", "rbf.diff"], ["rbf.square"]),
             helper.make_node("ReduceSum", ["rbf.square", "axis.2"], [output], keepdims=0),
         ]
-
-    @classmethod
-    def check_params(cls, params: dict[str, Array], origin: str) -> Params:
-        """Validate names, shapes and dtype of a parameter dict (from a file or the wire)."""
-        if set(params) != set(PARAM_SHAPES):
-            missing, extra = sorted(set(PARAM_SHAPES) - set(params)), sorted(set(params) - set(PARAM_SHAPES))
-            raise ValueError(f"{origin}: parameter names do not match {cls.name}: missing {missing}, "
-                             f"unexpected {extra}")
-        for name, shape in PARAM_SHAPES.items():
-            a = params[name]
-            if a.shape != shape or a.dtype != np.float32:
-                raise ValueError(f"{origin}: {name} is {a.dtype}{a.shape}, expected float32{shape}")
-        return {name: params[name] for name in PARAM_SHAPES}

@@ -6,10 +6,15 @@ import pytest
 
 from gradcheck import numerical_grad, rel_error
 from lenet import lenet1998 as m98
+from lenet.architecture import linear_grads
+from lenet.bounds import implausible
+from lenet.config import TrainConfig
 from lenet.lenet1998 import (C3_TABLE, FACTOR_WIDTHS, LINEAR_LAYERS, PARAM_SHAPES, RBF_CENTRES, TREE_PARAMS,
-                             LeNet5_1998, linear_grads)
+                             LeNet5_1998)
+from lenet.models import get_model
 from lenet.optim import SGD
-from lenet.reduction import divide, stacked_tree_sum
+from lenet.reduction import stacked_tree_sum
+from lenet.shards import gather, mean_gradient, split_batch, unit_sums
 
 rng = np.random.default_rng(0)
 
@@ -26,6 +31,10 @@ def check(forward, backward, inputs: dict, wrt: list[str], tol=1e-6):
 
 
 # --------------------------------------------------------------------------- the paper's numbers
+
+
+def test_registered_as_lenet5_1998():
+    assert get_model("lenet5-1998") is LeNet5_1998
 
 
 def test_exactly_60000_trainable_parameters_layer_by_layer():
@@ -227,7 +236,7 @@ def test_check_params_names_the_model_and_the_problem():
     with pytest.raises(ValueError, match=r"c3.weight is float32\(16, 6, 5, 5\)"):
         LeNet5_1998.check_params(params, "file.npz")
     del params["s2.bias"]
-    with pytest.raises(ValueError, match=r"lenet5-1998: missing \['s2.bias'\]"):
+    with pytest.raises(ValueError, match=r"LeNet-5 \(1998\): missing \['s2.bias'\]"):
         LeNet5_1998.check_params(params, "file.npz")
 
 
@@ -306,3 +315,48 @@ def test_every_honest_sample_is_within_the_bound(mnist, trained_1998, which):
         worst.update({k: max(worst.get(k, 0.0), float(np.abs(one[k]).max())) for k in ("c5.weight", "f6.weight",
                                                                                        "c5.bias", "f6.bias")})
     assert all(0 < worst[k] <= bounds[k] for k in bounds), {k: (worst[k], bounds[k]) for k in bounds}
+
+
+def test_units_over_any_cut_of_the_batch_give_the_bits_of_one_pass(mnist):
+    """unit_sums over different cuts of a batch into units (and relays gathering them) give the mean gradient
+    of the whole batch computed as one unit, bit for bit."""
+    model = LeNet5_1998(seed=0)
+    idx = np.arange(128)
+    pixels, labels = mnist.train_images[idx], mnist.train_labels[idx]
+    sizes = [len(s) for s in split_batch(idx, 64)]
+    reference = mean_gradient({(0, 64): unit_sums(model, pixels, labels, sizes)}, 64, 128)
+    r = np.random.default_rng(0)
+    for _ in range(3):
+        edges = [0, *sorted(r.choice(np.arange(1, 64), size=int(r.integers(1, 12)), replace=False)), 64]
+        units = {}
+        for lo, hi in zip(edges, edges[1:]):
+            a, b = sum(sizes[:lo]), sum(sizes[:hi])
+            units[(lo, hi)] = unit_sums(model, pixels[a:b], labels[a:b], sizes[lo:hi], first=lo, num_shards=64)
+        got = mean_gradient(units, 64, 128)
+        assert all(np.array_equal(got[k], reference[k]) for k in PARAM_SHAPES), edges
+        relayed = gather([units[(lo, hi)] for lo, hi in zip(edges, edges[1:])], 64)
+        again = mean_gradient({(0, 64): relayed}, 64, 128)
+        assert all(np.array_equal(again[k], reference[k]) for k in PARAM_SHAPES)
+
+
+def test_honest_units_pass_the_plausibility_rule_and_poison_does_not(mnist):
+    model = LeNet5_1998(seed=3)
+    bounds = LeNet5_1998.per_sample_bounds(model.params)
+    unit = unit_sums(model, mnist.train_images[:32], mnist.train_labels[:32], [8] * 4)
+    assert implausible(unit.grads, unit.factors, 32, bounds, model=LeNet5_1998) is None  # negative inputs: fine
+    for name in TREE_PARAMS:
+        poisoned = {**unit.grads, name: np.full_like(unit.grads[name], 1e30)}
+        assert name in implausible(poisoned, unit.factors, 32, bounds, model=LeNet5_1998)
+    for name in FACTOR_WIDTHS:
+        poisoned = {**unit.factors, name: np.full_like(unit.factors[name], 1e30)}
+        assert name in implausible(unit.grads, poisoned, 32, bounds, model=LeNet5_1998)
+
+
+def test_the_reference_trainer_trains_it_with_the_paper_schedule(mnist):
+    from lenet.train import train
+
+    config = TrainConfig(model="lenet5-1998", epochs=1, max_steps=40, schedule="paper", lr=0.003, nesterov=False,
+                         weight_decay=0.0, warmup_steps=0)
+    result = train(config, mnist, log=lambda s: None)
+    assert set(result.params) == set(PARAM_SHAPES) and result.steps == 40
+    assert result.history[-1].test_accuracy > 0.3  # chance is 0.1
