@@ -131,7 +131,7 @@ def table(results: Mapping[str, list[tuple[float, float]]], short: Mapping[str, 
     for name, history in results.items():
         params = sum(math.prod(s) for s in get_model(name).PARAM_SHAPES.values())
         five = short.get(name, history)
-        after5 = f"{five[min(4, len(five) - 1)][0]:.2%}" if five else "-"
+        after5 = f"{five[4][0]:.2%}" if len(five) >= 5 else "-"
         speed = statistics.median(s for _, s in history)
         rows.append(f"| `{name}` | {params:,} | {after5} | {history[-1][0]:.2%} | {speed:,.0f} |")
     return "\n".join(rows) + "\n"
