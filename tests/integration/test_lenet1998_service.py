@@ -1,5 +1,5 @@
-"""The 1998 model through the service: any number of workers and a relay give the reference trainer's bits,
-and a checkpoint of one model is refused in one line by a run of the other."""
+"""The 1998 model through the service: any number of workers, a relay, a stop and resume give the reference
+trainer's bits, and a checkpoint of one model is refused in one line by a run of the other."""
 
 import pytest
 
@@ -48,3 +48,18 @@ def test_a_checkpoint_of_the_1998_model_is_refused_by_a_lenet5_run(tmp_path, pro
     procs.append(second)
     assert second.wait() != 0
     assert "lenet5-1998" in second.log() and "Traceback" not in second.log()
+
+
+def test_a_run_stopped_and_resumed_gives_the_uninterrupted_bits(reference, tmp_path, procs):
+    ckpt = tmp_path / "ckpt"
+    first = coordinator(tmp_path, "--workers", "2", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "5",
+                        "--output", str(tmp_path / "a.npz"), *MODEL[:-1], "12")  # --max-steps 12
+    procs.append(first)
+    assert first.wait() == 0, first.log()
+    assert (ckpt / "ckpt-000000012.npz").is_file()
+    second = coordinator(tmp_path, "--workers", "2", "--checkpoint-dir", str(ckpt), "--resume",
+                         "--output", str(tmp_path / "b.npz"), *MODEL, log_name="second.log")
+    procs.append(second)
+    assert second.wait() == 0, second.log()
+    assert "resuming from" in second.log() and "step 12" in second.log()
+    assert identical(params(tmp_path / "b.npz"), reference)
