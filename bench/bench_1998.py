@@ -99,14 +99,16 @@ def error_svg(series: Mapping[str, Sequence[float]], reference: float, width: in
         points = " ".join(f"{px(e):.1f},{py(v):.1f}" for e, v in enumerate(errors, 1))
         parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2" '
                      f'data-series="{escape(label)}"/>')
-        legend.append((f"{label}: {100 * errors[-1]:.2f}% after {len(errors)}", colour, False))
-    for i, (text, colour, dashed) in enumerate(legend):
-        y = top + 12 + 18 * i
+        legend.append((f"{label}: {100 * errors[-1]:.2f}% after {len(errors)} epochs", colour, False))
+    y = top + 12
+    for text, colour, dashed in legend:  # each entry below the previous one's wrapped lines
         dash = ' stroke-dasharray="5,4"' if dashed else ""
         parts.append(f'<line x1="{left + plot_w + 12}" x2="{left + plot_w + 30}" y1="{y}" y2="{y}" '
                      f'stroke="{colour}" stroke-width="2"{dash}/>')
-        for j, chunk in enumerate(_wrap(text, 24)):
-            parts.append(f'<text x="{left + plot_w + 34}" y="{y + 4 + 12 * j}">{escape(chunk)}</text>')
+        chunks = _wrap(text, 26)
+        for j, chunk in enumerate(chunks):
+            parts.append(f'<text x="{left + plot_w + 34}" y="{y + 4 + 13 * j}">{escape(chunk)}</text>')
+        y += 13 * len(chunks) + 10
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
