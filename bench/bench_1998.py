@@ -67,7 +67,7 @@ def run(label: str, flags: Sequence[str], epochs: int, workers: int, out: Path) 
 
 def error_svg(series: Mapping[str, Sequence[float]], reference: float, width: int = 640, height: int = 360) -> str:
     """Test error per epoch, one polyline per run, the paper's figure as a dashed line; self-contained SVG."""
-    left, top, plot_w, plot_h = 60, 40, width - 220, height - 90
+    left, top, plot_w, plot_h = 60, 40, width - 260, height - 90  # 160 px on the right for the legend
     longest = max(len(v) for v in series.values())
     y_hi = max(max(v[1:] or v) for v in series.values()) * 1.1  # the first epoch's error would flatten the rest
     y_hi = max(y_hi, reference * 1.5)
@@ -105,7 +105,7 @@ def error_svg(series: Mapping[str, Sequence[float]], reference: float, width: in
         dash = ' stroke-dasharray="5,4"' if dashed else ""
         parts.append(f'<line x1="{left + plot_w + 12}" x2="{left + plot_w + 30}" y1="{y}" y2="{y}" '
                      f'stroke="{colour}" stroke-width="2"{dash}/>')
-        chunks = _wrap(text, 26)
+        chunks = _wrap(text, 24)  # about 6 px a character at 11 px: within the 160 px
         for j, chunk in enumerate(chunks):
             parts.append(f'<text x="{left + plot_w + 34}" y="{y + 4 + 13 * j}">{escape(chunk)}</text>')
         y += 13 * len(chunks) + 10
