@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from lenet import layers
-from lenet.architecture import Factors, Model, StackedSums, concat_factors
+from lenet.architecture import Model, StackedSums, concat_factors
 from lenet.params import Params
 from lenet.reduction import add, divide
 
