@@ -206,6 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from coordinator.training import Training, TrainingDiverged
     from lenet.curves import write_curves
     from lenet.data import load_mnist
+    from lenet.output import check_output, save_final
     from lenet.runtime import raise_open_files_limit, tune_malloc
     from lenet.tempfiles import sweep_stale_temporaries
     from lenet.train import save_model
@@ -227,6 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ckpt.check_writable(args.checkpoint_dir)
             for stale in sweep_stale_temporaries(args.checkpoint_dir):
                 log.info("removed a temporary file left by an earlier run: %s", stale)
+        check_output(args.output)  # before the training, not after it
         data = load_mnist(args.data_dir)
         resume_from = ckpt.load_latest(args.checkpoint_dir, service.checkpoint_key) if args.resume else None
         if args.resume and resume_from is None:
@@ -275,10 +277,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                  f"checkpoint {outcome.checkpoint}" if outcome.checkpoint else "no checkpoint directory")
         return int(ExitStatus.INTERRUPTED)
     test_acc = training.final_test_accuracy()
-    save_model(args.output, outcome.params, {
+    save_final(args.output, lambda path: save_model(path, outcome.params, {
         "step": st.step, "epoch": st.step / training.steps_per_epoch, "test_accuracy": test_acc,
         "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
-    })
+    }), keep_in=[args.checkpoint_dir])
     curves = write_curves(args.output, st.history)
     log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s",
              100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output,

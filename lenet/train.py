@@ -34,7 +34,8 @@ from lenet.data import (  # noqa: E402
 from lenet.model import PARAM_SHAPES, LeNet5, check_params  # noqa: E402
 from lenet.params import Params  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS, mean_gradient, split_batch, summed_loss, unit_sums  # noqa: E402
-from lenet.npzfile import read_npz, write_npz  # noqa: E402
+from lenet.npzfile import read_npz, user_file_mode, write_npz  # noqa: E402
+from lenet.output import check_output, save_final  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
 ARCHITECTURE = "LeNet-5 (conv5x5x6-pool-conv5x5x16-pool-fc120-fc84-fc10, ReLU, max pool)"
@@ -74,8 +75,9 @@ def evaluate(params: Params, images: np.ndarray, labels: np.ndarray, batch_size:
 
 
 def save_model(path: str | Path, params: Params, meta: dict) -> None:
-    """The model file: parameters under their `LeNet5.params` names, plus metadata."""
-    write_npz(path, {k: params[k] for k in PARAM_SHAPES}, {"architecture": ARCHITECTURE, **meta})
+    """The model file: parameters under their `LeNet5.params` names, plus metadata; readable like any user file."""
+    write_npz(path, {k: params[k] for k in PARAM_SHAPES}, {"architecture": ARCHITECTURE, **meta},
+              mode=user_file_mode())
 
 
 def load_model(path: str | Path) -> tuple[Params, dict]:
@@ -147,6 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--shards must be >= 1, got {args.shards}")
     except ValueError as err:
         raise UsageError(str(err)) from None
+    check_output(args.output)  # before the training, not after it
     tune_malloc()
     data = load_mnist(args.data_dir)
     start = time.perf_counter()
@@ -154,10 +157,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not result.history:
         raise UsageError("no training step was run")
     last = result.history[-1]
-    save_model(args.output, result.params, {
+    save_final(args.output, lambda path: save_model(path, result.params, {
         "epoch": last.epoch, "step": result.steps, "test_accuracy": last.test_accuracy,
         "data_checksums": data.checksums, "config": config.to_dict(),
-    })
+    }))
     curves = write_curves(args.output, [dataclasses.asdict(h) for h in result.history])
     print(f"done: test accuracy {last.test_accuracy:.2%} after {last.epoch} epochs, {result.steps} steps, "
           f"{time.perf_counter() - start:.1f} s; model saved to {args.output}, curves to {curves}")

@@ -1,5 +1,6 @@
 """Every user mistake: one line naming the problem, a documented status, no traceback."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -79,6 +80,26 @@ def test_unwritable_checkpoint_directory_fails_at_start(mnist_dir, tmp_path):
                     tmp_path=tmp_path)
     assert code == 4, err
     assert f"checkpoint directory {blocker / 'ckpt'} is not writable" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("module", ["coordinator", "lenet.train"])
+def test_unusable_output_fails_before_training(module, tmp_path):
+    """Checked before the data is even read: the MNIST directory given does not exist, yet the status is 4."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    unwritable = tmp_path / "read-only"
+    unwritable.mkdir()
+    unwritable.chmod(0o500)
+    cases = [([str(blocker / "lenet5.npz")], f"{blocker} is not a directory"),
+             ([str(tmp_path)], f"--output {tmp_path} is a directory: give a file name")]
+    if os.geteuid() != 0:  # root writes anywhere: that case is the unit tests' (tests/unit/test_output.py)
+        cases.append(([str(unwritable / "lenet5.npz")], f"cannot write in {unwritable}: Permission denied"))
+    extra = ["--metrics-port", "0", "--checkpoint-dir", "off"] if module == "coordinator" else []
+    for output, message in cases:
+        code, err = run(module, [*extra, "--data-dir", str(tmp_path / "no-mnist"), "--output", *output],
+                        tmp_path=tmp_path)
+        assert code == 4, err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
 def test_corrupt_mnist_names_the_file(mnist_dir, tmp_path):
