@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 from coordinator.config import ServiceConfig  # noqa: E402
 from lenet import npzfile  # noqa: E402
-from lenet.cli import add_flag, optional, parse_bool, serve_metrics  # noqa: E402
+from lenet.cli import add_flag, counted, optional, parse_bool, serve_metrics  # noqa: E402
 from lenet.config import add_training_flags, config_from_args  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS  # noqa: E402
-from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
+from lenet.status import ExitStatus, UsageError, finishing, run_main  # noqa: E402
 
 if TYPE_CHECKING:
     from coordinator import checkpoint as ckpt
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "directory of the public .key files of the workers admitted (with --curve-secret-key)")
     add_flag(parser, "--progress", sys.stderr.isatty(), parse_bool,
-             "live progress line on stderr")
+             "live progress line on stderr (default: on when stderr is a terminal)")
     return parser
 
 
@@ -116,7 +116,7 @@ class Progress:
         rate = self.samples / max(1e-9, now - self.start)
         sys.stderr.write(f"\repoch {epoch + 1}/{report.epochs} [{bar:<20}] {done:4.0%} "
                          f"step {report.step}/{report.total_steps}  loss {report.loss:.4f}  "
-                         f"{rate:,.0f} samples/s  {workers} workers ")
+                         f"{rate:,.0f} samples/s  {counted(workers, 'worker')} ")
         sys.stderr.flush()
 
 
@@ -274,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     st = outcome.state
     if not outcome.finished:
         log.info("stopped by signal %d at step %d; %s", stop_signal[0] if stop_signal else 0, st.step,
-                 f"checkpoint {outcome.checkpoint}" if outcome.checkpoint else "no checkpoint directory")
+                 f"checkpoint {outcome.checkpoint}: the same command with --resume continues from there"
+                 if outcome.checkpoint else "no checkpoint directory, so nothing to resume from")
         return int(ExitStatus.INTERRUPTED)
     test_acc = training.final_test_accuracy()
     save_final(args.output, lambda path: save_model(path, outcome.params, {
@@ -289,4 +290,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "coordinator"))
+    sys.exit(finishing(run_main(main, "coordinator")))

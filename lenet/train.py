@@ -36,7 +36,7 @@ from lenet.params import Params  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS, mean_gradient, split_batch, summed_loss, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, user_file_mode, write_npz  # noqa: E402
 from lenet.output import check_output, save_final  # noqa: E402
-from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
+from lenet.status import ExitStatus, UsageError, finishing, run_main  # noqa: E402
 
 ARCHITECTURE = "LeNet-5 (conv5x5x6-pool-conv5x5x16-pool-fc120-fc84-fc10, ReLU, max pool)"
 
@@ -168,4 +168,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "lenet.train"))
+    sys.exit(finishing(run_main(main, "lenet.train")))

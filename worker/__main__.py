@@ -23,7 +23,7 @@ from collections.abc import Sequence  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from lenet.cli import add_flag, optional, parse_bool  # noqa: E402
-from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
+from lenet.status import ExitStatus, UsageError, finishing, run_main  # noqa: E402
 
 if TYPE_CHECKING:
     from worker.client import WorkerConfig
@@ -125,4 +125,4 @@ def relay(args: argparse.Namespace, upstream: WorkerConfig) -> Relay:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "worker"))
+    sys.exit(finishing(run_main(main, "worker")))

@@ -51,6 +51,15 @@ CASES = [
      "a relay with CURVE needs --curve-authorized-dir too"),
     ("worker", [], {"LENET_RELAY": "maybe"}, 2, "environment variable LENET_RELAY='maybe' is not valid"),
     ("lenet.train", ["--shards", "0"], {}, 2, "--shards must be >= 1, got 0"),
+    ("coordinator", ["--weight-decay", "nan"], {}, 2, "weight decay must be a finite number >= 0, got nan"),
+    ("coordinator", ["--weight-decay", "-1"], {}, 2, "weight decay must be a finite number >= 0, got -1.0"),
+    ("coordinator", ["--weight-decay", "inf"], {}, 2, "weight decay must be a finite number >= 0, got inf"),
+    ("coordinator", ["--momentum", "nan"], {}, 2, "momentum must be in [0, 1), got nan"),
+    ("coordinator", ["--lr", "-0.1"], {}, 2, "learning rate must be a positive number, got -0.1"),
+    ("coordinator", ["--heartbeat-timeout", "inf"], {}, 2, "timeouts must be > 0, got inf"),
+    ("coordinator", ["--verify-fraction", "nan"], {}, 2, "verify fraction must be between 0 and 1, got nan"),
+    ("lenet.train", ["--weight-decay", "nan"], {}, 2, "weight decay must be a finite number >= 0, got nan"),
+    ("lenet.train", ["--momentum", "-0.5"], {}, 2, "momentum must be in [0, 1), got -0.5"),
 ]
 
 

@@ -30,7 +30,7 @@ def test_only_listed_workers_get_in(tmp_path, procs, mnist_dir):
                         "--curve-secret-key", str(server_secret), "--curve-authorized-dir", str(tmp_path / "admitted"),
                         "--output", str(tmp_path / "m.npz"))
     procs.append(coord)
-    coord.wait_for("waiting for 1 workers")
+    coord.wait_for("waiting for 1 worker at")
     outsiders = [
         worker(tmp_path, endpoint, "no-key"),
         worker(tmp_path, endpoint, "wrong-server-key", "--curve-secret-key", str(w1_secret),
