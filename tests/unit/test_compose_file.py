@@ -130,3 +130,8 @@ def test_prometheus_scrapes_the_relay_workers_as_a_job_of_their_own():
         assert dns["names"] == [service] and dns["type"] == "A", job  # one A record per replica
         assert dns["port"] == int(SERVICES[service]["environment"]["LENET_METRICS_PORT"]), job
         assert SERVICES[service]["environment"]["LENET_METRICS_ADDR"] == "0.0.0.0", job
+
+
+def test_no_obsolete_version_key():
+    """Compose v2 warns that `version` is obsolete on every command: the file must not have one."""
+    assert "version" not in COMPOSE
