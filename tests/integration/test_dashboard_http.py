@@ -88,3 +88,42 @@ def test_port_in_use_is_an_os_error(served):
     _, base = served
     with pytest.raises(OSError):
         start_dashboard(CollectorRegistry(), "127.0.0.1", int(base.rsplit(":", 1)[1]), RunHistory())
+
+
+def test_a_slowloris_cannot_open_unbounded_threads(served):
+    """200 connections that send nothing (or a byte at a time): the threads stay fixed and /metrics answers."""
+    import threading
+
+    _, base = served
+    port = int(base.rsplit(":", 1)[1])
+    before = threading.active_count()
+    idle = []
+    try:
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 2:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")  # a head that never ends
+            idle.append(s)
+        assert get(base + "/metrics")[0] == 200
+        assert get(base + "/api/status")[0] == 200
+        assert threading.active_count() <= before  # the pool was started with the server: nothing more
+    finally:
+        for s in idle:
+            s.close()
+    assert get(base + "/metrics")[0] == 200
+
+
+def test_an_endless_head_is_cut_off(served):
+    _, base = served
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=5) as s:
+        try:
+            for _ in range(40):
+                s.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        s.settimeout(5)
+        try:
+            assert s.recv(100) == b""  # closed unanswered
+        except ConnectionResetError:
+            pass
+    assert get(base + "/metrics")[0] == 200
