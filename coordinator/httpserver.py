@@ -8,7 +8,10 @@ connections and reads their request heads without blocking, keeps at most
 `max_pending` connections waiting for a head (a new one closes the longest
 waiting, so idle connections cannot lock out a real client, which sends its head
 at once), closes any whose head has not arrived within `head_timeout` seconds,
-and hands complete heads to the pool (at most `max_pending` of them waiting).  The handlers answer GET requests, which
+and hands complete heads to the pool (at most `max_pending` of them waiting).
+The pool answers at most `max_rate` requests a second (bursts of `burst`); more
+wait their turn, costing no CPU: clients polling in a tight loop then cost the
+process (and the training loop sharing its interpreter lock) a bounded share.  The handlers answer GET requests, which
 have no body, with one response per connection (HTTP/1.0 style), each socket
 operation bounded by `io_timeout`.
 """
@@ -25,6 +28,8 @@ import time
 from collections import OrderedDict
 from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from coordinator.ratelimit import TokenBucket
 
 MAX_HEAD_BYTES = 16 << 10  # a request line and headers: browsers and Prometheus send well under 2 KiB
 
@@ -44,8 +49,10 @@ class BoundedHTTPServer:
     """
 
     def __init__(self, addr: str, port: int, handler: type[HeadReadHandler], pool: int = 4,
-                 max_pending: int = 64, head_timeout: float = 5.0, io_timeout: float = 5.0) -> None:
-        self.handler, self.max_pending = handler, max_pending
+                 max_pending: int = 64, head_timeout: float = 5.0, io_timeout: float = 5.0,
+                 max_rate: float = 20.0, burst: int = 10) -> None:
+        self.handler, self.max_pending, self.max_rate = handler, max_pending, max_rate
+        self._bucket, self._pace_lock = TokenBucket(max_rate, burst), threading.Lock()
         self.head_timeout, self.io_timeout = head_timeout, io_timeout
         family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]  # IPv4 or IPv6 (e.g. ::1)
         self.socket = socket.socket(family, socket.SOCK_STREAM)
@@ -147,6 +154,7 @@ class BoundedHTTPServer:
             if job is None:
                 return
             conn, address, head = job
+            self._pace()
             try:
                 conn.setblocking(True)
                 conn.settimeout(self.io_timeout)
@@ -157,6 +165,12 @@ class BoundedHTTPServer:
                 sys.excepthook(*sys.exc_info())
             finally:
                 conn.close()
+
+    def _pace(self) -> None:
+        """Wait for the rate limit's next token (holding the lock: the other handlers wait on it, idle)."""
+        with self._pace_lock:
+            while not self._bucket.take(time.monotonic()) and not self._stop.is_set():
+                time.sleep(0.5 / self.max_rate)
 
     def shutdown(self) -> None:
         """Stop serving and close every socket; returns once the selector loop has ended."""

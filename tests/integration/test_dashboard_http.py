@@ -127,3 +127,29 @@ def test_an_endless_head_is_cut_off(served):
         except ConnectionResetError:
             pass
     assert get(base + "/metrics")[0] == 200
+
+
+def test_clients_polling_in_a_tight_loop_get_a_bounded_rate(served):
+    """4 clients with no pause between requests: answered at the server's pace (20/s, bursts of 10), the
+    snapshot built at most 4 times a second, so the training loop's share of the CPU stays its own."""
+    import threading
+    import time
+
+    _, base = served
+    answered, stop = [0], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            get(base + "/api/status")
+            answered[0] += 1
+
+    threads = [threading.Thread(target=poll) for _ in range(4)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    elapsed = time.monotonic() - start
+    assert 0 < answered[0] <= 20 * elapsed + 10 + 4, answered[0]  # + the 4 answered as the clients stopped
