@@ -290,6 +290,8 @@ class Coordinator:
             self._end_epoch()
         elif self.service.checkpoint_every and report.step % self.service.checkpoint_every == 0:
             self.save_checkpoint()
+        elif self.checkpoints.retry_due():  # the last write failed: the newest checkpoint falls behind
+            self.save_checkpoint()
         return report
 
     def _end_epoch(self) -> None:
