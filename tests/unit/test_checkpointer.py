@@ -11,7 +11,6 @@ from coordinator.training import Training
 from lenet.status import StorageError
 
 
-
 class Disk:
     """A checkpoint directory that can fill up."""
 
