@@ -106,7 +106,7 @@ def test_sighup_revokes_a_key_and_its_worker_is_dropped(tmp_path, procs, mnist_d
     keys["goes"][0].unlink()
     coord.signal(sig.SIGHUP)
     coord.wait_for("worker goes dropped: its key was revoked")
-    coord.wait_for("1 revoked, 1 workers dropped")
+    coord.wait_for("1 revoked, 1 worker dropped")
     deadline, m = time.monotonic() + 20, {}
     while time.monotonic() < deadline and m.get("lenet_rejected_messages_total{reason=revoked_key}", 0) == 0:
         m = scrape(metrics_port)
