@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -44,6 +45,8 @@ def save_final(path: str | os.PathLike, write: Callable[[Path], object],
                keep_in: Sequence[Path | None] = ()) -> Path:
     """`write(path)`; if that fails (StorageError), `write` into the first of `keep_in` (None: skipped),
     then a fresh temporary directory, that works, and raise a StorageError that names where the model is.
+
+    A file already there (kept by an earlier run) is not overwritten: the name then gets a time and pid.
     """
     path = Path(path)
     try:
@@ -57,6 +60,8 @@ def save_final(path: str | os.PathLike, write: Callable[[Path], object],
             kept = place / path.name
             if kept.resolve() == path.resolve():
                 continue
+            if kept.exists():  # a model an earlier run kept here: never overwrite it
+                kept = place / f"{path.stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}{path.suffix}"
             write(kept)
         except (OSError, StorageError):
             continue

@@ -87,3 +87,19 @@ def test_the_model_file_is_readable_like_any_user_file_and_checkpoints_stay_priv
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "m.npz").stat().st_mode) == 0o644
     assert stat.S_IMODE((tmp_path / "c.npz").stat().st_mode) == 0o600
+
+
+def test_a_model_kept_by_an_earlier_run_is_not_overwritten(tmp_path):
+    ckpt_dir = tmp_path / "checkpoints"
+    ckpt_dir.mkdir()
+    (ckpt_dir / "lenet5.npz").write_bytes(b"an earlier run's model")
+
+    def write(path):
+        if path.parent == tmp_path:
+            raise StorageError(f"cannot write {path}: No space left on device")
+        path.write_bytes(b"this run's model")
+
+    with pytest.raises(StorageError, match=r"saved to .*/checkpoints/lenet5-\d{8}-\d{6}-\d+\.npz instead"):
+        save_final(tmp_path / "lenet5.npz", write, keep_in=[ckpt_dir])
+    assert (ckpt_dir / "lenet5.npz").read_bytes() == b"an earlier run's model"
+    assert len(list(ckpt_dir.glob("lenet5-*.npz"))) == 1
