@@ -98,7 +98,8 @@ class BoundedHTTPServer:
                 conn, address = self.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:  # out of descriptors, say: the waiting connections are still served
+            except OSError:  # out of descriptors, say: serve the waiting ones, and do not spin on the backlog
+                time.sleep(0.1)
                 return
             conn.setblocking(False)
             if len(self._pending) >= self.max_pending:
