@@ -261,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         start = time.monotonic()
         try:
-            outcome = run_service(training, service, metrics, local_workers=args.workers, local_worker_args=local_args,
+            outcome = run_service(training, service, metrics, local_workers=args.workers,
+                                  local_worker_args=[*local_args, "--model", train_config.model],
                                   resume_from=resume_from, stop=lambda: bool(stop_signal), reload_keys=reload_keys,
                                   progress=progress)
         except TrainingDiverged as err:
@@ -281,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_final(args.output, lambda path: save_model(path, outcome.params, {
         "step": st.step, "epoch": st.step / training.steps_per_epoch, "test_accuracy": test_acc,
         "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
-    }), keep_in=[args.checkpoint_dir])
+    }, type(training.model)), keep_in=[args.checkpoint_dir])
     curves = write_curves(args.output, st.history)
     log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s",
              100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output,
