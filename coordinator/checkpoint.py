@@ -47,6 +47,7 @@ log = logging.getLogger("coordinator")
 
 _NAME = re.compile(r"^ckpt-(\d{9})\.npz$")
 KEEP = 3
+RETRY_EVERY = 30.0  # seconds between attempts while checkpoint writes fail (a full disk)
 
 
 @dataclass
@@ -109,10 +110,11 @@ class Checkpointer:
     """
 
     def __init__(self, directory: Path | None, metrics: Metrics, key: bytes | None = None,
-                 retry_every: float = 30.0, log_every: float = 60.0,
+                 retry_every: float | None = None, log_every: float = 60.0,
                  clock: Callable[[], float] = time.monotonic):
         self.directory, self.metrics, self.key = directory, metrics, key
-        self.retry_every, self.clock = retry_every, clock
+        self.retry_every = RETRY_EVERY if retry_every is None else retry_every
+        self.clock = clock
         self.newest_step: int | None = None  # of the newest checkpoint this run wrote
         self.failures = 0  # in a row
         self._retry_at: float | None = None
