@@ -54,6 +54,7 @@ from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
 from coordinator.training import ClosedEpoch, RunState, Snapshot, StepReport, Training, TrainingDiverged
 from lenet.bounds import implausible
+from lenet.cli import counted
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
 from lenet.shards import unit_sums
@@ -157,8 +158,8 @@ class Coordinator:
         revoked = self.members.with_keys(removed)
         for identity in revoked:
             self.hub.remove(identity, "dropped: its key was revoked")
-        log.info("SIGHUP: allow-list reloaded: %d keys added, %d revoked, %d workers dropped", len(added),
-                 len(removed), len(revoked))
+        log.info("SIGHUP: allow-list reloaded: %d keys added, %d revoked, %s dropped", len(added),
+                 len(removed), counted(len(revoked), "worker"))
 
     def forget_exited(self, pids: list[int]) -> None:
         """Local worker processes seen to exit: drop them now rather than at the heartbeat timeout."""
@@ -190,7 +191,7 @@ class Coordinator:
         elif isinstance(msg, P.Capacity):
             if msg.capacity != member.capacity:  # rate-limited: a peer may send these as fast as it likes
                 self.hub.warn_limited(f"capacity {member.label}", f"relay {member.label} now serves "
-                                      f"{msg.capacity} workers (was {member.capacity})")
+                                      f"{counted(msg.capacity, 'worker')} (was {member.capacity})")
             member.capacity = msg.capacity
         else:
             self.hub.reject(Reason.UNEXPECTED, identity, f"a worker may not send {msg.TYPE}")
@@ -392,6 +393,10 @@ class Coordinator:
             self._settle_evaluation(wait=True)  # a checkpoint holds every finished epoch's record
             with self.phases.timed("checkpoint"):
                 self.save_checkpoint()
+        elif self.checkpoints.retry_due():  # the last write failed: the newest checkpoint falls behind
+            self._settle_evaluation(wait=True)
+            with self.phases.timed("checkpoint"):
+                self.save_checkpoint()
         self._publish_phases()
         return report
 
@@ -432,9 +437,10 @@ class Coordinator:
         stats = self.training.record_epoch(closed, accuracy)
         self.metrics.train_accuracy.set(stats.train_accuracy)
         self.metrics.test_accuracy.set(stats.test_accuracy)
-        log.info("epoch %d/%d: loss %.4f  train acc %.2f%%  test acc %.2f%%  %d samples  %.0f samples/s  %d workers",
+        log.info("epoch %d/%d: loss %.4f  train acc %.2f%%  test acc %.2f%%  %d samples  %.0f samples/s  %s",
                  stats.epoch, self.training.config.epochs, stats.loss, 100 * stats.train_accuracy,
-                 100 * stats.test_accuracy, stats.samples, stats.samples_per_second, len(self.members))
+                 100 * stats.test_accuracy, stats.samples, stats.samples_per_second,
+                 counted(len(self.members), "worker"))
 
     # ------------------------------------------------------------------ the loop
 
@@ -457,8 +463,8 @@ class Coordinator:
             if stop():
                 return False
             if not announced:
-                log.info("waiting for %d workers at %s (have %d)", self.service.min_workers, self.endpoint.address,
-                         len(self.members))
+                log.info("waiting for %s at %s (have %d)", counted(self.service.min_workers, "worker"),
+                         self.endpoint.address, len(self.members))
                 announced = True
             self._turn(0.1, tick)
         return True
@@ -478,8 +484,8 @@ class Coordinator:
         self.metrics.epoch.set(training.epoch)
         if not self.wait_for_workers(stop, tick):
             return RunOutcome(training.params, training.state, finished=False)
-        log.info("training: %d steps of batch %d in %d shards, %d workers", training.total_steps - training.state.step,
-                 training.config.batch_size, training.num_shards, len(self.members))
+        log.info("training: %d steps of batch %d in %d shards, %s", training.total_steps - training.state.step,
+                 training.config.batch_size, training.num_shards, counted(len(self.members), "worker"))
         self.epoch_started = time.monotonic()
         if training.epoch_unclosed:  # resumed from the checkpoint of an epoch's last step
             self._end_epoch(seconds=0.0)  # its time is not known: it ran before the restart

@@ -59,8 +59,8 @@ class TrainConfig:
             raise ValueError(f"train subset must be 1-60000 images, got {self.train_subset}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):  # NaN compares false
+            raise ValueError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
         get_model(self.model)
 
     @property

@@ -36,6 +36,7 @@ import zmq
 from coordinator import hub
 from coordinator import protocol as P
 from coordinator.keys import CurveServer
+from lenet.cli import counted
 from lenet.models import get_model
 from lenet.probe import probe_digest
 from lenet.reduction import cover
@@ -190,8 +191,8 @@ class Relay:
             return None
         if isinstance(msg, P.Heartbeat):
             if not self.registered:
-                log.info("registered with %s as %s (%d workers)", self.config.upstream.connect,
-                         self.config.upstream.name, len(self.workers))
+                log.info("registered with %s as %s (%s)", self.config.upstream.connect,
+                         self.config.upstream.name, counted(len(self.workers), "worker"))
             self.registered = True
         elif isinstance(msg, P.Params):
             self.params = (msg.step, frame)  # forwarded as it came: never re-encoded
@@ -199,7 +200,7 @@ class Relay:
         elif isinstance(msg, P.Task):
             self._plan(msg, now)
         elif isinstance(msg, P.Shutdown):
-            log.info("coordinator ended the run: %s; telling %d workers", msg.reason, len(self.workers))
+            log.info("coordinator ended the run: %s; telling %s", msg.reason, counted(len(self.workers), "worker"))
             self.down.broadcast(frame)
             return "shutdown"
         elif isinstance(msg, P.Error):
