@@ -14,7 +14,7 @@ from lenet.lenet1998 import (C3_TABLE, FACTOR_WIDTHS, LINEAR_LAYERS, PARAM_SHAPE
 from lenet.models import get_model
 from lenet.optim import SGD
 from lenet.reduction import stacked_tree_sum
-from lenet.shards import gather, mean_gradient, split_batch, unit_sums
+from lenet.shards import gather, mean_gradient, shard_sizes, unit_sums
 
 rng = np.random.default_rng(0)
 
@@ -323,7 +323,7 @@ def test_units_over_any_cut_of_the_batch_give_the_bits_of_one_pass(mnist):
     model = LeNet5_1998(seed=0)
     idx = np.arange(128)
     pixels, labels = mnist.train_images[idx], mnist.train_labels[idx]
-    sizes = [len(s) for s in split_batch(idx, 64)]
+    sizes = shard_sizes(len(idx), 64)
     reference = mean_gradient({(0, 64): unit_sums(model, pixels, labels, sizes)}, 64, 128)
     r = np.random.default_rng(0)
     for _ in range(3):
