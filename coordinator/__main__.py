@@ -89,6 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
              "checkpoints are refused")
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "directory of the public .key files of the workers admitted (with --curve-secret-key)")
+    add_flag(parser, "--keep-best", False, parse_bool, "save the parameters of the epoch with the best test "
+             "accuracy, not the last step's (the model file is written at each new best, for --resume)")
     add_flag(parser, "--progress", sys.stderr.isatty(), parse_bool,
              "live progress line on stderr")
     return parser
@@ -206,9 +208,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from coordinator.training import Training, TrainingDiverged
     from lenet.curves import write_curves
     from lenet.data import load_mnist
+    from lenet.best import resumed_best
+    from lenet.runlog import RunLog, runlog_path
     from lenet.runtime import raise_open_files_limit, tune_malloc
+    from lenet.status import UserError
     from lenet.tempfiles import sweep_stale_temporaries
-    from lenet.train import save_model
+    from lenet.train import load_model, save_model
 
     try:
         args = build_parser().parse_args(argv)
@@ -250,10 +255,34 @@ def main(argv: Sequence[str] | None = None) -> int:
             return pending
         training = Training(train_config, shard_count(args.shards, resume_from), data)
         show = Progress() if args.progress else None
+        runlog = RunLog(runlog_path(args.output), training.steps_per_epoch, train_config.to_dict(),
+                        resume_step=resume_from.step if resume_from is not None else None)
+        best = None
+        if args.keep_best:
+            try:
+                saved = load_model(args.output) if resume_from is not None else None
+            except UserError:
+                saved = None
+            best, lost = resumed_best(resume_from.meta["run"]["history"] if resume_from is not None else [],
+                                      saved, train_config.to_dict())
+            if lost:
+                log.warning("--keep-best: %s; the best is chosen among the epochs from here", lost)
+
+        def model_meta(kept: dict) -> dict:
+            return {**kept, "data_checksums": data.checksums, "config": train_config.to_dict(),
+                    "history": training.state.history}
 
         def progress(report: StepReport, workers: int) -> None:
             history.record_step(report.step, report.loss, report.lr, report.samples)
             history.record_epochs(training.state.history)
+            runlog.step(report.step, report.loss, report.lr)
+            if report.epoch_ended:
+                e = training.state.history[-1]
+                runlog.epoch(e)
+                if best is not None and best.offer(e["epoch"], e["step"], e["test_accuracy"], training.params):
+                    save_model(args.output, training.params, model_meta(  # now: an interrupted run keeps it
+                        {"step": e["step"], "epoch": e["epoch"], "test_accuracy": e["test_accuracy"],
+                         "best_epoch": e["epoch"]}))
             if show is not None:
                 show(report, workers)
 
@@ -263,6 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   resume_from=resume_from, stop=lambda: bool(stop_signal), reload_keys=reload_keys,
                                   progress=progress)
         except TrainingDiverged as err:
+            runlog.close()
             raise UsageError(f"training diverged ({err}); lower --lr") from None
         finally:
             if http is not None:
@@ -271,19 +301,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("\n")
     st = outcome.state
     if not outcome.finished:
+        runlog.close()
         log.info("stopped by signal %d at step %d; %s", stop_signal[0] if stop_signal else 0, st.step,
                  f"checkpoint {outcome.checkpoint}" if outcome.checkpoint else "no checkpoint directory")
         return int(ExitStatus.INTERRUPTED)
     test_acc = training.final_test_accuracy()
-    save_model(args.output, outcome.params, {
-        "step": st.step, "epoch": st.step / training.steps_per_epoch, "test_accuracy": test_acc,
-        "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
-    })
-    curves = write_curves(args.output, st.history)
-    log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s",
-             100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output,
-             curves)
+    params, kept = outcome.params, {"step": st.step, "epoch": st.step / training.steps_per_epoch,
+                                    "test_accuracy": test_acc}
+    if best is not None and st.step % training.steps_per_epoch:  # ended mid-epoch (--max-steps): a candidate too
+        best.offer(st.step / training.steps_per_epoch, st.step, test_acc, outcome.params)
+    if best is not None and best.params is not None:
+        params, kept = best.params, {"step": best.step, "epoch": best.epoch, "test_accuracy": best.test_accuracy,
+                                     "best_epoch": best.epoch}
+        runlog.best(best.epoch, best.step, best.test_accuracy)
+        log.info("%s (the last step's: %.2f%%)", best.summary(len(st.history)), 100 * test_acc)
+    save_model(args.output, params, model_meta(kept))
+    runlog.end(st.step, kept["test_accuracy"], time.monotonic() - start)
+    runlog.close()
+    curves = write_curves(args.output, st.history, runlog.step_records())
+    log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s, "
+             "run log to %s", 100 * kept["test_accuracy"], st.step, st.step / training.steps_per_epoch,
+             time.monotonic() - start, args.output, curves, runlog.path)
     return int(ExitStatus.OK)
+
 
 
 if __name__ == "__main__":

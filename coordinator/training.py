@@ -75,6 +75,7 @@ class Training:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.schedule = make_schedule(config, self.steps_per_epoch)
         self.state = RunState()
+        self.untimed_samples = 0  # of the running epoch, trained before a resume: not in the epoch's samples/s
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])  # one epoch's batches, cached
         self._next_plan: StepPlan | None = None  # built while the workers compute the step under way
 
@@ -134,16 +135,19 @@ class Training:
                           epochs=self.config.epochs, loss=loss_sum / n, samples=n, lr=lr)
 
     def end_epoch(self, seconds: float) -> EpochStats:
-        """Evaluate on the test set, record the epoch in the history and start the next one's sums."""
+        """Evaluate on the test set, record the epoch in the history and start the next one's sums.
+
+        `seconds`: since the epoch started, or since the resume; its samples/s counts the samples of that time.
+        """
         st = self.state
         test_acc = evaluate(self.model.params, self.data.test_images, self.data.test_labels)
         stats = EpochStats(epoch=st.step // self.steps_per_epoch, steps=st.step, samples=st.epoch_samples,
                            loss=st.epoch_loss_sum / st.epoch_samples,
                            train_accuracy=st.epoch_correct / st.epoch_samples, test_accuracy=test_acc,
-                           seconds=seconds)
-        st.history.append({"epoch": stats.epoch, "samples": stats.samples, "loss": stats.loss,
-                           "train_accuracy": stats.train_accuracy, "test_accuracy": test_acc})
+                           seconds=seconds, timed_samples=st.epoch_samples - self.untimed_samples)
+        st.history.append(stats.record())
         st.epoch_loss_sum, st.epoch_correct, st.epoch_samples = 0.0, 0, 0
+        self.untimed_samples = 0
         return stats
 
     def final_test_accuracy(self) -> float:

@@ -84,9 +84,9 @@ class RunLog:
         kept: list[dict[str, Any]] = []
         if resume_step is not None:
             old = read_records(self.path)
-            # An `end` is no longer true of a run that goes on (more epochs).
+            # `best` and `end` were the interrupted or shorter run's last word: no longer true of a run that goes on.
             kept = [r for r in old if isinstance(r.get("step"), int) and r["step"] <= resume_step
-                    and r["kind"] != "end"]
+                    and r["kind"] not in ("best", "end")]
             if len(kept) < len(old):
                 log.info("run log %s: dropped %d records past the checkpoint's step %d", self.path,
                          len(old) - len(kept), resume_step)
