@@ -57,8 +57,10 @@ def linear_ticks(lo: float, hi: float, max_ticks: int = MAX_TICKS) -> tuple[list
         lo, hi = lo - (abs(lo) or 1.0) * 0.01, hi + (abs(hi) or 1.0) * 0.01  # one value: a narrow band round it
     raw = (hi - lo) / (max_ticks - 1)
     power = 10.0 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw * (1 - 1e-9))
-    first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+    for step in (m * power for m in (1, 2, 5, 10, 20, 50)):  # the finest that needs no more than max_ticks
+        first, last = math.floor(lo / step + 1e-9), math.ceil(hi / step - 1e-9)
+        if last - first + 1 <= max_ticks:
+            break
     decimals = _decimals(step)
     return [round(i * step, decimals + 1) for i in range(first, last + 1)], decimals
 
