@@ -88,7 +88,11 @@ def save_model(path: str | Path, params: Params, meta: dict) -> None:
 
 
 def load_model(path: str | Path) -> tuple[Params, dict]:
+    """A model file's parameters and metadata; UsageError for a file that is not a model (a checkpoint, say)."""
     arrays, meta = read_npz(path)
+    if meta.get("kind") == "lenet5-checkpoint" or any(name.startswith("params/") for name in arrays):
+        raise UsageError(f"{path}: this is a checkpoint, not a model: give the model file the run saved "
+                         "(its --output, e.g. lenet5.npz)")
     try:
         return check_params(arrays, str(path)), meta
     except ValueError as err:
