@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lenet.best import resumed_best
     from lenet.runlog import RunLog, runlog_path
     from lenet.runtime import raise_open_files_limit, tune_malloc
-    from lenet.status import UserError
+    from lenet.status import StorageError, UserError
     from lenet.tempfiles import sweep_stale_temporaries
     from lenet.train import load_model, save_model
 
@@ -280,9 +280,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 e = training.state.history[-1]
                 runlog.epoch(e)
                 if best is not None and best.offer(e["epoch"], e["step"], e["test_accuracy"], training.params):
-                    save_model(args.output, training.params, model_meta(  # now: an interrupted run keeps it
-                        {"step": e["step"], "epoch": e["epoch"], "test_accuracy": e["test_accuracy"],
-                         "best_epoch": e["epoch"]}))
+                    try:  # now, so that an interrupted run's best survives to its --resume
+                        save_model(args.output, training.params, model_meta(
+                            {"step": e["step"], "epoch": e["epoch"], "test_accuracy": e["test_accuracy"],
+                             "best_epoch": e["epoch"]}))
+                    except StorageError as err:  # training goes on; the end of the run tries again
+                        log.error("--keep-best: epoch %d's parameters kept in memory only: %s", e["epoch"], err)
             if show is not None:
                 show(report, workers)
 
