@@ -68,14 +68,15 @@ def linear_ticks(lo: float, hi: float, max_ticks: int = MAX_TICKS) -> tuple[list
 def log_ticks(lo: float, hi: float, max_ticks: int = 10) -> list[float]:
     """Ticks of a log axis covering [lo, hi] (both > 0): 1-2-5 in each decade, or decades alone if too many."""
     k0, k1 = math.floor(math.log10(lo) + 1e-9), math.ceil(math.log10(hi) - 1e-9)
-    for mantissas in ((1, 2, 5), (1,)):
+
+    def covering(mantissas: tuple[int, ...]) -> list[float]:
         ticks = [round(m * 10.0 ** k, max(0, -k) + 1) for k in range(k0, k1 + 1) for m in mantissas]
         below = [t for t in ticks if t <= lo * (1 + 1e-9)]
         above = [t for t in ticks if t >= hi * (1 - 1e-9)]
-        ticks = [t for t in ticks if below[-1] <= t <= above[0]]
-        if len(ticks) <= max_ticks or mantissas == (1,):
-            return ticks
-    raise AssertionError("unreachable")
+        return [t for t in ticks if below[-1] <= t <= above[0]]
+
+    fine = covering((1, 2, 5))
+    return fine if len(fine) <= max_ticks else covering((1,))
 
 
 def _label(v: float, decimals: int, percent: bool) -> str:
@@ -193,8 +194,9 @@ def epoch_curves_svg(history: Sequence[Mapping[str, Any]], steps: Sequence[Mappi
         loss_legend = [("loss", f"epoch mean (last {float(last['loss']):.4f})")]
         if step_loss:
             loss_legend.insert(0, ("step_loss", "per step"))
-        body = _panel(x1, "training loss", x_ticks, x_dec, loss_axis, "loss" + (" (log scale)" if loss_axis.log else ""),
-                      {"step_loss": step_loss}, {"loss": epoch_loss}, loss_legend)
+        loss_title = "loss (log scale)" if loss_axis.log else "loss"
+        body = _panel(x1, "training loss", x_ticks, x_dec, loss_axis, loss_title, {"step_loss": step_loss},
+                      {"loss": epoch_loss}, loss_legend)
         body += _panel(x2, "accuracy", x_ticks, x_dec, acc_axis, "accuracy", {},
                        {"train_accuracy": train, "test_accuracy": test},
                        [("train_accuracy", f"train {100 * float(last['train_accuracy']):.2f}%"),
