@@ -328,6 +328,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(ExitStatus.OK)
 
 
-
 if __name__ == "__main__":
     sys.exit(run_main(main, "coordinator"))
