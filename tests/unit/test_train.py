@@ -118,3 +118,12 @@ def test_keep_best_saves_the_best_test_epoch_and_says_which(mnist_dir, tmp_path,
     records = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
     assert [r for r in records if r["kind"] == "best"] == [{"kind": "best", "epoch": 2, "step": 20,
                                                             "test_accuracy": 0.9}]
+
+
+def test_an_epochs_rate_counts_only_the_samples_of_its_timed_part():
+    from lenet.train import EpochStats
+
+    whole = EpochStats(epoch=2, steps=20, samples=1280, loss=0.1, train_accuracy=0.9, test_accuracy=0.9, seconds=2.0)
+    resumed = dataclasses.replace(whole, seconds=0.5, timed_samples=320)  # resumed with 3/4 of the epoch done
+    assert whole.samples_per_second == 640 and resumed.samples_per_second == 640
+    assert resumed.record()["samples"] == 1280 and resumed.record()["samples_per_second"] == 640
