@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         best = None
         if args.keep_best:
             try:
-                saved = load_model(args.output) if resume_from is not None else None
+                saved = load_model(args.output, train_config.model) if resume_from is not None else None
             except UserError:
                 saved = None
             best, lost = resumed_best(resume_from.meta["run"]["history"] if resume_from is not None else [],
@@ -283,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     try:  # now, so that an interrupted run's best survives to its --resume
                         save_model(args.output, training.params, model_meta(
                             {"step": e["step"], "epoch": e["epoch"], "test_accuracy": e["test_accuracy"],
-                             "best_epoch": e["epoch"]}))
+                             "best_epoch": e["epoch"]}), type(training.model))
                     except StorageError as err:  # training goes on; the end of the run tries again
                         log.error("--keep-best: epoch %d's parameters kept in memory only: %s", e["epoch"], err)
             if show is not None:
@@ -291,7 +291,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         start = time.monotonic()
         try:
-            outcome = run_service(training, service, metrics, local_workers=args.workers, local_worker_args=local_args,
+            outcome = run_service(training, service, metrics, local_workers=args.workers,
+                                  local_worker_args=[*local_args, "--model", train_config.model],
                                   resume_from=resume_from, stop=lambda: bool(stop_signal), reload_keys=reload_keys,
                                   progress=progress)
         except TrainingDiverged as err:
@@ -318,10 +319,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      "best_epoch": best.epoch}
         runlog.best(best.epoch, best.step, best.test_accuracy)
         log.info("%s (the last step's: %.2f%%)", best.summary(len(st.history)), 100 * test_acc)
-    save_model(args.output, params, model_meta(kept))
+    save_model(args.output, params, model_meta(kept), type(training.model))
     runlog.end(st.step, kept["test_accuracy"], time.monotonic() - start)
     runlog.close()
-    curves = write_curves(args.output, st.history, runlog.step_records())
+    curves = write_curves(args.output, st.history, runlog.step_records(), f"{training.model.TITLE} on MNIST")
     log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s, "
              "run log to %s", 100 * kept["test_accuracy"], st.step, st.step / training.steps_per_epoch,
              time.monotonic() - start, args.output, curves, runlog.path)

@@ -4,16 +4,20 @@ A checkpoint is `ckpt-<step>.npz` in the checkpoint directory, written through
 `lenet.npzfile` (temp file, fsync, rename, directory fsync, SHA-256 inside, and
 an HMAC when a checkpoint key is given).  It holds the parameters
 (`params/<name>`), the optimizer state (`optim/<key>`) and, as metadata, the
-step, the running epoch's sums, the history, the configuration, the shard count
-and the data checksums (`snapshot`).  The shuffle needs no RNG state: each
+step, the running epoch's sums, the history, the configuration (its `model` names
+the architecture: lenet.models), the shard count and the data checksums
+(`snapshot`).  The shuffle needs no RNG state: each
 epoch's order is a pure function of (seed, epoch).  `restore` refuses a
-checkpoint made with other settings or other data.  The newest few are kept.
+checkpoint of another model, or made with other settings or other data, in one
+line.  The newest few are kept.
 
 Loading trusts nothing in the file: the array names, shapes and dtypes are
-checked against LeNet-5 and its optimizer before any data is read, the metadata's
-structure and types are checked, and the step must be >= 0 and every number
-finite.  Any failure is one StorageError; `load_latest` sets such a file aside
-and falls back to the next older one.
+checked against a registered model's and its optimizer's before any data is read,
+the metadata's structure and types are checked (and the arrays must be the model's
+that the configuration names), and the step must be >= 0 and every number finite.
+Checkpoints written before models were named hold LeNet-5 ("lenet5").  Any
+failure is one StorageError; `load_latest` sets such a file aside and falls back
+to the next older one.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ import numpy as np
 from coordinator.metrics import Metrics
 from coordinator.training import RunState, Training
 from lenet.config import TrainConfig
-from lenet.model import PARAM_SHAPES, check_params
+from lenet.architecture import Model
+from lenet.models import DEFAULT_MODEL, MODELS, get_model
 from lenet.npzfile import Layout, read_npz, write_npz
 from lenet.status import StorageError, UsageError
 
@@ -71,6 +76,8 @@ def restore(run: Training, c: Checkpoint) -> None:
     goes on with `run.num_shards`.
     """
     saved = TrainConfig.from_dict(c.meta.get("config", {}))
+    if saved.model != run.config.model:
+        raise UsageError(f"checkpoint holds {saved.model}, this run trains {run.config.model} (--model)")
     ours = run.config.to_dict()
     diffs = [f"{k}={v!r} (this run: {ours[k]!r})" for k, v in saved.to_dict().items()
              if k != "max_steps" and ours.get(k) != v]
@@ -79,7 +86,7 @@ def restore(run: Training, c: Checkpoint) -> None:
     if c.meta.get("data_checksums") != run.data.checksums:
         raise UsageError("checkpoint was made with different MNIST files (checksums differ)")
     try:
-        run.model.params = dict(check_params(c.params, "checkpoint"))
+        run.model.params = dict(run.model.check_params(c.params, "checkpoint"))
         run.optimizer.load_state_dict(c.optimizer)
     except ValueError as err:
         raise StorageError(f"checkpoint does not fit this model: {err}") from None
@@ -156,22 +163,36 @@ def list_checkpoints(directory: Path) -> list[Path]:
 _FLOAT32 = np.dtype(np.float32)
 
 
-def layout_problem(layout: Layout) -> str | None:
-    """Why these arrays (name -> (shape, dtype), from the headers) are not a LeNet-5 checkpoint, or None.
+def model_layout_problem(layout: Layout, model: type[Model]) -> tuple[int, str] | None:
+    """Why these arrays (name -> (shape, dtype), from the headers) are not a checkpoint of `model`, as
+    (how many arrays are wrong, why), or None.
 
-    Parameters are float32 in PARAM_SHAPES; the optimizer state is SGD's
+    Parameters are float32 in the model's PARAM_SHAPES; the optimizer state is SGD's
     (`velocity/<name>`) or Adam's (`m/<name>`, `v/<name>`, int64 scalar `t`).
     """
-    expected = {f"params/{n}": (shape, _FLOAT32) for n, shape in PARAM_SHAPES.items()}
-    sgd = {f"optim/velocity/{n}": (shape, _FLOAT32) for n, shape in PARAM_SHAPES.items()}
-    adam = {f"optim/{m}/{n}": (shape, _FLOAT32) for m in ("m", "v") for n, shape in PARAM_SHAPES.items()}
+    shapes = model.PARAM_SHAPES
+    expected = {f"params/{n}": (shape, _FLOAT32) for n, shape in shapes.items()}
+    sgd = {f"optim/velocity/{n}": (shape, _FLOAT32) for n, shape in shapes.items()}
+    adam = {f"optim/{m}/{n}": (shape, _FLOAT32) for m in ("m", "v") for n, shape in shapes.items()}
     adam["optim/t"] = ((), np.dtype(np.int64))
     got = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in layout.items()}
     if got in ({**expected, **sgd}, {**expected, **adam}):
         return None
     closest = {**expected, **(adam if "optim/t" in got else sgd)}
     wrong = sorted(set(got) ^ set(closest)) + sorted(n for n in set(got) & set(closest) if got[n] != closest[n])
-    return f"arrays do not match a LeNet-5 checkpoint: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}"
+    return len(wrong), (f"arrays do not match a {model.TITLE} checkpoint: {', '.join(wrong[:4])}"
+                        f"{' ...' if len(wrong) > 4 else ''}")
+
+
+def layout_problem(layout: Layout) -> str | None:
+    """Why these arrays are not a checkpoint of any registered model (said of the closest one), or None."""
+    problems = []
+    for model in MODELS.values():
+        problem = model_layout_problem(layout, model)
+        if problem is None:
+            return None
+        problems.append(problem)
+    return min(problems, key=lambda p: p[0])[1]  # the first model's on a tie: the default one
 
 
 def _is_int(v: Any) -> bool:
@@ -228,10 +249,19 @@ def meta_problem(meta: dict[str, Any]) -> str | None:
     return None
 
 
+def _arrays_problem(arrays: dict[str, np.ndarray], name: str) -> str | None:
+    """Why the arrays are not those of the model the configuration names, or None."""
+    layout = {k: (a.shape, a.dtype) for k, a in arrays.items()}
+    problem = model_layout_problem(layout, get_model(name))  # a known name: meta_problem checked the config
+    return None if problem is None else f"the config names {name}, but {problem[1]}"
+
+
 def load(path: Path, key: bytes | None = None) -> Checkpoint:
     """A checkpoint, checked through (see the module doc); with `key`, it must carry a valid HMAC."""
     arrays, meta = read_npz(path, key=key, expect=layout_problem)
-    problem = meta_problem(meta)
+    if isinstance(meta.get("config"), dict):
+        meta["config"].setdefault("model", DEFAULT_MODEL)  # written before models were named
+    problem = meta_problem(meta) or _arrays_problem(arrays, meta["config"]["model"])
     if problem:
         raise StorageError(f"{path}: {problem}")
     for name, a in arrays.items():

@@ -22,7 +22,7 @@ import numpy as np
 from coordinator import protocol as P
 from coordinator.scheduler import StepScheduler, work_units
 from coordinator.trust import Verification
-from lenet.bounds import per_sample_bounds
+from lenet.architecture import Model
 from lenet.params import Params
 from lenet.reduction import Node
 from lenet.shards import split_batch
@@ -97,17 +97,18 @@ class Step:
     batch: Batch
     params: Params  # the parameters every unit of the step is computed with
     started: float
+    model: type[Model]  # the run's model: its parameters, bounds and the Params message's name
     _bounds: dict[str, float] | None = None
 
     @classmethod
-    def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float,
+    def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float, model: type[Model],
               secret: bytes = b"", verify_fraction: float = 0.0) -> "Step":
         verify = {u for u, (first, _) in enumerate(plan.units)
                   if chosen_for_verification(secret, plan.step, first, verify_fraction)}
         scheduler = StepScheduler(plan.step, plan.units, plan.samples, task_timeout, plan.weights)
-        batch = Batch(plan.step, P.encode(P.Params(step=plan.step, params=params)), plan.tasks, scheduler,
-                      Verification(verify, same_result))
-        return cls(plan=plan, batch=batch, params=params, started=now)
+        params_frame = P.encode(P.Params(step=plan.step, params=params, model=model.name))
+        batch = Batch(plan.step, params_frame, plan.tasks, scheduler, Verification(verify, same_result))
+        return cls(plan=plan, batch=batch, params=params, started=now, model=model)
 
     @property
     def scheduler(self) -> StepScheduler[Hashable, P.Result]:
@@ -121,7 +122,7 @@ class Step:
     def bounds(self) -> dict[str, float]:
         """The largest gradient and factor elements one honest sample can give with the step's parameters."""
         if self._bounds is None:
-            self._bounds = per_sample_bounds(self.params)
+            self._bounds = self.model.per_sample_bounds(self.params)
         return self._bounds
 
     def task(self, unit: int) -> P.Task:

@@ -210,6 +210,6 @@ def epoch_curves_svg(history: Sequence[Mapping[str, Any]], steps: Sequence[Mappi
 
 
 def write_curves(model_path: str | os.PathLike, history: Sequence[Mapping[str, Any]],
-                 steps: Sequence[Mapping[str, Any]] = ()) -> Path:
+                 steps: Sequence[Mapping[str, Any]] = (), title: str = "LeNet-5 on MNIST") -> Path:
     """Write the curves next to the model, atomically; return the path."""
-    return write_bytes_atomic(curves_path(model_path), epoch_curves_svg(history, steps).encode())
+    return write_bytes_atomic(curves_path(model_path), epoch_curves_svg(history, steps, title).encode())

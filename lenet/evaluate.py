@@ -28,6 +28,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from lenet.architecture import Model  # noqa: E402
 from lenet.params import Params  # noqa: E402
 from lenet.status import DataError, ExitStatus, StorageError, UsageError, run_main  # noqa: E402
 
@@ -59,15 +60,12 @@ def read_labels(path: str | Path) -> np.ndarray:
     return labels
 
 
-def predictions(params: Params, images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """The predicted digit of each uint8 image (N, 28, 28): argmax of the logits, batch by batch as
-    `lenet.train.evaluate` computes them."""
-    from lenet.data import standardize
-    from lenet.model import LeNet5
-
-    model = LeNet5()
-    model.params = params
-    out = [model.forward(standardize(images[i : i + batch_size])).argmax(axis=1)
+def predictions(params: Params, model: type[Model], images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    """The digit `model` with `params` predicts for each uint8 image (N, 28, 28): the argmax of its scores, batch
+    by batch as `lenet.train.evaluate` computes them."""
+    net = model()
+    net.params = params
+    out = [net.scores(net.forward(net.prepare(images[i : i + batch_size]))).argmax(axis=1)
            for i in range(0, len(images), batch_size)]
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
@@ -127,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from lenet.predict import read_images
-    from lenet.train import load_model
+    from lenet.train import file_model, load_model
 
     args = build_parser().parse_args(argv)
     if args.images is not None and args.labels is None:
@@ -142,13 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         images, labels, where = read_images(args.images), read_labels(args.labels), args.images
         if len(images) != len(labels):
             raise DataError(f"{args.images} holds {len(images)} images, {args.labels} {len(labels)} labels")
-    s = summary(confusion_matrix(labels, predictions(params, images)))
+    s = summary(confusion_matrix(labels, predictions(params, file_model(meta, args.model), images)))
     recorded = meta.get("test_accuracy") if args.images is None else None
     if args.json:
-        print(json.dumps({"model": args.model, "data": where, "recorded_test_accuracy": recorded, **s}))
+        print(json.dumps({"file": args.model, "model": file_model(meta, args.model).name, "data": where,
+                          "recorded_test_accuracy": recorded, **s}))
         return int(ExitStatus.OK)
     said = f"; the run recorded {recorded:.2%}" if isinstance(recorded, float) else ""
-    print(f"{args.model} on {where} ({s['count']} images): accuracy {s['accuracy']:.2%} "
+    print(f"{args.model} ({file_model(meta, args.model).name}) on {where} ({s['count']} images): accuracy {s['accuracy']:.2%} "
           f"({s['correct']} correct){said}")
     print("\n".join(report(s)))
     return int(ExitStatus.OK)

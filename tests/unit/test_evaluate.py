@@ -34,3 +34,31 @@ def test_labels_gzipped_or_not_and_refusals(tmp_path):
         (tmp_path / "bad").write_bytes(content)
         with pytest.raises(DataError, match=message):
             read_labels(tmp_path / "bad")
+
+
+def test_the_model_the_file_names_is_the_one_asked(trained_model, mnist, tmp_path, monkeypatch, capsys):
+    """A file of another registered model is scored by that model's own scores, not LeNet-5's."""
+    from lenet import models
+    from lenet.evaluate import main
+    from lenet.model import LeNet5
+    from lenet.train import load_model, save_model
+
+    class Contrary(LeNet5):  # the same parameters, the opposite opinion: least likely first
+        name = "contrary"
+
+        @staticmethod
+        def scores(outputs):
+            return -outputs
+
+    monkeypatch.setitem(models.MODELS, "contrary", Contrary)
+    params = load_model(trained_model)[0]
+    save_model(tmp_path / "c.npz", params, {"test_accuracy": 0.0}, Contrary)
+    images, labels = tmp_path / "img", tmp_path / "lab"
+    images.write_bytes(b"\0\0\x08\x03" + b"".join(int(n).to_bytes(4, "big") for n in (200, 28, 28))
+                       + mnist.test_images[:200].tobytes())
+    labels.write_bytes(b"\0\0\x08\x01" + (200).to_bytes(4, "big") + mnist.test_labels[:200].tobytes())
+    assert main([str(trained_model), str(images), str(labels), "--json"]) == 0
+    assert '"model": "lenet5"' in capsys.readouterr().out
+    assert main([str(tmp_path / "c.npz"), str(images), str(labels)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path / 'c.npz'} (contrary) on {images} (200 images): accuracy 0.00%")
