@@ -38,6 +38,7 @@ from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 if TYPE_CHECKING:
     from coordinator import checkpoint as ckpt
     from coordinator.training import StepReport
+    from lenet.params import Params
 
 log = logging.getLogger("coordinator")
 
@@ -256,7 +257,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         training = Training(train_config, shard_count(args.shards, resume_from), data)
         show = Progress() if args.progress else None
         runlog = RunLog(runlog_path(args.output), training.steps_per_epoch, train_config.to_dict(),
-                        resume_step=resume_from.step if resume_from is not None else None)
+                        resume_step=resume_from.step if resume_from is not None else None,
+                        resume_epochs=len(resume_from.meta["run"]["history"]) if resume_from is not None else 0)
         best = None
         if args.keep_best:
             try:
@@ -272,20 +274,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             return {**kept, "data_checksums": data.checksums, "config": train_config.to_dict(),
                     "history": training.state.history}
 
+        def on_epoch(e: dict, params: Params) -> None:  # when its test accuracy is known, a few steps later
+            runlog.epoch(e)
+            if best is not None and best.offer(e["epoch"], e["step"], e["test_accuracy"], params):
+                try:  # now, so that an interrupted run's best survives to its --resume
+                    save_model(args.output, params, model_meta({"step": e["step"], "epoch": e["epoch"],
+                                                                "test_accuracy": e["test_accuracy"],
+                                                                "best_epoch": e["epoch"]}), type(training.model))
+                except StorageError as err:  # training goes on; the end of the run tries again
+                    log.error("--keep-best: epoch %d's parameters kept in memory only: %s", e["epoch"], err)
+        training.on_epoch = on_epoch
+
         def progress(report: StepReport, workers: int) -> None:
             history.record_step(report.step, report.loss, report.lr, report.samples)
             history.record_epochs(training.state.history)
             runlog.step(report.step, report.loss, report.lr)
-            if report.epoch_ended:
-                e = training.state.history[-1]
-                runlog.epoch(e)
-                if best is not None and best.offer(e["epoch"], e["step"], e["test_accuracy"], training.params):
-                    try:  # now, so that an interrupted run's best survives to its --resume
-                        save_model(args.output, training.params, model_meta(
-                            {"step": e["step"], "epoch": e["epoch"], "test_accuracy": e["test_accuracy"],
-                             "best_epoch": e["epoch"]}), type(training.model))
-                    except StorageError as err:  # training goes on; the end of the run tries again
-                        log.error("--keep-best: epoch %d's parameters kept in memory only: %s", e["epoch"], err)
             if show is not None:
                 show(report, workers)
 

@@ -63,6 +63,7 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
 
         try:
             outcome = coordinator.run(stop=stop, tick=tick, progress=progress)
+            log.info("%s", coordinator.breakdown())
         except TrainingDiverged:
             coordinator.save_checkpoint()
             raise

@@ -25,7 +25,7 @@ from coordinator.trust import Verification
 from lenet.architecture import Model
 from lenet.params import Params
 from lenet.reduction import Node
-from lenet.shards import split_batch
+from lenet.shards import shard_sizes
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class StepPlan:
 def plan_step(step: int, batch: np.ndarray, num_shards: int, capacities: tuple[int, ...],
               images: np.ndarray, labels: np.ndarray) -> StepPlan:
     """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`."""
-    sizes = [len(s) for s in split_batch(batch, num_shards)]
+    sizes = shard_sizes(len(batch), num_shards)
     starts = [0, *accumulate(sizes)]  # the shards are consecutive runs of the batch
     units, weights = work_units(len(sizes), capacities)
     tasks, samples = [], []

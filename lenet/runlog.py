@@ -15,7 +15,11 @@ record has a `kind`:
   - `end`: the run finished (`step`, `test_accuracy` of the saved model, `seconds`).
 
 On resume from step S the records after S (written by the interrupted run past
-its checkpoint) are dropped first, so the file reads as one run with no epoch twice.
+its checkpoint), and those of epochs the checkpoint had not recorded yet (the
+coordinator records an epoch once its test accuracy is computed, a few steps after
+its end; the resumed run records it again), are dropped first, so the file reads as
+one run with no epoch twice.  Epoch records may therefore follow the first step
+records of the next epoch.
 """
 
 from __future__ import annotations
@@ -75,10 +79,12 @@ def _clean(value: Any) -> Any:
 
 
 class RunLog:
-    """The run log of one run, opened fresh or for a resume from `resume_step`; records also kept in `records`."""
+    """The run log of one run, opened fresh or for a resume from `resume_step` with `resume_epochs` epochs
+    recorded (the checkpoint's history; an epoch after those is recorded again by the resumed run); the
+    records are also kept in `records`."""
 
     def __init__(self, path: str | os.PathLike, steps_per_epoch: int, config: Mapping[str, Any],
-                 resume_step: int | None = None):
+                 resume_step: int | None = None, resume_epochs: int = 0):
         self.path, self.steps_per_epoch = Path(path), steps_per_epoch
         self.every = step_interval(steps_per_epoch)
         kept: list[dict[str, Any]] = []
@@ -86,7 +92,8 @@ class RunLog:
             old = read_records(self.path)
             # `best` and `end` were the interrupted or shorter run's last word: no longer true of a run that goes on.
             kept = [r for r in old if isinstance(r.get("step"), int) and r["step"] <= resume_step
-                    and r["kind"] not in ("best", "end")]
+                    and r["kind"] not in ("best", "end")
+                    and (r["kind"] != "epoch" or (isinstance(r.get("epoch"), int) and r["epoch"] <= resume_epochs))]
             if len(kept) < len(old):
                 log.info("run log %s: dropped %d records past the checkpoint's step %d", self.path,
                          len(old) - len(kept), resume_step)

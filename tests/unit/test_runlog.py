@@ -54,7 +54,7 @@ def test_resume_drops_what_came_after_the_checkpoint_and_appends(tmp_path):
     first.close()
     with open(path, "a") as f:
         f.write('{"kind": "step", "step": 18, "lo')  # a write cut short by a crash
-    resumed = RunLog(path, steps_per_epoch=10, config=CONFIG, resume_step=15)
+    resumed = RunLog(path, steps_per_epoch=10, config=CONFIG, resume_step=15, resume_epochs=1)
     run(resumed, 16, 20)
     resumed.close()
     records = lines(path)
@@ -65,6 +65,21 @@ def test_resume_drops_what_came_after_the_checkpoint_and_appends(tmp_path):
     at = next(i for i, r in enumerate(records) if r["kind"] == "start" and r["resumed"])
     assert records[at]["step"] == 15 and records[at - 1] == {**records[at - 1], "kind": "step", "step": 15}
     assert read_records(path) == records == resumed.records
+
+
+def test_an_epoch_the_checkpoint_had_not_recorded_is_left_to_the_resumed_run(tmp_path):
+    """The coordinator checkpoints an epoch's last step before its test accuracy is known: a resume from
+    there records that epoch again, so a record of it written before the restart must go."""
+    path = tmp_path / "m.jsonl"
+    first = RunLog(path, steps_per_epoch=10, config=CONFIG)
+    run(first, 1, 22)  # epoch 2's record (step 20) written, then the run died at step 22
+    first.close()
+    resumed = RunLog(path, steps_per_epoch=10, config=CONFIG, resume_step=20, resume_epochs=1)
+    resumed.epoch(epoch_stats(2, 20))  # closed again by the resumed run
+    run(resumed, 21, 30)
+    resumed.close()
+    assert [r["epoch"] for r in lines(path) if r["kind"] == "epoch"] == [1, 2, 3]
+    assert [r["step"] for r in lines(path) if r["kind"] == "step"] == list(range(1, 31))
 
 
 def test_resume_without_a_log_starts_one_and_a_fresh_run_replaces_it(tmp_path):
