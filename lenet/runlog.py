@@ -95,7 +95,7 @@ class RunLog:
                     and r["kind"] not in ("best", "end")
                     and (r["kind"] != "epoch" or (isinstance(r.get("epoch"), int) and r["epoch"] <= resume_epochs))]
             if len(kept) < len(old):
-                log.info("run log %s: dropped %d records past the checkpoint's step %d", self.path,
+                log.info("run log %s: dropped %d records the checkpoint (step %d) does not hold", self.path,
                          len(old) - len(kept), resume_step)
         # Rewritten whole (atomically), then appended to: the file never holds another run's tail.
         write_bytes_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())
