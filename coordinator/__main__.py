@@ -42,9 +42,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coordinator")
 
-# Verification by recomputation, by default on 2 % of units: a liar answering 1 unit
-# in 10 is caught within about 50 of its answers, for 2 % more computing.  Honest
-# workers on other CPUs are already stopped at the door by the conformance probe.
+# Verification by recomputation, by default on 2 % of units: each lie is caught with
+# probability 0.02 (a liar after 50 lies on average), and then all its accepted answers
+# are undone (docs/security.md, "What is still possible"), for 2 % more computing.
+# Honest workers on other CPUs are already stopped at the door by the conformance probe.
 VERIFY_FRACTION = 0.02
 
 

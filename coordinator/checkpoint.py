@@ -120,6 +120,20 @@ class Checkpointer:
         self.metrics.checkpoint_duration.observe(time.monotonic() - start)
         return path
 
+    def discard_after(self, step: int) -> int:
+        """Delete the checkpoints of steps after `step` (they hold a convicted liar's answers: a resume must
+        not start from one); returns how many went."""
+        gone = 0
+        for path in list_checkpoints(self.directory) if self.directory is not None else []:
+            if int(_NAME.match(path.name).group(1)) > step:  # type: ignore[union-attr]  # listed by _NAME
+                try:
+                    path.unlink()
+                    gone += 1
+                except OSError as err:
+                    log.warning("could not delete checkpoint %s holding a convicted liar's answers: %s", path,
+                                err.strerror)
+        return gone
+
 
 # --------------------------------------------------------------------------- files
 

@@ -11,7 +11,10 @@ times, metrics and logs; the rules live in pure rooms it calls:
   - `Verification` (coordinator/trust.py): which answers are believed, what the
     coordinator computes itself, who is banned;
   - `Training.gradient` and `apply` (add the units up the fixed tree, step the
-    optimizer), `close_epoch` and `record_epoch`; `Checkpointer` (coordinator/checkpoint.py).
+    optimizer), `close_epoch` and `record_epoch`; `Checkpointer` (coordinator/checkpoint.py);
+  - `Provenance` (coordinator/provenance.py): who produced each accepted unit, and
+    the state to go back to when a member is convicted (a rewind: the steps since
+    its first accepted answer are replayed without it).
 The test-set evaluation of a finished epoch runs in a thread while the next epoch
 trains (the workers never wait for it); its epoch is recorded and logged when it
 is done, and before any other checkpoint or the end.  The epoch's own checkpoint is
@@ -44,11 +47,12 @@ from coordinator.hub import Hub
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
 from coordinator.phases import Phases
+from coordinator.provenance import Provenance, Rewind
 from coordinator.ratelimit import TokenBucket
 from coordinator.refusals import Reason
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
-from coordinator.training import ClosedEpoch, RunState, StepReport, Training, TrainingDiverged
+from coordinator.training import ClosedEpoch, RunState, Snapshot, StepReport, Training, TrainingDiverged
 from lenet.bounds import implausible
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
@@ -67,6 +71,16 @@ class RunOutcome:
     finished: bool  # False: stopped early by a signal
 
 
+@dataclass
+class Replay:
+    """Rewinds under way: steps are being done again up to `until` (the furthest step a rewind left)."""
+
+    until: int
+    steps: int  # steps undone, in all
+    started: float
+    convicted: list[str]
+
+
 class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
@@ -76,6 +90,8 @@ class Coordinator:
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
+        self.provenance = Provenance[bytes, Snapshot]()
+        self.replay: Replay | None = None
         started = time.perf_counter()
         model = type(training.model)
         probe = probe_digest(model)
@@ -216,7 +232,7 @@ class Coordinator:
         step = self.step
         assert step is not None
         queue = list(decisions)
-        while queue:
+        while queue and self.step is step:  # a rewind drops the step: what was decided for it is moot
             d = queue.pop(0)
             if isinstance(d, trust.Accept):
                 if d.unit not in step.scheduler.results:
@@ -256,18 +272,54 @@ class Coordinator:
             why = "its result of a verified unit differs from the coordinator's own computation"
         else:
             why = f"{ban.reason.value} gradients for {ban.detail}"
+        already = ban.who in self.members.banned
         member = self.members.ban(ban.who)
-        self.metrics.workers_banned.inc()
-        if member is None:
+        if already:
             return
+        self.metrics.workers_banned.inc()
         step = self.step
-        if step is not None:
+        name = member.label if member is not None else self.hub.name(ban.who)  # it may have left this step
+        rewind = self.provenance.convicted(ban.who, step.number) if step is not None else None
+        if step is not None and rewind is None:
             mine = step.verification.convicted(ban.who)
             self.metrics.redispatched.inc(step.scheduler.discard(mine))
             for unit in step.scheduler.excluded.copy():
                 if step.scheduler.excluded[unit] == ban.who:
                     step.scheduler.readmit(unit)
-        self.hub.forget(ban.who, member, f"banned for the run: {why}")
+        if member is not None:
+            self.hub.forget(ban.who, member, f"banned for the run: {why}")
+        if rewind is not None:
+            self._rewind(rewind, name)
+
+    def _snapshot(self) -> Snapshot:
+        """The state a rewind may go back to, with the epoch under evaluation recorded first: a snapshot's
+        history must hold every epoch closed before it."""
+        self._settle_evaluation(wait=True)
+        return self.training.snapshot()
+
+    def _rewind(self, rewind: Rewind[Snapshot], name: str) -> None:
+        """Back to before the convicted member's first accepted answer: the step under way is dropped (its
+        late answers are refused as stale) and the steps since are done again without it."""
+        assert self.step is not None
+        at = self.step.number
+        self.step = None
+        self.training.rewind(rewind.state)  # numbering the steps anew: each member gets their parameters again
+        if self.evaluating is not None and self.evaluating[0].steps > rewind.to:
+            self.evaluating = None  # an epoch undone: it is closed and evaluated again when replayed
+        discarded = self.checkpoints.discard_after(rewind.to)
+        m = self.metrics
+        m.rewinds.inc()
+        m.steps_replayed.inc(at - rewind.to)
+        m.epoch.set(self.training.epoch)
+        m.epoch_samples.set(self.training.state.epoch_samples)
+        if self.replay is None:
+            self.replay = Replay(at, 0, time.monotonic(), [])
+        self.replay.until = max(self.replay.until, at)
+        self.replay.steps += at - rewind.to
+        self.replay.convicted.append(name)
+        log.warning("rewind: %s convicted at step %d; back to step %d, before its first accepted answer: %d steps "
+                    "to do again without it%s", name, at, rewind.to, at - rewind.to,
+                    f" ({discarded} checkpoints holding its answers deleted)" if discarded else "")
 
     def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
         step = self.step
@@ -277,6 +329,8 @@ class Coordinator:
         if since is not None:
             self.turnaround.record(time.monotonic() - since, sched.samples[unit])
         overtaken = sched.accept(result.first, result, by=identity)
+        if identity is not None:
+            self.provenance.accepted(identity, step.number, self._snapshot)
         now = time.monotonic()
         for other in overtaken:  # it had the unit and did not answer first: no new work until it answers
             lo, hi = sched.units[unit]
@@ -300,6 +354,8 @@ class Coordinator:
             self.metrics.backup_tasks.inc(self.hub.dispatch([step.batch], now, self.deadlines, self.turnaround))
         sched = step.scheduler
         for unit in [u for u in sched.pending if u in step.verification.candidates]:
+            if self.step is not step:
+                return  # rewound
             if not [i for i, _ in self.hub.workers_for_work(now) if i != sched.excluded.get(unit)]:  # nobody else
                 self._carry_out(step.verification.no_checker(unit))
 
@@ -321,6 +377,14 @@ class Coordinator:
         self.steps_timed += 1
         self.steps_seconds += now - step.started
         self.step = None
+        self.provenance.retain(self.members.members)
+        replay = self.replay
+        if replay is not None and self.training.state.step >= replay.until:
+            seconds = time.monotonic() - replay.started
+            m.rewind_seconds.inc(seconds)
+            log.warning("rewind done: %d steps replayed in %.1f s without %s; the run is as if they never took part",
+                        replay.steps, seconds, ", ".join(replay.convicted))
+            self.replay = None
         if report.epoch_ended:
             with self.phases.timed("checkpoint"):
                 self.save_checkpoint()  # before the epoch is closed: a resume from it closes it again
@@ -436,6 +500,8 @@ class Coordinator:
             if self._completed_at is not None:
                 self.between_steps += time.perf_counter() - self._completed_at
                 self._completed_at = None
+            if self.step is None:
+                continue  # rewound: the replay starts with a new step
             with self.phases.timed("plan"):
                 training.plan_ahead(self._capacities(now))
             deadline = self.step.scheduler.next_deadline()
@@ -446,7 +512,7 @@ class Coordinator:
                 log.warning("no live workers%s: training paused until one registers",
                             f" ({len(self.members)} relays without workers)" if len(self.members) else "")
             paused = idle
-            if self.step.scheduler.complete:
+            if self.step is not None and self.step.scheduler.complete:
                 self._completed_at = time.perf_counter()
                 progress(self._finish_step(now), len(self.members))
             self._settle_evaluation(wait=False)

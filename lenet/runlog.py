@@ -107,6 +107,8 @@ class RunLog:
             raise StorageError(f"{self.path}: cannot write the run log ({err.strerror or err})") from None
         self._loss_sum, self._steps = 0.0, 0  # the steps since the last `step` record
         self._last_step, self._lr = resume_step or 0, 0.0
+        self._recorded_to = resume_step or 0  # steps up to here are in the log
+        self._epochs = {r["epoch"] for r in kept if r["kind"] == "epoch"}
         self.write({"kind": "start", "step": resume_step or 0, "resumed": resume_step is not None,
                     "steps_per_epoch": steps_per_epoch, "config": dict(config)})
 
@@ -125,7 +127,14 @@ class RunLog:
             self._file = None
 
     def step(self, step: int, loss: float, lr: float) -> None:
-        """Step `step` (steps done, this one included) had mean loss `loss` at learning rate `lr`."""
+        """Step `step` (steps done, this one included) had mean loss `loss` at learning rate `lr`.
+
+        A step already recorded is skipped: the coordinator's rewind (a convicted worker's answers undone)
+        does steps again, bit for bit the same, and the log holds each once.
+        """
+        if step <= self._recorded_to:
+            self._loss_sum, self._steps = 0.0, 0
+            return
         self._loss_sum += loss
         self._steps += 1
         self._last_step, self._lr = step, lr
@@ -137,11 +146,14 @@ class RunLog:
             self.write({"kind": "step", "step": self._last_step,
                         "epoch": round(self._last_step / self.steps_per_epoch, 6), "steps": self._steps,
                         "loss": self._loss_sum / self._steps, "lr": self._lr})
+            self._recorded_to = self._last_step
         self._loss_sum, self._steps = 0.0, 0
 
     def epoch(self, stats: Mapping[str, Any]) -> None:
-        """A finished epoch, with EPOCH_FIELDS."""
-        self._flush_steps()
+        """A finished epoch, with EPOCH_FIELDS; one already recorded (done again after a rewind) is skipped."""
+        if stats["epoch"] in self._epochs:
+            return
+        self._epochs.add(stats["epoch"])
         self.write({"kind": "epoch", **{k: stats[k] for k in EPOCH_FIELDS}})
 
     def best(self, epoch: int, step: int, test_accuracy: float) -> None:

@@ -76,7 +76,7 @@ class Worker:
     def __init__(self, config: WorkerConfig, context: zmq.Context | None = None, metrics=None):
         self.config = config
         self.context = context or zmq.Context.instance()
-        self.identity = uuid.uuid4().bytes  # kept across reconnections: a re-registration is the same member
+        self.identity = uuid.uuid4().bytes  # kept while the connection is: a re-registration is the same member
         self.model = get_model(config.model)()
         self.probe = probe_digest(type(self.model))  # what the coordinator checks at the door: computed once
         self.params_step = -1
@@ -133,13 +133,15 @@ class Worker:
 
         The connection is opened anew only at start and after the coordinator fell
         silent (the old one may be dead).  Otherwise it is kept: ZeroMQ reconnects it
-        by itself, and the coordinator ignores a second connection that claims a
-        routing id it still holds (it allows no takeover), so a needless new one
-        could go unheard.
+        by itself.  A new connection gets a new routing id, so the worker joins as a
+        new member: the coordinator ignores a connection that claims a routing id it
+        still holds (it allows no takeover), and it may still hold the old one, so
+        the same id could go unheard for good (libzmq issues 2019, 2892).
         """
         wait, attempt = 0.25, 0
         if fresh_connection or self.sock is None:
             self._close()
+            self.identity = uuid.uuid4().bytes
             self.sock = self._open()
         while not self.stopping:
             self._send(P.Register(name=self.config.name, pid=os.getpid(), probe=self.probe, capacity=1,

@@ -73,7 +73,7 @@ class Relay:
     def __init__(self, config: RelayConfig, context: zmq.Context | None = None):
         self.config = config
         self.context = context or zmq.Context.instance()
-        self.identity = uuid.uuid4().bytes  # upstream, kept across reconnections
+        self.identity = uuid.uuid4().bytes  # upstream; a new one per connection (worker/client.py `_register`)
         self.model = get_model(config.upstream.model)
         self.probe = probe_digest(self.model)
         self.down = hub.Hub(hub.RouterEndpoint(self.context, config.listen, config.curve),
@@ -152,6 +152,7 @@ class Relay:
     def _reconnect(self) -> None:
         assert self.up is not None
         self.up.close(linger=0)
+        self.identity = uuid.uuid4().bytes  # the coordinator may still hold the old one, and would not hear it
         self.up = open_dealer(self.context, self.config.upstream, self.identity)
         self.registered, self.units = False, []
 

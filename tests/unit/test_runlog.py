@@ -98,3 +98,13 @@ def test_non_finite_numbers_are_null_so_the_line_stays_json(tmp_path):
     log.step(1, float("nan"), 0.01)
     log.close()
     assert lines(tmp_path / "m.jsonl")[-1]["loss"] is None
+
+
+def test_steps_and_epochs_done_again_after_a_rewind_are_recorded_once(tmp_path):
+    log = RunLog(tmp_path / "m.jsonl", steps_per_epoch=10, config=CONFIG)
+    run(log, 1, 14)
+    run(log, 8, 20)  # a rewind back to step 7: steps 8-14 and epoch 1 are done again, the same
+    log.close()
+    records = lines(tmp_path / "m.jsonl")
+    assert [r["step"] for r in records if r["kind"] == "step"] == list(range(1, 21))
+    assert [r["epoch"] for r in records if r["kind"] == "epoch"] == [1, 2]
