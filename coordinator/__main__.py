@@ -38,6 +38,7 @@ from lenet.status import ExitStatus, UsageError, finishing, run_main  # noqa: E4
 if TYPE_CHECKING:
     from coordinator import checkpoint as ckpt
     from coordinator.training import StepReport
+    from lenet.params import Params
 
 log = logging.getLogger("coordinator")
 
@@ -90,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
              "checkpoints are refused")
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "directory of the public .key files of the workers admitted (with --curve-secret-key)")
+    add_flag(parser, "--keep-best", False, parse_bool, "save the parameters of the epoch with the best test "
+             "accuracy, not the last step's (the model file is written at each new best, for --resume)")
     add_flag(parser, "--progress", sys.stderr.isatty(), parse_bool,
              "live progress line on stderr (default: on when stderr is a terminal)")
     return parser
@@ -208,9 +211,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lenet.curves import write_curves
     from lenet.data import load_mnist
     from lenet.output import check_output, save_final
+    from lenet.best import resumed_best
+    from lenet.runlog import RunLog, runlog_path
     from lenet.runtime import raise_open_files_limit, tune_malloc
+    from lenet.status import StorageError, UserError
     from lenet.tempfiles import sweep_stale_temporaries
-    from lenet.train import save_model
+    from lenet.train import load_model, save_model
 
     try:
         args = build_parser().parse_args(argv)
@@ -253,10 +259,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             return pending
         training = Training(train_config, shard_count(args.shards, resume_from), data)
         show = Progress() if args.progress else None
+        runlog = RunLog(runlog_path(args.output), training.steps_per_epoch, train_config.to_dict(),
+                        resume_step=resume_from.step if resume_from is not None else None,
+                        resume_epochs=len(resume_from.meta["run"]["history"]) if resume_from is not None else 0)
+        best = None
+        if args.keep_best:
+            try:
+                saved = load_model(args.output, train_config.model) if resume_from is not None else None
+            except UserError:
+                saved = None
+            best, lost = resumed_best(resume_from.meta["run"]["history"] if resume_from is not None else [],
+                                      saved, train_config.to_dict())
+            if lost:
+                log.warning("--keep-best: %s; the best is chosen among the epochs from here", lost)
+
+        def model_meta(kept: dict) -> dict:
+            return {**kept, "data_checksums": data.checksums, "config": train_config.to_dict(),
+                    "history": training.state.history}
+
+        def on_epoch(e: dict, params: Params) -> None:  # when its test accuracy is known, a few steps later
+            runlog.epoch(e)
+            if best is not None and best.offer(e["epoch"], e["step"], e["test_accuracy"], params):
+                try:  # now, so that an interrupted run's best survives to its --resume
+                    save_model(args.output, params, model_meta({"step": e["step"], "epoch": e["epoch"],
+                                                                "test_accuracy": e["test_accuracy"],
+                                                                "best_epoch": e["epoch"]}), type(training.model))
+                except StorageError as err:  # training goes on; the end of the run tries again
+                    log.error("--keep-best: epoch %d's parameters kept in memory only: %s", e["epoch"], err)
+        training.on_epoch = on_epoch
 
         def progress(report: StepReport, workers: int) -> None:
             history.record_step(report.step, report.loss, report.lr, report.samples)
             history.record_epochs(training.state.history)
+            runlog.step(report.step, report.loss, report.lr)
             if show is not None:
                 show(report, workers)
 
@@ -267,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   resume_from=resume_from, stop=lambda: bool(stop_signal), reload_keys=reload_keys,
                                   progress=progress)
         except TrainingDiverged as err:
+            runlog.close()
             raise UsageError(f"training diverged ({err}); lower --lr") from None
         finally:
             if http is not None:
@@ -275,19 +311,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write("\n")
     st = outcome.state
     if not outcome.finished:
+        runlog.close()
         log.info("stopped by signal %d at step %d; %s", stop_signal[0] if stop_signal else 0, st.step,
                  f"checkpoint {outcome.checkpoint}: the same command with --resume continues from there"
                  if outcome.checkpoint else "no checkpoint directory, so nothing to resume from")
         return int(ExitStatus.INTERRUPTED)
     test_acc = training.final_test_accuracy()
-    save_final(args.output, lambda path: save_model(path, outcome.params, {
-        "step": st.step, "epoch": st.step / training.steps_per_epoch, "test_accuracy": test_acc,
-        "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
-    }, type(training.model)), keep_in=[args.checkpoint_dir])
-    curves = write_curves(args.output, st.history)
-    log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s",
-             100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output,
-             curves)
+    params, kept = outcome.params, {"step": st.step, "epoch": st.step / training.steps_per_epoch,
+                                    "test_accuracy": test_acc}
+    if best is not None and st.step % training.steps_per_epoch:  # ended mid-epoch (--max-steps): a candidate too
+        best.offer(st.step / training.steps_per_epoch, st.step, test_acc, outcome.params)
+    if best is not None and best.params is not None:
+        params, kept = best.params, {"step": best.step, "epoch": best.epoch, "test_accuracy": best.test_accuracy,
+                                     "best_epoch": best.epoch}
+        runlog.best(best.epoch, best.step, best.test_accuracy)
+        log.info("%s (the last step's: %.2f%%)", best.summary(len(st.history)), 100 * test_acc)
+    save_final(args.output, lambda path: save_model(path, params, model_meta(kept), type(training.model)),
+               keep_in=[args.checkpoint_dir])
+    runlog.end(st.step, kept["test_accuracy"], time.monotonic() - start)
+    runlog.close()
+    curves = write_curves(args.output, st.history, runlog.step_records(), f"{training.model.TITLE} on MNIST")
+    log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s, "
+             "run log to %s", 100 * kept["test_accuracy"], st.step, st.step / training.steps_per_epoch,
+             time.monotonic() - start, args.output, curves, runlog.path)
     return int(ExitStatus.OK)
 
 

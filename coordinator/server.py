@@ -126,6 +126,7 @@ class Coordinator:
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
         ckpt.restore(self.training, c)
+        self.training.untimed_samples = self.training.state.epoch_samples  # the epoch's clock starts now
         self.metrics.steps.inc(c.step)
         self.metrics.epoch.set(self.training.epoch)
         self.metrics.epoch_samples.set(self.training.state.epoch_samples)

@@ -13,7 +13,7 @@ checkpoint must restore is `state` plus the parameters and optimizer state
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -81,6 +81,7 @@ class ClosedEpoch:
     train_accuracy: float
     seconds: float
     params: Params  # a copy of the parameters at its end: what the test accuracy is measured on
+    timed_samples: int  # the samples trained in `seconds` (after a resume mid-epoch, fewer than `samples`)
 
 
 class Training:
@@ -98,6 +99,9 @@ class Training:
             self.total_steps = min(self.total_steps, config.max_steps)
         self.schedule = make_schedule(config, self.steps_per_epoch)
         self.state = RunState()
+        self.untimed_samples = 0  # of the running epoch, trained before a resume: not in the epoch's samples/s
+        # Told of each recorded epoch (its history entry, its parameters): the run log and --keep-best.
+        self.on_epoch: Callable[[dict, Params], None] = lambda record, params: None
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])  # one epoch's batches, cached
         self._next_plan: StepPlan | None = None  # built while the workers compute the step under way
         self.wire_offset = 0  # added to step numbers on the wire: grows at each rewind (coordinator/step.py)
@@ -182,13 +186,18 @@ class Training:
         self.state = replace(snapshot.state, history=[dict(e) for e in snapshot.state.history])
 
     def close_epoch(self, seconds: float) -> ClosedEpoch:
-        """End the epoch's sums (the next epoch starts from zero); its test accuracy is still to come."""
+        """End the epoch's sums (the next epoch starts from zero); its test accuracy is still to come.
+
+        `seconds`: since the epoch started, or since the resume; its samples/s counts the samples of that time.
+        """
         st = self.state
         closed = ClosedEpoch(epoch=st.step // self.steps_per_epoch, steps=st.step, samples=st.epoch_samples,
                              loss=st.epoch_loss_sum / st.epoch_samples,
                              train_accuracy=st.epoch_correct / st.epoch_samples, seconds=seconds,
-                             params={k: v.copy() for k, v in self.model.params.items()})
+                             params={k: v.copy() for k, v in self.model.params.items()},
+                             timed_samples=st.epoch_samples - self.untimed_samples)
         st.epoch_loss_sum, st.epoch_correct, st.epoch_samples = 0.0, 0, 0
+        self.untimed_samples = 0
         return closed
 
     def test_accuracy(self, params: Params) -> float:
@@ -196,11 +205,15 @@ class Training:
         return evaluate(params, self.data.test_images, self.data.test_labels, model=type(self.model))
 
     def record_epoch(self, closed: ClosedEpoch, test_accuracy: float) -> EpochStats:
-        """A closed epoch, with its test accuracy, into the history (in epoch order: the caller's promise)."""
+        """A closed epoch, with its test accuracy, into the history (in epoch order: the caller's promise);
+        then `on_epoch` is told, with its timing (not in the history: a resumed run's must equal an
+        uninterrupted one's) and its parameters."""
         stats = EpochStats(epoch=closed.epoch, steps=closed.steps, samples=closed.samples, loss=closed.loss,
-                           train_accuracy=closed.train_accuracy, test_accuracy=test_accuracy, seconds=closed.seconds)
+                           train_accuracy=closed.train_accuracy, test_accuracy=test_accuracy, seconds=closed.seconds,
+                           timed_samples=closed.timed_samples)
         self.state.history.append({"epoch": stats.epoch, "samples": stats.samples, "loss": stats.loss,
                                    "train_accuracy": stats.train_accuracy, "test_accuracy": test_accuracy})
+        self.on_epoch(stats.record(), closed.params)
         return stats
 
     def final_test_accuracy(self) -> float:

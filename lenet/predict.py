@@ -1,13 +1,19 @@
 """`python -m lenet.predict MODEL.npz IMAGE...`: the digit in each image, and its probability.
 
-Images are PNG (8-bit grayscale or RGB, not interlaced), PGM (P5 or P2, up to 8
-bits) or IDX (`*-idx3-ubyte`, gzipped or not, many images), all decoded with the
-standard library.  They must be 28x28 with MNIST's polarity, a white digit on black;
-`--invert` takes a black digit on white.  RGB is turned to gray with the ITU-R
-BT.601 weights.
+Images are PNG (grayscale, RGB, grayscale with alpha or RGBA, 8 or 16 bits per
+sample, not interlaced), PGM (P5 or P2, up to 8 bits) or IDX (`*-idx3-ubyte`,
+gzipped or not, many images), all decoded with the standard library.  They must be
+28x28 with MNIST's polarity, a white digit on black; `--invert` takes a black digit
+on white.  RGB is turned to gray with the ITU-R BT.601 weights, 16-bit samples are
+scaled to 8 bits, and a transparent pixel is background: black, or white with
+`--invert`.  An image whose border is bright (MNIST's is black) draws a warning
+that it looks inverted.
 
-Exit status: 0 done; 2 bad arguments; 3 an image that is not a supported PNG, PGM
-or IDX file, is damaged, or is not 28x28; 4 the model or an image cannot be read.
+A file that cannot be used is reported in one line and the others are still
+predicted.  Exit status: 0 done; 2 bad arguments, or MODEL is not a model (a
+checkpoint, say); 3 an image that is not a supported PNG, PGM or IDX file, is
+damaged, or is not 28x28; 4 the model or an image cannot be read (for images: the
+first failed file's status, after every other file was predicted).
 """
 
 from __future__ import annotations
@@ -20,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from lenet.status import DataError, ExitStatus, StorageError, run_main
+from lenet.status import DataError, ExitStatus, StorageError, UserError, run_main
 
 SIZE = 28
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IDX_UBYTE_3D = b"\x00\x00\x08\x03"  # IDX magic: unsigned bytes, three dimensions (count, rows, cols)
 MAX_INFLATED = 64 << 20  # bytes: far above any 28x28 image or MNIST file; a compression bomb stops here
-PNG_CHANNELS = {0: 1, 2: 3}  # colour type -> samples per pixel: grayscale, RGB
+PNG_CHANNELS = {0: 1, 2: 3, 4: 2, 6: 4}  # colour type -> samples per pixel: gray, RGB, gray + alpha, RGBA
 PNG_COLOUR_NAMES = {0: "grayscale", 2: "RGB", 3: "palette", 4: "grayscale with alpha", 6: "RGBA"}
 
 
@@ -54,8 +60,9 @@ def _paeth(a: int, b: int, c: int) -> int:
     return b if pb <= pc else c
 
 
-def decode_png(raw: bytes, name: str) -> np.ndarray:
-    """An 8-bit grayscale or RGB, non-interlaced PNG -> uint8 (H, W) gray; DataError otherwise."""
+def decode_png(raw: bytes, name: str, background: int = 0) -> np.ndarray:
+    """A non-interlaced 8- or 16-bit grayscale, RGB, grayscale+alpha or RGBA PNG -> uint8 (H, W) gray, transparent
+    pixels on `background` (0-255); DataError otherwise."""
     pos, header, idat = len(PNG_SIGNATURE), None, []
     while True:
         if pos + 12 > len(raw):
@@ -75,9 +82,10 @@ def decode_png(raw: bytes, name: str) -> np.ndarray:
             width, height = int.from_bytes(body[0:4], "big"), int.from_bytes(body[4:8], "big")
             depth, colour, compression, filtering, interlace = body[8:13]
             _check_size(width, height, name)  # before inflating anything
-            if depth != 8 or colour not in PNG_CHANNELS:
+            if depth not in (8, 16) or colour not in PNG_CHANNELS:
                 what = PNG_COLOUR_NAMES.get(colour, f"colour type {colour}")
-                raise DataError(f"{name}: PNG is {depth}-bit {what}: only 8-bit grayscale or RGB PNG is supported")
+                raise DataError(f"{name}: PNG is {depth}-bit {what}: only 8- or 16-bit grayscale, RGB, grayscale "
+                                "with alpha or RGBA PNG is supported")
             if compression != 0 or filtering != 0 or interlace != 0:
                 raise DataError(f"{name}: interlaced or non-standard PNG: save it without interlacing")
         elif kind == b"IDAT":
@@ -86,8 +94,9 @@ def decode_png(raw: bytes, name: str) -> np.ndarray:
             break
     if header is None or not idat:
         raise DataError(f"{name}: damaged PNG (no IHDR or no image data)")
-    channels = PNG_CHANNELS[header[9]]
-    stride = SIZE * channels
+    channels, sample_bytes = PNG_CHANNELS[header[9]], header[8] // 8
+    pixel_bytes = channels * sample_bytes  # the filters' "left" is a whole pixel back
+    stride = SIZE * pixel_bytes
     data = _inflate(b"".join(idat), zlib.MAX_WBITS, name)
     if len(data) != SIZE * (1 + stride):
         raise DataError(f"{name}: damaged PNG ({len(data)} bytes of pixels, expected {SIZE * (1 + stride)})")
@@ -97,16 +106,24 @@ def decode_png(raw: bytes, name: str) -> np.ndarray:
         if kind > 4:
             raise DataError(f"{name}: damaged PNG (row filter {kind})")
         for i in range(stride):
-            left = line[i - channels] if i >= channels else 0
-            up_left = prev[i - channels] if i >= channels else 0
+            left = line[i - pixel_bytes] if i >= pixel_bytes else 0
+            up_left = prev[i - pixel_bytes] if i >= pixel_bytes else 0
             predictor = (0, left, prev[i], (left + prev[i]) // 2, _paeth(left, prev[i], up_left))[kind]
             line[i] = (line[i] + predictor) & 0xFF
         rows.append(bytes(line))
         prev = line
-    pixels = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(SIZE, SIZE, channels).astype(np.uint32)
-    if channels == 1:
-        return pixels[:, :, 0].astype(np.uint8)
-    gray = (299 * pixels[:, :, 0] + 587 * pixels[:, :, 1] + 114 * pixels[:, :, 2] + 500) // 1000
+    samples = np.frombuffer(b"".join(rows), dtype=">u2" if sample_bytes == 2 else np.uint8)
+    pixels = samples.reshape(SIZE, SIZE, channels).astype(np.uint32)
+    if sample_bytes == 2:
+        pixels = (pixels * 255 + 32767) // 65535  # to 8 bits, rounded
+    colour = pixels[:, :, : 3 if channels >= 3 else 1]
+    if colour.shape[2] == 3:
+        gray = (299 * colour[:, :, 0] + 587 * colour[:, :, 1] + 114 * colour[:, :, 2] + 500) // 1000
+    else:
+        gray = colour[:, :, 0]
+    if channels in (2, 4):  # alpha last: over the background, rounded
+        alpha = pixels[:, :, -1]
+        gray = (gray * alpha + background * (255 - alpha) + 127) // 255
     return gray.astype(np.uint8)
 
 
@@ -158,8 +175,11 @@ def decode_idx(raw: bytes, name: str) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(count, SIZE, SIZE)
 
 
-def read_images(path: str | Path) -> np.ndarray:
-    """The image(s) in a PNG, PGM or IDX file (gzipped IDX too) as uint8 (N, 28, 28); the format is sniffed."""
+def read_images(path: str | Path, background: int = 0) -> np.ndarray:
+    """The image(s) in a PNG, PGM or IDX file (gzipped IDX too) as uint8 (N, 28, 28); the format is sniffed.
+
+    `background`: what a transparent PNG pixel shows (0 black, MNIST's; 255 white, for a black digit on white).
+    """
     name = str(path)
     try:
         raw = Path(path).read_bytes()
@@ -172,12 +192,20 @@ def read_images(path: str | Path) -> np.ndarray:
         if raw[:4] != IDX_UBYTE_3D:
             raise DataError(f"{name}: a gzipped file that is not an IDX file of images")
     if raw.startswith(PNG_SIGNATURE):
-        return decode_png(raw, name)[None]
+        return decode_png(raw, name, background)[None]
     if raw[:2] in (b"P5", b"P2"):
         return decode_pgm(raw, name)[None]
     if raw[:4] == IDX_UBYTE_3D:
         return decode_idx(raw, name)
     raise DataError(f"{name}: not a PNG, PGM or IDX image file")
+
+
+def looks_inverted(images: np.ndarray) -> np.ndarray:
+    """Per image (N, 28, 28): whether its border, 2 pixels wide, is mostly bright.  MNIST's is black: such an
+    image is likely a dark digit on a light background."""
+    border = np.ones((SIZE, SIZE), dtype=bool)
+    border[2:-2, 2:-2] = False
+    return images[:, border].mean(axis=1) > 127
 
 
 def predict(params: dict[str, np.ndarray], images: np.ndarray, batch_size: int = 1000,
@@ -199,13 +227,15 @@ def predict(params: dict[str, np.ndarray], images: np.ndarray, batch_size: int =
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m lenet.predict",
-        description="Print the digit in each image and its probability. Images: 28x28 PNG (8-bit grayscale or "
-                    "RGB), PGM (P5/P2) or IDX files, white digit on black (MNIST's polarity).",
-        epilog="Exit status: 0 done, 2 usage, 3 an image unsupported, damaged or not 28x28, 4 a file unreadable.",
+        description="Print the digit in each image and its probability. Images: 28x28 PNG (grayscale, RGB, with or "
+                    "without alpha, 8 or 16 bits), PGM (P5/P2) or IDX files, white digit on black (MNIST's polarity).",
+        epilog="A file that fails is reported and the others still predicted. Exit status: 0 done, 2 usage or not a "
+               "model, 3 an image unsupported, damaged or not 28x28, 4 a file unreadable.",
     )
     parser.add_argument("model", help="the trained model, e.g. lenet5.npz")
     parser.add_argument("images", nargs="+", help="PNG, PGM or IDX files")
-    parser.add_argument("--invert", action="store_true", help="images are a black digit on white")
+    parser.add_argument("--invert", action="store_true", help="images are a black digit on white (transparent "
+                        "PNG pixels are then white)")
     return parser
 
 
@@ -215,13 +245,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     params, meta = load_model(args.model)
     model = file_model(meta, args.model).name
-    files = [(path, read_images(path)) for path in args.images]  # every file checked before any output
-    for path, images in files:
-        probs = predict(params, 255 - images if args.invert else images, model=model)
-        for i, p in enumerate(probs):
+    failed: list[UserError] = []
+    for path in args.images:
+        try:
+            images = read_images(path, background=255 if args.invert else 0)
+        except UserError as err:  # this file only: the others are still predicted
+            print(f"lenet.predict: error: {err}", file=sys.stderr, flush=True)
+            failed.append(err)
+            continue
+        images = 255 - images if args.invert else images
+        inverted = int(looks_inverted(images).sum())
+        if inverted:
+            which = f"{inverted} of {len(images)} images look" if len(images) > 1 else "looks"
+            what = ("like a white digit on black, which --invert turns around: drop --invert if so" if args.invert
+                    else "like a dark digit on a light background (MNIST's is a white digit on black): pass "
+                         "--invert if so")
+            print(f"lenet.predict: warning: {path}: {which} {what}", file=sys.stderr)
+        for i, p in enumerate(predict(params, images, model=model)):
             label = f"{path}[{i}]" if len(images) > 1 else path
             digit = int(p.argmax())
-            print(f"{label}: {digit} ({p[digit]:.1%})")
+            print(f"{label}: {digit} ({p[digit]:.1%})", flush=True)
+    if failed:
+        if len(args.images) > 1:
+            print(f"lenet.predict: {len(failed)} of {len(args.images)} files failed", file=sys.stderr)
+        return int(failed[0].status)
     return int(ExitStatus.OK)
 
 

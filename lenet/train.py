@@ -18,7 +18,6 @@ if __name__ == "__main__":  # an entry point: pin BLAS before NumPy loads (impor
     pin_blas_threads()
 
 import argparse  # noqa: E402
-import dataclasses  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Sequence  # noqa: E402
@@ -27,6 +26,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from lenet.best import BestEpoch  # noqa: E402
 from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
 from lenet.curves import write_curves  # noqa: E402
 from lenet.data import (  # noqa: E402
@@ -34,6 +34,7 @@ from lenet.data import (  # noqa: E402
 from lenet.architecture import Model  # noqa: E402
 from lenet.models import DEFAULT_MODEL, get_model  # noqa: E402
 from lenet.params import Params  # noqa: E402
+from lenet.runlog import RunLog, runlog_path  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS, mean_gradient, shard_sizes, summed_loss, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, user_file_mode, write_npz  # noqa: E402
 from lenet.output import check_output, save_final  # noqa: E402
@@ -48,11 +49,19 @@ class EpochStats:
     loss: float  # mean training cross-entropy over the epoch's samples
     train_accuracy: float
     test_accuracy: float
-    seconds: float
+    seconds: float  # of the epoch's training: after a resume, of the resumed part only
+    timed_samples: int | None = None  # the samples trained in `seconds`, when not all of `samples` were
 
     @property
     def samples_per_second(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else 0.0
+        timed = self.samples if self.timed_samples is None else self.timed_samples
+        return timed / self.seconds if self.seconds > 0 else 0.0
+
+    def record(self) -> dict:
+        """The epoch as the run log and the model's history hold it."""
+        return {"epoch": self.epoch, "step": self.steps, "samples": self.samples, "loss": self.loss,
+                "train_accuracy": self.train_accuracy, "test_accuracy": self.test_accuracy,
+                "samples_per_second": self.samples_per_second, "seconds": self.seconds}
 
 
 @dataclass
@@ -96,8 +105,12 @@ def file_model(meta: dict, origin: str, expected: str | None = None) -> type[Mod
 
 def load_model(path: str | Path, expected: str | None = None) -> tuple[Params, dict]:
     """Parameters and metadata of a model file, checked against the model it names (`meta["model"]`);
-    UsageError, one line, if they do not fit it or it is not `expected`."""
+    UsageError, one line, if they do not fit it or it is not `expected`, or if the file is not a model (a
+    checkpoint, say)."""
     arrays, meta = read_npz(path)
+    if meta.get("kind") == "lenet5-checkpoint" or any(name.startswith("params/") for name in arrays):
+        raise UsageError(f"{path}: this is a checkpoint, not a model: give the model file the run saved "
+                         "(its --output, e.g. lenet5.npz)")
     try:
         return file_model(meta, str(path), expected).check_params(arrays, str(path)), meta
     except ValueError as err:
@@ -105,8 +118,11 @@ def load_model(path: str | Path, expected: str | None = None) -> tuple[Params, d
 
 
 def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
-          shards: int = DEFAULT_SHARDS) -> TrainResult:
-    """Train from scratch; one log line per epoch.  `shards`: see the module docstring."""
+          shards: int = DEFAULT_SHARDS, runlog: RunLog | None = None, best: BestEpoch | None = None) -> TrainResult:
+    """Train from scratch; one log line per epoch.  `shards`: see the module docstring.
+
+    `runlog` gets every step and epoch; `best` is offered the parameters at every epoch end.
+    """
     data = training_subset(data, config.train_subset)
     model = get_model(config.model)(seed=config.seed)
     optimizer = make_optimizer(config, model.params)
@@ -122,9 +138,13 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
             sizes = shard_sizes(len(idx), shards)
             sums = unit_sums(model, data.train_images[idx], data.train_labels[idx], sizes)
             whole = (0, len(sizes))  # one unit: the whole batch
-            optimizer.step(model.params, mean_gradient({whole: sums}, len(sizes), len(idx)), schedule(result.steps))
+            lr = schedule(result.steps)
+            optimizer.step(model.params, mean_gradient({whole: sums}, len(sizes), len(idx)), lr)
             result.steps += 1
-            loss_sum += summed_loss([sums])  # a step's loss: the same float as the service's
+            step_loss = summed_loss([sums])  # a step's loss: the same float as the service's
+            loss_sum += step_loss
+            if runlog is not None:
+                runlog.step(result.steps, step_loss / len(idx), lr)
             correct += sums.correct
             seen += len(idx)
         if seen == 0:
@@ -133,6 +153,10 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
         test_acc = evaluate(model.params, data.test_images, data.test_labels, model=type(model))
         stats = EpochStats(epoch + 1, result.steps, seen, loss_sum / seen, correct / seen, test_acc, seconds)
         result.history.append(stats)
+        if runlog is not None:
+            runlog.epoch(stats.record())
+        if best is not None:
+            best.offer(stats.epoch, stats.steps, test_acc, model.params)
         log(
             f"epoch {stats.epoch}/{config.epochs}: loss {stats.loss:.4f}  train acc {stats.train_accuracy:.2%}  "
             f"test acc {stats.test_accuracy:.2%}  {stats.samples_per_second:,.0f} samples/s  {seconds:.1f} s"
@@ -153,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sum each batch's gradient over this many shards, as the coordinator's --shards does: "
                         f"the result is then bit-identical to the service's (default: {DEFAULT_SHARDS}, the "
                         "coordinator's default)")
+    parser.add_argument("--keep-best", action="store_true",
+                        help="save the parameters of the epoch with the best test accuracy, not the last epoch's")
     return parser
 
 
@@ -170,17 +196,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     tune_malloc()
     data = load_mnist(args.data_dir)
     start = time.perf_counter()
-    result = train(config, data, shards=args.shards)
-    if not result.history:
-        raise UsageError("no training step was run")
-    last = result.history[-1]
-    save_final(args.output, lambda path: save_model(path, result.params, {
-        "epoch": last.epoch, "step": result.steps, "test_accuracy": last.test_accuracy,
-        "data_checksums": data.checksums, "config": config.to_dict(),
-    }, get_model(config.model)))
-    curves = write_curves(args.output, [dataclasses.asdict(h) for h in result.history])
-    print(f"done: test accuracy {last.test_accuracy:.2%} after {last.epoch} epochs, {result.steps} steps, "
-          f"{time.perf_counter() - start:.1f} s; model saved to {args.output}, curves to {curves}")
+    n_train = len(training_subset(data, config.train_subset).train_labels)
+    runlog = RunLog(runlog_path(args.output), steps_per_epoch(n_train, config.batch_size), config.to_dict())
+    best = BestEpoch() if args.keep_best else None
+    try:
+        result = train(config, data, shards=args.shards, runlog=runlog, best=best)
+        if not result.history:
+            raise UsageError("no training step was run")
+        last = result.history[-1]
+        kept = {"epoch": last.epoch, "step": result.steps, "test_accuracy": last.test_accuracy}
+        params = result.params
+        if best is not None and best.params is not None:
+            params, kept = best.params, {"epoch": best.epoch, "step": best.step, "test_accuracy": best.test_accuracy,
+                                         "best_epoch": best.epoch}
+            runlog.best(best.epoch, best.step, best.test_accuracy)
+            print(best.summary(last.epoch))
+        meta = {**kept, "data_checksums": data.checksums, "config": config.to_dict(),
+                "history": [h.record() for h in result.history]}
+        save_final(args.output, lambda path: save_model(path, params, meta, get_model(config.model)))
+        runlog.end(result.steps, kept["test_accuracy"], time.perf_counter() - start)
+    finally:
+        runlog.close()
+    curves = write_curves(args.output, [h.record() for h in result.history], runlog.step_records(),
+                          f"{get_model(config.model).TITLE} on MNIST")
+    print(f"done: test accuracy {kept['test_accuracy']:.2%} after {last.epoch} epochs, {result.steps} steps, "
+          f"{time.perf_counter() - start:.1f} s; model saved to {args.output}, curves to {curves}, "
+          f"run log to {runlog.path}")
     return int(ExitStatus.OK)
 
 

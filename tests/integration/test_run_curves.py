@@ -1,4 +1,4 @@
-"""At the end of a coordinator run the epoch curves are written next to the model and the path is logged."""
+"""At the end of a coordinator run the epoch and step curves are written next to the model and the path is logged."""
 
 import xml.etree.ElementTree as ET
 
@@ -11,8 +11,8 @@ def test_coordinator_writes_the_curves_next_to_the_model(tmp_path, procs):
     procs.append(proc)
     assert proc.wait() == 0, proc.log()
     svg = tmp_path / "run.svg"
-    assert f"model saved to {tmp_path / 'run.npz'}, curves to {svg}" in proc.log()
+    assert f"model saved to {tmp_path / 'run.npz'}, curves to {svg}, run log to {tmp_path / 'run.jsonl'}" in proc.log()
     lines = {p.get("data-series"): p.get("points").split()
              for p in ET.parse(svg).getroot().iter("{http://www.w3.org/2000/svg}polyline")}
     assert {name: len(points) for name, points in lines.items()} == {"loss": 2, "train_accuracy": 2,
-                                                                    "test_accuracy": 2}
+                                                                    "test_accuracy": 2, "step_loss": 20}
