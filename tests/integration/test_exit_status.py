@@ -27,6 +27,7 @@ def test_a_failed_final_write_keeps_the_trained_model_and_says_where(command, mn
     """The output's directory is replaced by a file during the run (as good as a full disk for the write):
     exit 4, and the one-line error names where the model is: the checkpoint directory, else a temporary one."""
     import re
+    import shutil
 
     from procs import params
 
@@ -42,7 +43,7 @@ def test_a_failed_final_write_keeps_the_trained_model_and_says_where(command, mn
         started = "epoch 1/"  # after the start's check of --output, with 30 steps to go
     procs.append(proc)
     proc.wait_for(started, timeout=120)
-    out_dir.rmdir()
+    shutil.rmtree(out_dir)  # it holds the run log by now
     out_dir.write_text("in the way")
     assert proc.wait(timeout=300) == 4, proc.log()
     kept = re.search(r"the trained model was saved to (\S+) instead", proc.log())
