@@ -58,6 +58,22 @@ def max_result_bytes(samples: int, num_shards: int) -> int:
     tree = sum(math.prod(PARAM_SHAPES[name]) for name in TREE_PARAMS)
     return 4 * (nodes * tree + samples * (1 + sum(FACTOR_WIDTHS.values()))) + 4096  # 1: the sample's loss
 
+
+def max_task_bytes(samples: int) -> int:
+    """The largest Task of a unit of `samples` samples: their pixels and labels, the shard sizes, the fields."""
+    return samples * (28 * 28 + 1) + 5 * MAX_SHARDS + 4096
+
+
+def max_unit_samples(num_shards: int) -> int:
+    """The most samples a unit may hold for its Task and its Result each to fit one message (MAX_MESSAGE_BYTES)."""
+    fits = lambda n: max_result_bytes(n, num_shards) <= MAX_MESSAGE_BYTES and max_task_bytes(n) <= MAX_MESSAGE_BYTES
+    lo, hi = 0, MAX_SHARD_SAMPLES  # fits(lo) holds; find the largest
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
 MAX_REGISTER_BYTES = 2 * MAX_TEXT + 256  # what an unregistered peer may send before it is decoded
 
 

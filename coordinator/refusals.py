@@ -8,6 +8,8 @@ start, so a dashboard or alert sees the series before the first refusal.
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 
 
 class Reason(str, enum.Enum):
@@ -47,3 +49,46 @@ class Reason(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True)
+class Streak:
+    reason: Reason
+    count: int
+    detail: str  # the last one's
+
+
+class RefusalStreaks:
+    """Per member, the same refusal repeated with nothing accepted from anyone since: a run that cannot progress.
+
+    A member whose answers are all refused for the same reason (a result too large
+    for any message, say) would otherwise be re-dispatched the same unit forever.
+    The run is stuck only when every member has such a streak of at least `limit`:
+    one honest member's accepted result clears them all, so a peer refused on
+    purpose cannot stop a run that has an honest worker.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.streaks: dict[Hashable, Streak] = {}
+
+    def refused(self, who: Hashable, reason: Reason, detail: str) -> None:
+        last = self.streaks.get(who)
+        count = last.count + 1 if last is not None and last.reason is reason else 1
+        self.streaks[who] = Streak(reason, count, detail)
+
+    def accepted(self) -> None:
+        self.streaks.clear()
+
+    def forget(self, who: Hashable) -> None:
+        self.streaks.pop(who, None)
+
+    def stuck(self, members: Iterable[Hashable]) -> Streak | None:
+        """The streak every one of `members` (at least one) has reached `limit` with, or None."""
+        streaks = [self.streaks.get(m) for m in members]
+        if not streaks or any(s is None or s.count < self.limit for s in streaks):
+            return None
+        reasons = {s.reason for s in streaks if s is not None}
+        if len(reasons) != 1:
+            return None
+        return min(streaks, key=lambda s: s.count if s is not None else 0)

@@ -29,14 +29,14 @@ import zmq
 
 from coordinator import checkpoint as ckpt
 from coordinator import protocol as P
-from coordinator import trust
+from coordinator import runs, trust
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
 from coordinator.hub import Hub
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import TokenBucket
-from coordinator.refusals import Reason
+from coordinator.refusals import Reason, RefusalStreaks
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
 from coordinator.training import RunState, StepReport, Training, TrainingDiverged
@@ -52,6 +52,10 @@ log = logging.getLogger("coordinator")
 StepObserver = Callable[[StepReport, int], None]  # after each step: its report and the number of workers
 
 
+class RunStuck(Exception):
+    """Every member's results are refused again and again and nothing is accepted: the run cannot progress."""
+
+
 @dataclass
 class RunOutcome:
     params: Params
@@ -62,12 +66,14 @@ class RunOutcome:
 class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
-        self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, key=service.checkpoint_key)
+        identity = service.run or runs.identity(training.config, training.num_shards, training.data.checksums)
+        self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, identity, key=service.checkpoint_key)
         self.step: Step | None = None
         self.epoch_started = 0.0
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
+        self.streaks = RefusalStreaks(service.refusals_in_a_row)
         started = time.perf_counter()
         probe = probe_digest()
         # Its own probe is the first measurement of the time per sample: deadlines follow it from
@@ -80,7 +86,7 @@ class Coordinator:
         self.hub = Hub(self.endpoint, Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers),
                        probe, "coordinator", log, self._release, metrics=metrics,
                        registrations=TokenBucket(rate=service.registrations_per_second,
-                                                 burst=service.registration_burst))
+                                                 burst=service.registration_burst), on_reject=self._refused)
         self.members = self.hub.members
 
     def restore(self, c: ckpt.Checkpoint) -> None:
@@ -102,7 +108,22 @@ class Coordinator:
     # ------------------------------------------------------------------ members
 
     def _release(self, identity: bytes) -> int:
+        self.streaks.forget(identity)
         return self.step.scheduler.release_worker(identity) if self.step else 0
+
+    def _refused(self, reason: Reason, identity: bytes | None, detail: str) -> None:
+        if identity is not None and identity in self.members:
+            self.streaks.refused(identity, reason, detail)
+
+    def _check_stuck(self) -> None:
+        """RunStuck when every member's last results were all refused for the same reason (RefusalStreaks)."""
+        streak = self.streaks.stuck(list(self.members.members))
+        if streak is None:
+            return
+        hint = ("a unit's result does not fit a message: lower --batch-size or raise --shards"
+                if streak.reason is Reason.TOO_LARGE else "see the rejected-message lines above")
+        raise RunStuck(f"every result refused: {streak.count} in a row from each of {len(self.members)} workers "
+                       f"({streak.reason.value}: {streak.detail[:120]}), none accepted; {hint}")
 
     def reload_keys(self) -> None:
         """Re-read the CURVE allow-list (SIGHUP): new keys may connect; revoked keys' workers are dropped."""
@@ -248,6 +269,7 @@ class Coordinator:
         if since is not None:
             self.turnaround.record(time.monotonic() - since, sched.samples[unit])
         overtaken = sched.accept(result.first, result, by=identity)
+        self.streaks.accepted()
         now = time.monotonic()
         for other in overtaken:  # it had the unit and did not answer first: no new work until it answers
             lo, hi = sched.units[unit]
@@ -332,7 +354,7 @@ class Coordinator:
         """Train until done or `stop()` is true; `tick` runs every loop turn, `progress` after each step."""
         training = self.training
         self.metrics.epoch.set(training.epoch)
-        if not self.wait_for_workers(stop, tick):
+        if not training.done and not self.wait_for_workers(stop, tick):  # a finished run needs no workers
             return RunOutcome(training.params, training.state, finished=False)
         log.info("training: %d steps of batch %d in %d shards, %d workers", training.total_steps - training.state.step,
                  training.config.batch_size, training.num_shards, len(self.members))
@@ -356,6 +378,7 @@ class Coordinator:
                 log.warning("no live workers%s: training paused until one registers",
                             f" ({len(self.members)} relays without workers)" if len(self.members) else "")
             paused = idle
+            self._check_stuck()
             if self.step.scheduler.complete:
                 progress(self._finish_step(now), len(self.members))
         return RunOutcome(training.params, training.state, finished=True)

@@ -19,7 +19,7 @@ from coordinator import checkpoint as ckpt
 from coordinator.config import ServiceConfig
 from coordinator.local_workers import LocalWorkers
 from coordinator.metrics import Metrics
-from coordinator.server import Coordinator, RunOutcome, StepObserver
+from coordinator.server import Coordinator, RunOutcome, RunStuck, StepObserver
 from coordinator.training import Training, TrainingDiverged
 
 log = logging.getLogger("coordinator")
@@ -40,7 +40,8 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
     CURVE allow-list.
 
     Raises TrainingDiverged (after checkpointing) when the coordinator's own computation
-    confirms that the model diverged; user errors (an unusable address or checkpoint) as
+    confirms that the model diverged; RunStuck (after checkpointing and telling the
+    workers to stop) when every member's results are refused again and again; user errors (an unusable address or checkpoint) as
     lenet.status errors.
     """
     context = zmq.Context()
@@ -65,6 +66,11 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
             outcome = coordinator.run(stop=stop, tick=tick, progress=progress)
         except TrainingDiverged:
             coordinator.save_checkpoint()
+            raise
+        except RunStuck as err:
+            coordinator.save_checkpoint()
+            coordinator.broadcast_shutdown(f"coordinator stopped: {err}"[:200])
+            linger_ms = 1000
             raise
         checkpoint = None
         if not outcome.finished or training.state.step % training.steps_per_epoch:
