@@ -59,36 +59,43 @@ class Streak:
 
 
 class RefusalStreaks:
-    """Per member, the same refusal repeated with nothing accepted from anyone since: a run that cannot progress.
+    """A run that cannot progress: work given out again and again, every answer refused for the same reason.
 
-    A member whose answers are all refused for the same reason (a result too large
-    for any message, say) would otherwise be re-dispatched the same unit forever.
-    The run is stuck only when every member has such a streak of at least `limit`:
-    one honest member's accepted result clears them all, so a peer refused on
-    purpose cannot stop a run that has an honest worker.
+    A member whose answers are all refused (a result too large for any message, say)
+    would otherwise be re-dispatched the same unit forever.  Stuck means: since the
+    last accepted result, `limit` units were taken back after their deadline, and
+    every member's answers since were refused, all for one reason.  One accepted
+    result clears it all; a silent member (no answer, no refusal) or one honest
+    member keeps the run going, so a peer refused on purpose cannot stop a run that
+    has an honest worker, and a flood of refusals without deadlines passing cannot
+    either.
     """
 
     def __init__(self, limit: int):
         self.limit = limit
         self.streaks: dict[Hashable, Streak] = {}
+        self.taken_back = 0  # units whose deadline passed since the last accepted result
 
     def refused(self, who: Hashable, reason: Reason, detail: str) -> None:
         last = self.streaks.get(who)
         count = last.count + 1 if last is not None and last.reason is reason else 1
         self.streaks[who] = Streak(reason, count, detail)
 
+    def expired(self, units: int) -> None:
+        self.taken_back += units
+
     def accepted(self) -> None:
         self.streaks.clear()
+        self.taken_back = 0
 
     def forget(self, who: Hashable) -> None:
         self.streaks.pop(who, None)
 
     def stuck(self, members: Iterable[Hashable]) -> Streak | None:
-        """The streak every one of `members` (at least one) has reached `limit` with, or None."""
+        """The refusal every one of `members` (at least one) keeps getting, once `limit` units expired; or None."""
+        if self.taken_back < self.limit:
+            return None
         streaks = [self.streaks.get(m) for m in members]
-        if not streaks or any(s is None or s.count < self.limit for s in streaks):
+        if not streaks or any(s is None for s in streaks) or len({s.reason for s in streaks if s}) != 1:
             return None
-        reasons = {s.reason for s in streaks if s is not None}
-        if len(reasons) != 1:
-            return None
-        return min(streaks, key=lambda s: s.count if s is not None else 0)
+        return min((s for s in streaks if s is not None), key=lambda s: s.count)

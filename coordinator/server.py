@@ -73,7 +73,7 @@ class Coordinator:
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
-        self.streaks = RefusalStreaks(service.refusals_in_a_row)
+        self.streaks = RefusalStreaks(service.stuck_after)
         started = time.perf_counter()
         probe = probe_digest()
         # Its own probe is the first measurement of the time per sample: deadlines follow it from
@@ -116,13 +116,15 @@ class Coordinator:
             self.streaks.refused(identity, reason, detail)
 
     def _check_stuck(self) -> None:
-        """RunStuck when every member's last results were all refused for the same reason (RefusalStreaks)."""
+        """RunStuck when work keeps expiring and every member's answers are refused for one reason
+        (RefusalStreaks)."""
         streak = self.streaks.stuck(list(self.members.members))
         if streak is None:
             return
         hint = ("a unit's result does not fit a message: lower --batch-size or raise --shards"
                 if streak.reason is Reason.TOO_LARGE else "see the rejected-message lines above")
-        raise RunStuck(f"every result refused: {streak.count} in a row from each of {len(self.members)} workers "
+        raise RunStuck(f"every result refused: {self.streaks.taken_back} units re-dispatched, each of "
+                       f"{len(self.members)} workers refused {streak.count}+ times in a row "
                        f"({streak.reason.value}: {streak.detail[:120]}), none accepted; {hint}")
 
     def reload_keys(self) -> None:
@@ -152,7 +154,9 @@ class Coordinator:
         if self.step is None:
             return
         sched = self.step.scheduler
-        for unit, identity in sched.expire(now):
+        expired = sched.expire(now)
+        self.streaks.expired(len(expired))
+        for unit, identity in expired:
             lo, hi = sched.units[unit]
             self.metrics.redispatched.inc(hi - lo)
             log.warning("shards %d-%d of step %d missed their %.0f s deadline on %s: re-dispatched", lo, hi - 1,
