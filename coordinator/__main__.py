@@ -179,7 +179,7 @@ def pick_run(args: argparse.Namespace, config: TrainConfig, data: MNIST, key: by
         choice = runs.choose([c for c, _ in found], config, args.shards, data.checksums, per_epoch, init_from)
         if choice.candidate is not None and choice.run is not None:
             c = next(c for cand, c in found if cand is choice.candidate)
-            log.info("resuming from %s (step %d, run %s)", args.checkpoint_dir / choice.candidate.name, c.step,
+            log.info("resuming from %s (step %d), run %s", args.checkpoint_dir / choice.candidate.name, c.step,
                      choice.candidate.run.run_id)
             total = config.epochs * per_epoch if config.max_steps is None else min(config.max_steps,
                                                                                    config.epochs * per_epoch)
