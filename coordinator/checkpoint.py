@@ -158,7 +158,7 @@ def save(directory: Path, ckpt: Checkpoint, key: bytes | None = None) -> Path:
     arrays.update({f"optim/{k}": v for k, v in ckpt.optimizer.items()})
     path = path_for(directory, run_id, ckpt.step)
     write_npz(path, arrays, {"kind": "lenet5-checkpoint", "step": ckpt.step, **ckpt.meta}, key=key)
-    older = [f for f in list_checkpoints(directory) if f.run_id == run_id and f.step < ckpt.step]
+    older = [f for f in list_checkpoints(directory, warn=False) if f.run_id == run_id and f.step < ckpt.step]
     for old in older[KEEP - 1:]:
         try:
             old.path.unlink()
@@ -174,9 +174,9 @@ class CheckpointFile:
     step: int
 
 
-def list_checkpoints(directory: Path) -> list[CheckpointFile]:
+def list_checkpoints(directory: Path, warn: bool = True) -> list[CheckpointFile]:
     """Checkpoint files, highest step first.  Only regular files (or symlinks to one) are listed: anything
-    else named like a checkpoint (a FIFO, a device, a directory) is skipped with one warning."""
+    else named like a checkpoint (a FIFO, a device, a directory) is skipped, with one warning if `warn`."""
     try:
         entries = list(os.scandir(directory))
     except OSError:  # no directory yet, or unreadable: nothing to resume from
@@ -191,7 +191,8 @@ def list_checkpoints(directory: Path) -> list[CheckpointFile]:
         except OSError:
             regular = False
         if not regular:
-            log.warning("skipping %s: named like a checkpoint but not a regular file", entry.path)
+            if warn:
+                log.warning("skipping %s: named like a checkpoint but not a regular file", entry.path)
             continue
         found.append(CheckpointFile(Path(entry.path), m.group(1), int(m.group(2))))
     return sorted(found, key=lambda f: (f.step, f.run_id or ""), reverse=True)
