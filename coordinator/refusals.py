@@ -71,15 +71,20 @@ class RefusalStreaks:
     either.
     """
 
-    def __init__(self, limit: int):
-        self.limit = limit
+    def __init__(self, limit: int, max_tracked: int = 4096):
+        self.limit, self.max_tracked = limit, max_tracked
+        # Kept while a member is removed and registers again (as a worker whose every answer is refused
+        # is: it misses its deadlines), so the streak survives it; bounded, the oldest dropped first.
         self.streaks: dict[Hashable, Streak] = {}
         self.taken_back = 0  # units whose deadline passed since the last accepted result
 
     def refused(self, who: Hashable, reason: Reason, detail: str) -> None:
         last = self.streaks.get(who)
         count = last.count + 1 if last is not None and last.reason is reason else 1
+        self.streaks.pop(who, None)
         self.streaks[who] = Streak(reason, count, detail)
+        if len(self.streaks) > self.max_tracked:
+            del self.streaks[next(iter(self.streaks))]
 
     def expired(self, units: int) -> None:
         self.taken_back += units
@@ -87,9 +92,6 @@ class RefusalStreaks:
     def accepted(self) -> None:
         self.streaks.clear()
         self.taken_back = 0
-
-    def forget(self, who: Hashable) -> None:
-        self.streaks.pop(who, None)
 
     def stuck(self, members: Iterable[Hashable]) -> Streak | None:
         """The refusal every one of `members` (at least one) keeps getting, once `limit` units expired; or None."""

@@ -108,7 +108,6 @@ class Coordinator:
     # ------------------------------------------------------------------ members
 
     def _release(self, identity: bytes) -> int:
-        self.streaks.forget(identity)
         return self.step.scheduler.release_worker(identity) if self.step else 0
 
     def _refused(self, reason: Reason, identity: bytes | None, detail: str) -> None:
