@@ -152,6 +152,8 @@ def shard_count(asked: int | None, resume_from: ckpt.Checkpoint | None) -> int:
 
 def initial_params(path: Path) -> Params:
     """The parameters of the model file `path` (--init-from); one-line errors for anything else."""
+    import numpy as np
+
     from lenet.model import check_params
 
     arrays, meta = npzfile.read_npz(path)
@@ -159,9 +161,12 @@ def initial_params(path: Path) -> Params:
         raise UsageError(f"--init-from {path} is a training checkpoint, not a model: continue its run with "
                          "--resume and its --checkpoint-dir, or give the model file a run saved (--output)")
     try:
-        return check_params(arrays, f"--init-from {path}")
+        params = check_params(arrays, f"--init-from {path}")
     except ValueError as err:
         raise UsageError(str(err)) from None
+    if not all(np.isfinite(a).all() for a in params.values()):
+        raise UsageError(f"--init-from {path}: the parameters hold NaN or infinite values")
+    return params
 
 
 def pick_run(args: argparse.Namespace, config: TrainConfig, data: MNIST, key: bytes | None,

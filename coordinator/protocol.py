@@ -50,7 +50,7 @@ def max_result_bytes(samples: int, num_shards: int) -> int:
     """The largest Result of a unit of `samples` samples in a batch of `num_shards` shards.
 
     Nothing else a worker may send is larger.  The coordinator's socket cuts off
-    larger frames unread (its ZMQ_MAXMSGSIZE is this for a whole batch), so decoding
+    larger frames unread (its ZMQ_MAXMSGSIZE is this for the largest unit a step has), so decoding
     memory stays a small multiple of it.  A unit's cover has at most 2 log2(shards)
     nodes.
     """

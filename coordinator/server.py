@@ -81,8 +81,10 @@ class Coordinator:
         # 0 would hold it that long).
         self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
         self.local_model = LeNet5()  # settles doubts by computing a unit here
+        # Units are cut to fit a message (coordinator/step.py), so no honest frame is larger than this.
+        largest = min(training.config.batch_size, P.max_unit_samples(training.num_shards))
         self.endpoint = RouterEndpoint(context, service.bind, service.curve,
-                                       P.max_result_bytes(training.config.batch_size, training.num_shards))
+                                       P.max_result_bytes(largest, training.num_shards))
         self.hub = Hub(self.endpoint, Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers),
                        probe, "coordinator", log, self._release, metrics=metrics,
                        registrations=TokenBucket(rate=service.registrations_per_second,
