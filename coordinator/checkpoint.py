@@ -373,20 +373,6 @@ def candidates(directory: Path, key: bytes | None = None,
     return list(found.values())
 
 
-def load_latest(directory: Path, key: bytes | None = None) -> Checkpoint | None:
-    """The newest checkpoint of any run that reads back intact (and signed, with `key`); others on the way are
-    set aside with a warning."""
-    for f in list_checkpoints(directory):
-        try:
-            c = load(f.path, key)
-        except StorageError as err:
-            set_aside(f.path, err)
-            continue
-        log.info("resuming from %s (step %d)", f.path, c.step)
-        return c
-    return None
-
-
 def describe_others(files: list[CheckpointFile], run_id: str) -> str | None:
     """One line for a fresh run about checkpoints already in its directory, or None if there are none."""
     own = [f for f in files if f.run_id == run_id]

@@ -188,25 +188,25 @@ def test_a_recomputed_checksum_passes_without_a_key_but_not_with_one(tmp_path):
     refused(path, "signature mismatch", key=KEY)
 
 
-def test_load_latest_skips_a_crafted_newest_to_the_older_intact_one(tmp_path, caplog):
+def test_candidates_skip_a_crafted_newest_to_the_older_intact_one(tmp_path, caplog):
     ckpt.save(tmp_path, good(5))
     c = good(9)
     meta = meta_of(c)
     meta["step"] = -1
     npzfile.write_npz(ckpt.path_for(tmp_path, RUN.run_id, 9), arrays_of(c), meta)
     with caplog.at_level(logging.WARNING, logger="coordinator"):
-        back = ckpt.load_latest(tmp_path)
-    assert back is not None and back.step == 5
+        found = ckpt.candidates(tmp_path)
+    assert [c.step for _, c in found] == [5]
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and f"ckpt-{RUN.run_id}-000000009.npz" in warnings[0].getMessage()
     assert (tmp_path / f"ckpt-{RUN.run_id}-000000009.npz.damaged").exists()
 
 
-def test_load_latest_with_a_key_skips_unsigned_checkpoints(tmp_path):
+def test_candidates_with_a_key_skip_unsigned_checkpoints(tmp_path):
     ckpt.save(tmp_path, good(5), key=KEY)
     ckpt.save(tmp_path, good(9))
-    back = ckpt.load_latest(tmp_path, KEY)
-    assert back is not None and back.step == 5
+    found = ckpt.candidates(tmp_path, KEY)
+    assert [c.step for _, c in found] == [5]
 
 
 def test_checkpoint_key_files(tmp_path):
