@@ -300,6 +300,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         init_digest = npzfile.digest(start_params, "") if start_params is not None else None
         resume_from, run = pick_run(args, train_config, data, service.checkpoint_key, init_digest)
         service = dataclasses.replace(service, run=run)
+        training = Training(train_config, shard_count(args.shards, resume_from), data)
+        problem = limits_problem(train_config.batch_size, training.n_train, training.num_shards)
+        if problem:
+            raise UsageError(problem)
+        if start_params is not None and resume_from is None:
+            training.model.params = dict(start_params)
+            log.info("starting from the parameters of %s (run %s)", args.init_from, run.run_id)
+        if args.workers == 0 and args.bind is None:
+            log.warning("--workers 0 without --bind: only a worker on this machine given the address below "
+                        "can join; pass --bind tcp://0.0.0.0:5555 (with CURVE) for workers elsewhere, or --workers N")
         metrics, history = Metrics(CollectorRegistry()), RunHistory()
         http = None
         if args.metrics_port:
@@ -317,16 +327,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             pending = bool(hup)
             hup.clear()
             return pending
-        training = Training(train_config, shard_count(args.shards, resume_from), data)
-        problem = limits_problem(train_config.batch_size, training.n_train, training.num_shards)
-        if problem:
-            raise UsageError(problem)
-        if start_params is not None and resume_from is None:
-            training.model.params = dict(start_params)
-            log.info("starting from the parameters of %s (run %s)", args.init_from, run.run_id)
-        if args.workers == 0 and args.bind is None:
-            log.warning("--workers 0 without --bind: only a worker on this machine given the address below "
-                        "can join; pass --bind tcp://0.0.0.0:5555 (with CURVE) for workers elsewhere, or --workers N")
         show = Progress() if args.progress else None
 
         def progress(report: StepReport, workers: int) -> None:

@@ -119,7 +119,7 @@ class Coordinator:
     def _check_stuck(self) -> None:
         """RunStuck when work keeps expiring and every member's answers are refused for one reason
         (RefusalStreaks)."""
-        streak = self.streaks.stuck(list(self.members.members))
+        streak = self.streaks.stuck(self.members.members)  # looked at only once work has kept expiring
         if streak is None:
             return
         hint = ("a unit's result does not fit a message: lower --batch-size or raise --shards"
