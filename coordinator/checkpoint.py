@@ -347,6 +347,9 @@ def load(path: Path, key: bytes | None = None, train_images: int | None = None) 
 def set_aside(path: Path, err: StorageError) -> None:
     """A checkpoint that failed its checks: renamed `*.damaged` (kept for inspection), one warning."""
     aside = path.with_name(path.name + ".damaged")
+    n = 1
+    while aside.exists() or aside.is_symlink():  # never over a file set aside before
+        aside, n = path.with_name(f"{path.name}.damaged.{n}"), n + 1
     try:
         path.rename(aside)  # out of the way of newer checkpoints, and of the next start
     except OSError:

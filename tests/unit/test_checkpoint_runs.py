@@ -185,3 +185,12 @@ def test_a_file_named_for_another_run_or_step_is_set_aside(tmp_path):
     (tmp_path / f"ckpt-{run_id}-000000004.npz").rename(tmp_path / f"ckpt-{'0' * 12}-000000004.npz")
     assert ckpt.candidates(tmp_path, train_images=TRAIN_IMAGES) == []
     assert (tmp_path / f"ckpt-{'0' * 12}-000000004.npz.damaged").exists()
+
+
+def test_setting_aside_never_replaces_a_file_set_aside_before(tmp_path):
+    bad = checkpoint(12)
+    bad.meta["run"]["epoch_samples"] = 5
+    for _ in range(2):
+        ckpt.save(tmp_path, bad)
+        assert ckpt.candidates(tmp_path, train_images=TRAIN_IMAGES) == []
+    assert sorted(p.suffix for p in tmp_path.iterdir()) == [".1", ".damaged"]
