@@ -262,9 +262,9 @@ def _history_problem(history: Any, epochs: int) -> str | None:
             if not _is_number(h[k]) or not 0 <= h[k] <= 1:
                 return f"run history entry {i} {k} {h[k]!r:.20} is not between 0 and 1"
         extra = [k for k in h if k not in EPOCH_FIELDS]
-        if len(extra) > MAX_HISTORY_EXTRA or not all(
-                isinstance(k, str) and len(k) <= 64 and (_is_number(h[k]) or (isinstance(h[k], str) and len(h[k]) <= 256))
-                for k in extra):
+        short = lambda v: isinstance(v, str) and len(v) <= 256  # noqa: E731
+        if len(extra) > MAX_HISTORY_EXTRA or not all(len(k) <= 64 and (_is_number(h[k]) or short(h[k]))
+                                                     for k in extra):
             return f"run history entry {i} holds other fields than short strings and finite numbers"
     return None
 

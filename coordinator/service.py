@@ -16,6 +16,7 @@ from pathlib import Path
 import zmq
 
 from coordinator import checkpoint as ckpt
+from coordinator import protocol as P
 from coordinator.config import ServiceConfig
 from coordinator.local_workers import LocalWorkers
 from coordinator.metrics import Metrics
@@ -41,8 +42,8 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
 
     Raises TrainingDiverged (after checkpointing) when the coordinator's own computation
     confirms that the model diverged; RunStuck (after checkpointing and telling the
-    workers to stop) when every member's results are refused again and again; user errors (an unusable address or checkpoint) as
-    lenet.status errors.
+    workers to stop) when every member's results are refused again and again; user
+    errors (an unusable address or checkpoint) as lenet.status errors.
     """
     context = zmq.Context()
     coordinator = None
@@ -69,7 +70,7 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
             raise
         except RunStuck as err:
             coordinator.save_checkpoint()
-            coordinator.broadcast_shutdown(f"coordinator stopped: {err}"[:200])
+            coordinator.broadcast_shutdown(f"coordinator stopped: {err}"[: P.MAX_TEXT])
             linger_ms = 1000
             raise
         checkpoint = None

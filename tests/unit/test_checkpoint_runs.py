@@ -162,7 +162,8 @@ def test_crafted_history_with_a_valid_checksum_is_set_aside_and_the_older_one_us
     bad.meta["run"]["history"] = history
     run_id = runs.identity(CONFIG, 8, DATA).run_id
     arrays = {f"params/{k}": v for k, v in bad.params.items()} | {f"optim/{k}": v for k, v in bad.optimizer.items()}
-    npzfile.write_npz(ckpt.path_for(tmp_path, run_id, 12), arrays, {"kind": "lenet5-checkpoint", "step": 12, **bad.meta})
+    meta = {"kind": "lenet5-checkpoint", "step": 12, **bad.meta}
+    npzfile.write_npz(ckpt.path_for(tmp_path, run_id, 12), arrays, meta)
     with caplog.at_level(logging.WARNING, logger="coordinator"):
         found = ckpt.candidates(tmp_path, train_images=TRAIN_IMAGES)
     assert [c.step for c, _ in found] == [4]
