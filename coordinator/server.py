@@ -361,8 +361,10 @@ class Coordinator:
         self.metrics.epoch.set(training.epoch)
         if not training.done and not self.wait_for_workers(stop, tick):  # a finished run needs no workers
             return RunOutcome(training.params, training.state, finished=False)
-        log.info("training: %d steps of batch %d in %d shards, %d workers", training.total_steps - training.state.step,
-                 training.config.batch_size, training.num_shards, len(self.members))
+        if not training.done:
+            log.info("training: %d steps of batch %d in %d shards, %d workers",
+                     training.total_steps - training.state.step, training.config.batch_size, training.num_shards,
+                     len(self.members))
         self.epoch_started = time.monotonic()
         paused = False  # no live worker: said once, until one registers
         while not training.done:

@@ -54,7 +54,7 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
         if resume_from is not None:
             coordinator.restore(resume_from)
         log.info("listening on %s", coordinator.endpoint.address)
-        if local_workers:
+        if local_workers and not training.done:  # a finished run (resumed at its end) needs none
             local = LocalWorkers(local_workers, coordinator.endpoint.local_address, list(local_worker_args))
 
         def tick() -> None:
