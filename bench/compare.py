@@ -184,9 +184,9 @@ def load_our_init(net, seed: int) -> None:
     """The same initial weights as LeNet5(seed): the state_dict names differ only by index."""
     import torch
 
-    from lenet.model import init_params
+    from lenet.model import LeNet5
 
-    params = init_params(seed)
+    params = LeNet5.init_params(seed)
     names = {"0": "conv1", "3": "conv2", "7": "fc1", "9": "fc2", "11": "fc3"}
     net.load_state_dict({k: torch.from_numpy(params[f"{names[k.split('.')[0]]}.{k.split('.')[1]}"])
                          for k in net.state_dict()})
@@ -273,10 +273,9 @@ def rate(step: Callable[[], object], batch: int, seconds: float) -> float:
 
 
 def kernel_steps(data, batch: int, have_torch: bool) -> tuple[Callable, Callable | None]:
-    from lenet.data import standardize
     from lenet.model import LeNet5
 
-    x, y = standardize(data.train_images[:batch]), data.train_labels[:batch]
+    x, y = LeNet5.prepare(data.train_images[:batch]), data.train_labels[:batch]
     model = LeNet5(seed=0)
     infer = batch > 256
     mine = (lambda: model.forward(x)) if infer else (lambda: model.sum_loss_and_grads(x, y))

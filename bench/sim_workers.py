@@ -49,7 +49,8 @@ import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
 from coordinator import protocol as P  # noqa: E402
-from lenet.model import LeNet5  # noqa: E402
+from lenet.architecture import Model  # noqa: E402
+from lenet.models import DEFAULT_MODEL, MODELS, get_model  # noqa: E402
 from lenet.probe import probe_digest  # noqa: E402
 from lenet.shards import unit_sums  # noqa: E402
 
@@ -102,14 +103,15 @@ class ResultTemplate:
 class ResultCache:
     """Encoded Results by unit shape, computed with the first parameters this process was sent."""
 
-    def __init__(self) -> None:
-        self.model: LeNet5 | None = None
+    def __init__(self, model: type[Model]) -> None:
+        self.model_class = model
+        self.model: Model | None = None
         self.templates: dict[tuple[int, tuple[int, ...], int], tuple[ResultTemplate, float]] = {}
         self.compute_seconds = 0.0  # spent filling it: the simulator's only real compute
 
     def params(self, msg: P.Params) -> None:
         if self.model is None:
-            self.model = LeNet5()
+            self.model = self.model_class()
             self.model.params = dict(msg.params)
 
     def frame(self, task: P.Task) -> bytes:
@@ -153,14 +155,15 @@ class SimWorker:
 
 class Simulator:
     def __init__(self, connect: str, workers: int, name: str, silence: float, seconds: float,
-                 stop: threading.Event):
+                 stop: threading.Event, model: str = DEFAULT_MODEL):
         self.silence, self.seconds, self.stop = silence, seconds, stop
         raise_fd_limit(SOCKETS_PER_WORKER * workers + 256)
         self.context = zmq.Context()
         # ZeroMQ's default of 1,023 sockets per context is fewer than a simulator may open.
         self.context.setsockopt(zmq.MAX_SOCKETS, workers + 64)
-        self.probe = probe_digest()  # computed for real once: the coordinator admits no other digest
-        self.cache = ResultCache()
+        self.model = get_model(model)
+        self.probe = probe_digest(self.model)  # computed for real once: the coordinator admits no other digest
+        self.cache = ResultCache(self.model)
         self.tasked_per_step: dict[int, int] = {}  # step -> simulated workers given at least one task of it
         self.poller = zmq.Poller()
         self.sims: dict[zmq.Socket, SimWorker] = {}
@@ -210,7 +213,7 @@ class Simulator:
                 return
             self.heard = time.monotonic()
             try:
-                msg = P.decode(frame.buffer)
+                msg = P.decode(frame.buffer, self.model)
             except P.ProtocolError as err:
                 log.warning("%s: ignored a bad message from the coordinator: %s", sim.name, err)
                 continue
@@ -253,7 +256,8 @@ class Simulator:
             if sim.shut_down:
                 continue
             if not sim.registered and now >= sim.next_register:
-                sim.send(P.encode(P.Register(name=sim.name, pid=os.getpid(), probe=self.probe, capacity=1)))
+                sim.send(P.encode(P.Register(name=sim.name, pid=os.getpid(), probe=self.probe, capacity=1,
+                                                model=self.model.name)))
                 sim.next_register = now + sim.backoff
                 sim.backoff = min(2 * sim.backoff, MAX_BACKOFF)
             elif sim.registered and now >= sim.next_beat:
@@ -299,12 +303,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="sim", help="name prefix: NAME-0, NAME-1, ...")
     parser.add_argument("--silence", type=float, default=10.0, help="seconds without a message before giving up")
     parser.add_argument("--seconds", type=float, default=170.0, help="longest life, whatever happens")
+    parser.add_argument("--model", default=DEFAULT_MODEL, choices=sorted(MODELS), help="the run's model")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format=f"%(asctime)s sim_workers {args.name} %(message)s")
     stop = threading.Event()  # set by a signal, even one that comes while the sockets are being opened
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
     signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    sim = Simulator(args.connect, args.workers, args.name, args.silence, args.seconds, stop)
+    sim = Simulator(args.connect, args.workers, args.name, args.silence, args.seconds, stop, args.model)
     try:
         why = sim.run()
     finally:

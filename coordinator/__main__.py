@@ -150,18 +150,19 @@ def shard_count(asked: int | None, resume_from: ckpt.Checkpoint | None) -> int:
     return asked
 
 
-def initial_params(path: Path) -> Params:
-    """The parameters of the model file `path` (--init-from); one-line errors for anything else."""
+def initial_params(path: Path, model: str) -> Params:
+    """The parameters of the model file `path` (--init-from), which must hold `model`; one-line errors for
+    anything else."""
     import numpy as np
 
-    from lenet.model import check_params
+    from lenet.train import file_model
 
     arrays, meta = npzfile.read_npz(path)
     if meta.get("kind") == "lenet5-checkpoint":
         raise UsageError(f"--init-from {path} is a training checkpoint, not a model: continue its run with "
                          "--resume and its --checkpoint-dir, or give the model file a run saved (--output)")
     try:
-        params = check_params(arrays, f"--init-from {path}")
+        params = file_model(meta, f"--init-from {path}", model).check_params(arrays, f"--init-from {path}")
     except ValueError as err:
         raise UsageError(str(err)) from None
     if not all(np.isfinite(a).all() for a in params.values()):
@@ -296,12 +297,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             for stale in sweep_stale_temporaries(args.checkpoint_dir):
                 log.info("removed a temporary file left by an earlier run: %s", stale)
         data = load_mnist(args.data_dir)
-        start_params = initial_params(args.init_from) if args.init_from is not None else None
+        start_params = initial_params(args.init_from, train_config.model) if args.init_from is not None else None
         init_digest = npzfile.digest(start_params, "") if start_params is not None else None
         resume_from, run = pick_run(args, train_config, data, service.checkpoint_key, init_digest)
         service = dataclasses.replace(service, run=run)
         training = Training(train_config, shard_count(args.shards, resume_from), data)
-        problem = limits_problem(train_config.batch_size, training.n_train, training.num_shards)
+        problem = limits_problem(train_config.batch_size, training.n_train, training.num_shards,
+                                 type(training.model))
         if problem:
             raise UsageError(problem)
         if start_params is not None and resume_from is None:
@@ -337,7 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         start = time.monotonic()
         try:
-            outcome = run_service(training, service, metrics, local_workers=args.workers, local_worker_args=local_args,
+            outcome = run_service(training, service, metrics, local_workers=args.workers,
+                                  local_worker_args=[*local_args, "--model", train_config.model],
                                   resume_from=resume_from, stop=lambda: bool(stop_signal), reload_keys=reload_keys,
                                   progress=progress)
         except TrainingDiverged as err:
@@ -358,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_model(args.output, outcome.params, {
         "step": st.step, "epoch": st.step / training.steps_per_epoch, "test_accuracy": test_acc,
         "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
-    })
+    }, type(training.model))
     curves = write_curves(args.output, st.history)
     log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s",
              100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output,

@@ -5,19 +5,23 @@ run's identity (coordinator/runs.py), written through `lenet.npzfile` (temp file
 fsync, rename, directory fsync, SHA-256 inside, and an HMAC when a checkpoint key
 is given).  It holds the parameters (`params/<name>`), the optimizer state
 (`optim/<key>`) and, as metadata, the step, the running epoch's sums, the
-history, the configuration, the shard count, the data checksums and the run's
-identity (`lineage`).  The shuffle needs no RNG state: each epoch's order is a
-pure function of (seed, epoch).  A run keeps its newest few and never deletes a
-file of another run, nor one of its own ahead of the step it writes.  Files named
-`ckpt-<step>.npz` (before runs had identities) are read, never deleted.
+history, the configuration (its `model` names the architecture: lenet.models),
+the shard count, the data checksums and the run's identity (`lineage`).  The
+shuffle needs no RNG state: each epoch's order is a pure function of (seed,
+epoch).  `restore` refuses a checkpoint of another model, or made with other
+settings or other data, in one line.  A run keeps its newest few and never
+deletes a file of another run, nor one of its own ahead of the step it writes.
+Files named `ckpt-<step>.npz` (before runs had identities) are read, never deleted.
 
 Loading trusts nothing in the file: only regular files are opened; the array
-names, shapes and dtypes are checked against LeNet-5 and its optimizer before any
-data is read; the metadata is checked as a peer's message is (every field's type
-and range, every history entry), the step must be >= 0 and every number finite,
-and the running sums must agree with the step.  Any failure is one StorageError;
-`candidates` sets such a file aside (`*.damaged`) with one line and falls back to
-the run's next older checkpoint.
+names, shapes and dtypes are checked against a registered model's and its
+optimizer's before any data is read (and the arrays must be the model's that the
+configuration names); the metadata is checked as a peer's message is (every
+field's type and range, every history entry), the step must be >= 0 and every
+number finite, and the running sums must agree with the step.  Checkpoints
+written before models were named hold LeNet-5 ("lenet5").  Any failure is one
+StorageError; `candidates` sets such a file aside (`*.damaged`) with one line and
+falls back to the run's next older checkpoint.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from coordinator import runs
 from coordinator.metrics import Metrics
 from coordinator.training import RunState, Training
 from lenet.config import TrainConfig
-from lenet.model import PARAM_SHAPES, check_params
+from lenet.architecture import Model
+from lenet.models import DEFAULT_MODEL, MODELS, get_model
 from lenet.npzfile import Layout, read_npz, write_npz
 from lenet.status import StorageError, UsageError
 
@@ -81,6 +86,8 @@ def restore(run: Training, c: Checkpoint) -> None:
     fit the model.
     """
     saved = TrainConfig.from_dict(c.meta.get("config", {}))
+    if saved.model != run.config.model:
+        raise UsageError(f"checkpoint holds {saved.model}, this run trains {run.config.model} (--model)")
     ours = run.config.to_dict()
     diffs = [f"{k}={v!r} (this run: {ours[k]!r})" for k, v in saved.to_dict().items()
              if k not in runs.IGNORED + runs.EXTENDABLE and ours.get(k) != v]
@@ -91,7 +98,7 @@ def restore(run: Training, c: Checkpoint) -> None:
     if c.step > run.config.epochs * run.steps_per_epoch:
         raise UsageError(f"checkpoint is at step {c.step}, beyond the {run.config.epochs} epochs asked for")
     try:
-        run.model.params = dict(check_params(c.params, "checkpoint"))
+        run.model.params = dict(run.model.check_params(c.params, "checkpoint"))
         run.optimizer.load_state_dict(c.optimizer)
     except ValueError as err:
         raise StorageError(f"checkpoint does not fit this model: {err}") from None
@@ -201,22 +208,36 @@ def list_checkpoints(directory: Path, warn: bool = True) -> list[CheckpointFile]
 _FLOAT32 = np.dtype(np.float32)
 
 
-def layout_problem(layout: Layout) -> str | None:
-    """Why these arrays (name -> (shape, dtype), from the headers) are not a LeNet-5 checkpoint, or None.
+def model_layout_problem(layout: Layout, model: type[Model]) -> tuple[int, str] | None:
+    """Why these arrays (name -> (shape, dtype), from the headers) are not a checkpoint of `model`, as
+    (how many arrays are wrong, why), or None.
 
-    Parameters are float32 in PARAM_SHAPES; the optimizer state is SGD's
+    Parameters are float32 in the model's PARAM_SHAPES; the optimizer state is SGD's
     (`velocity/<name>`) or Adam's (`m/<name>`, `v/<name>`, int64 scalar `t`).
     """
-    expected = {f"params/{n}": (shape, _FLOAT32) for n, shape in PARAM_SHAPES.items()}
-    sgd = {f"optim/velocity/{n}": (shape, _FLOAT32) for n, shape in PARAM_SHAPES.items()}
-    adam = {f"optim/{m}/{n}": (shape, _FLOAT32) for m in ("m", "v") for n, shape in PARAM_SHAPES.items()}
+    shapes = model.PARAM_SHAPES
+    expected = {f"params/{n}": (shape, _FLOAT32) for n, shape in shapes.items()}
+    sgd = {f"optim/velocity/{n}": (shape, _FLOAT32) for n, shape in shapes.items()}
+    adam = {f"optim/{m}/{n}": (shape, _FLOAT32) for m in ("m", "v") for n, shape in shapes.items()}
     adam["optim/t"] = ((), np.dtype(np.int64))
     got = {name: (tuple(shape), np.dtype(dtype)) for name, (shape, dtype) in layout.items()}
     if got in ({**expected, **sgd}, {**expected, **adam}):
         return None
     closest = {**expected, **(adam if "optim/t" in got else sgd)}
     wrong = sorted(set(got) ^ set(closest)) + sorted(n for n in set(got) & set(closest) if got[n] != closest[n])
-    return f"arrays do not match a LeNet-5 checkpoint: {', '.join(wrong[:4])}{' ...' if len(wrong) > 4 else ''}"
+    return len(wrong), (f"arrays do not match a {model.TITLE} checkpoint: {', '.join(wrong[:4])}"
+                        f"{' ...' if len(wrong) > 4 else ''}")
+
+
+def layout_problem(layout: Layout) -> str | None:
+    """Why these arrays are not a checkpoint of any registered model (said of the closest one), or None."""
+    problems = []
+    for model in MODELS.values():
+        problem = model_layout_problem(layout, model)
+        if problem is None:
+            return None
+        problems.append(problem)
+    return min(problems, key=lambda p: p[0])[1]  # the first model's on a tie: the default one
 
 
 def _is_int(v: Any) -> bool:
@@ -315,6 +336,13 @@ def run_problem(meta: dict[str, Any], train_images: int) -> str | None:
     return None
 
 
+def _arrays_problem(arrays: dict[str, np.ndarray], name: str) -> str | None:
+    """Why the arrays are not those of the model the configuration names, or None."""
+    layout = {k: (a.shape, a.dtype) for k, a in arrays.items()}
+    problem = model_layout_problem(layout, get_model(name))  # a known name: meta_problem checked the config
+    return None if problem is None else f"the config names {name}, but {problem[1]}"
+
+
 def load(path: Path, key: bytes | None = None, train_images: int | None = None) -> Checkpoint:
     """A checkpoint, checked through (see the module doc); with `key`, it must carry a valid HMAC.
 
@@ -322,7 +350,10 @@ def load(path: Path, key: bytes | None = None, train_images: int | None = None) 
     The metadata always holds `lineage` on return (computed for older files).
     """
     arrays, meta = read_npz(path, key=key, expect=layout_problem)
-    problem = meta_problem(meta) or (run_problem(meta, train_images) if train_images is not None else None)
+    if isinstance(meta.get("config"), dict):
+        meta["config"].setdefault("model", DEFAULT_MODEL)  # written before models were named
+    problem = (meta_problem(meta) or _arrays_problem(arrays, meta["config"]["model"])
+               or (run_problem(meta, train_images) if train_images is not None else None))
     if problem:
         raise StorageError(f"{path}: {problem}")
     for name, a in arrays.items():

@@ -42,6 +42,7 @@ from coordinator.refusals import Reason
 from coordinator.scheduler import DeadlinePolicy, RecentRate, StepScheduler, work_units
 from coordinator.step import Batch, same_result
 from coordinator.trust import Verification, Vouch
+from lenet.architecture import Model
 
 __all__ = ["Hub", "Batch", "cut", "DeadlinePolicy", "RecentRate", "Member", "Membership", "Reason", "RouterEndpoint",
            "Vouch"]
@@ -72,13 +73,16 @@ class Hub:
     """Members of one ROUTER endpoint: who may join, what they said, what they are given."""
 
     def __init__(self, endpoint: RouterEndpoint, members: Membership[bytes], probe: str, judge: str,
-                 log: logging.Logger, release: Callable[[bytes], int], *, max_capacity: int = P.MAX_CAPACITY,
+                 log: logging.Logger, release: Callable[[bytes], int], model: type[Model], *,
+                 max_capacity: int = P.MAX_CAPACITY,
                  registrations: TokenBucket | None = None, metrics: Metrics | None = None,
                  count_word: str = "live", on_reject: Callable[[Reason, bytes | None, str], None] | None = None):
         """`judge` names this side in refusals ("coordinator", "relay"); `release(identity)` takes a gone
-        member's units back and returns the shards re-queued; `count_word` ends a join line's count;
+        member's units back and returns the shards re-queued; `count_word` ends a join line's count.  `model`:
+        the run's, which members must compute (and their messages are decoded against); `probe` is its digest.
         `on_reject(reason, identity, detail)` hears of every refusal."""
         self.endpoint, self.members, self.probe, self.judge, self.log = endpoint, members, probe, judge, log
+        self.model = model
         self.release, self.max_capacity, self.registrations = release, max_capacity, registrations
         self.metrics, self.count_word, self.on_reject = metrics, count_word, on_reject
         self.warnings = RateLimitedLog(interval=10.0)
@@ -199,7 +203,7 @@ class Hub:
             self.refuse_peer(identity, "unregistered", "register first", now)
             return None
         try:
-            msg = P.decode(frame)
+            msg = P.decode(frame, self.model)
         except P.ProtocolError as err:
             self.reject(err.reason, identity, err.detail)
             return None
@@ -250,7 +254,7 @@ class Hub:
 
     def _admission(self, msg: P.Register, now: float) -> tuple[Reason, str] | None:
         """Why a new peer may not join, or None."""
-        refusal = door_refusal(msg.name, msg.probe, self.probe, self.judge)
+        refusal = door_refusal(msg.name, msg.probe, self.probe, self.judge, msg.model, self.model.name)
         if refusal is not None:
             if refusal[0] is Reason.NONCONFORMING and self.metrics is not None:
                 self.metrics.probe_failures.inc()

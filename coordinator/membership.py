@@ -34,14 +34,18 @@ NONCONFORMING_HINT = ("another CPU kernel, BLAS or NumPy build; compare `python 
                       "machines and align NumPy/OpenBLAS (and OPENBLAS_CORETYPE)")
 
 
-def door_refusal(name: str, probe: str, own_probe: str, judge: str) -> tuple[Reason, str] | None:
+def door_refusal(name: str, probe: str, own_probe: str, judge: str, model: str = "lenet5",
+                 own_model: str = "lenet5") -> tuple[Reason, str] | None:
     """Why a peer may not join whoever judges it (the coordinator, or a relay for its workers), or None.
 
-    A name must be safe in logs and metric labels; the peer's conformance probe must
-    be bit for bit the judge's own (lenet.probe), or its results would change the run.
+    A name must be safe in logs and metric labels; the peer must compute the judge's
+    model (lenet.models), and its conformance probe must be bit for bit the judge's
+    own (lenet.probe), or its results would change the run.
     """
     if not valid_name(name):
         return Reason.BAD_NAME, f"worker name refused: use {NAME_RULE} (--name)"
+    if model != own_model:
+        return Reason.WRONG_MODEL, f"it computes model {model[:40]!r}, this run trains {own_model} (--model)"
     if probe != own_probe:
         return Reason.NONCONFORMING, (f"probe {probe[:12]:.12} is not the {judge}'s {own_probe[:12]}: "
                                       + NONCONFORMING_HINT)

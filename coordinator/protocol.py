@@ -21,7 +21,10 @@ A relay (`python -m worker --relay`) speaks both sides: a worker to its coordina
     C -> W  Shutdown            training is over (or the coordinator is stopping)
     C -> W  Error               "unregistered": register again; any other code: refused, say why
 `decode` raises ProtocolError with a `Reason` (coordinator.refusals) for anything
-that is not exactly one of these messages.
+that is not exactly one of these messages.  Parameters, gradients and factors are
+decoded against the receiver's model (`decode(frame, model)`): their names and shapes
+are the model's (lenet.architecture.Model); Register and Params name the model, and
+Params of another model than the receiver's are refused.
 """
 
 from __future__ import annotations
@@ -34,11 +37,13 @@ import msgpack
 import numpy as np
 
 from coordinator.refusals import Reason
-from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS
+from lenet.architecture import Model
+from lenet.models import DEFAULT_MODEL, get_model
 from lenet.reduction import cover
 from lenet.shards import UnitSums
 
-PROTOCOL_VERSION = 3  # 2: Register carries the conformance probe's digest; 3: units, factors, losses, capacity
+# 2: Register carries the conformance probe's digest; 3: units, factors, losses, capacity; 4: the model's name
+PROTOCOL_VERSION = 4
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
 MAX_SHARD_SAMPLES = 16384  # samples in one task
 MAX_SHARDS = 1024
@@ -46,17 +51,19 @@ MAX_CAPACITY = 1024  # workers behind one relay
 MAX_TEXT = 256
 
 
-def max_result_bytes(samples: int, num_shards: int) -> int:
-    """The largest Result of a unit of `samples` samples in a batch of `num_shards` shards.
+def max_result_bytes(samples: int, num_shards: int, model: type[Model] | None = None) -> int:
+    """The largest Result of `model` (default: the default model) for a unit of `samples` samples in a batch
+    of `num_shards` shards.
 
     Nothing else a worker may send is larger.  The coordinator's socket cuts off
     larger frames unread (its ZMQ_MAXMSGSIZE is this for the largest unit a step has), so decoding
     memory stays a small multiple of it.  A unit's cover has at most 2 log2(shards)
     nodes.
     """
+    m = model or get_model(DEFAULT_MODEL)
     nodes = 2 * max(1, num_shards.bit_length())
-    tree = sum(math.prod(PARAM_SHAPES[name]) for name in TREE_PARAMS)
-    return 4 * (nodes * tree + samples * (1 + sum(FACTOR_WIDTHS.values()))) + 4096  # 1: the sample's loss
+    tree = sum(math.prod(m.PARAM_SHAPES[name]) for name in m.TREE_PARAMS)
+    return 4 * (nodes * tree + samples * (1 + sum(m.FACTOR_WIDTHS.values()))) + 4096  # 1: the sample's loss
 
 
 def max_task_bytes(samples: int) -> int:
@@ -64,9 +71,12 @@ def max_task_bytes(samples: int) -> int:
     return samples * (28 * 28 + 1) + 5 * MAX_SHARDS + 4096
 
 
-def max_unit_samples(num_shards: int) -> int:
-    """The most samples a unit may hold for its Task and its Result each to fit one message (MAX_MESSAGE_BYTES)."""
-    fits = lambda n: max_result_bytes(n, num_shards) <= MAX_MESSAGE_BYTES and max_task_bytes(n) <= MAX_MESSAGE_BYTES
+def max_unit_samples(num_shards: int, model: type[Model] | None = None) -> int:
+    """The most samples a unit of `model` (default: the default model) may hold for its Task and its Result
+    each to fit one message (MAX_MESSAGE_BYTES)."""
+    def fits(n: int) -> bool:
+        return max_result_bytes(n, num_shards, model) <= MAX_MESSAGE_BYTES and max_task_bytes(n) <= MAX_MESSAGE_BYTES
+
     lo, hi = 0, MAX_SHARD_SAMPLES  # fits(lo) holds; find the largest
     while lo < hi:
         mid = (lo + hi + 1) // 2
@@ -137,25 +147,27 @@ def decode_array(value: Any, name: str, dtype: str, shape: tuple[int | None, ...
     return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(got)
 
 
-def _params(value: Any, name: str) -> dict[str, np.ndarray]:
-    if not isinstance(value, dict) or set(value) != set(PARAM_SHAPES):
-        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the LeNet-5 parameter names")
-    return {k: decode_array(value[k], f"{name}.{k}", "<f4", shape) for k, shape in PARAM_SHAPES.items()}
+def _params(value: Any, name: str, model: type[Model]) -> dict[str, np.ndarray]:
+    if not isinstance(value, dict) or set(value) != set(model.PARAM_SHAPES):
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the {model.TITLE} parameter names")
+    return {k: decode_array(value[k], f"{name}.{k}", "<f4", shape) for k, shape in model.PARAM_SHAPES.items()}
 
 
-def _tree_grads(value: Any, name: str) -> dict[str, np.ndarray]:
-    if not isinstance(value, dict) or set(value) != set(TREE_PARAMS):
-        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the gradients {list(TREE_PARAMS)}")
-    arrays = {k: decode_array(value[k], f"{name}.{k}", "<f4", (None, *PARAM_SHAPES[k])) for k in TREE_PARAMS}
-    if len({len(a) for a in arrays.values()}) != 1:
+def _tree_grads(value: Any, name: str, model: type[Model]) -> dict[str, np.ndarray]:
+    tree = model.TREE_PARAMS
+    if not isinstance(value, dict) or set(value) != set(tree):
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the gradients {list(tree)}")
+    arrays = {k: decode_array(value[k], f"{name}.{k}", "<f4", (None, *model.PARAM_SHAPES[k])) for k in tree}
+    if len({len(a) for a in arrays.values()}) > 1:
         raise ProtocolError(Reason.BAD_ARRAY, f"{name} must hold as many node sums of every parameter")
     return arrays
 
 
-def _factors(value: Any, name: str) -> dict[str, np.ndarray]:
-    if not isinstance(value, dict) or set(value) != set(FACTOR_WIDTHS):
-        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the factors {list(FACTOR_WIDTHS)}")
-    return {k: decode_array(value[k], f"{name}.{k}", "<f4", (None, width)) for k, width in FACTOR_WIDTHS.items()}
+def _factors(value: Any, name: str, model: type[Model]) -> dict[str, np.ndarray]:
+    widths = model.FACTOR_WIDTHS
+    if not isinstance(value, dict) or set(value) != set(widths):
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must hold exactly the factors {list(widths)}")
+    return {k: decode_array(value[k], f"{name}.{k}", "<f4", (None, width)) for k, width in widths.items()}
 
 
 def _capacity(value: Any, name: str) -> int:
@@ -197,6 +209,16 @@ def _f(decoder: Callable[[Any, str], Any]) -> Any:
     return field(metadata={"decode": decoder})
 
 
+def _m(decoder: Callable[[Any, str, type[Model]], Any]) -> Any:
+    """A field whose names and shapes are the receiving model's."""
+    return field(metadata={"decode": decoder, "model": True})
+
+
+def _model_field() -> Any:
+    """The model a message is about: a name (the receiver decides whether it is its own)."""
+    return field(default=DEFAULT_MODEL, metadata={"decode": _str})
+
+
 # --------------------------------------------------------------------------- messages
 
 
@@ -208,7 +230,8 @@ class Register:
     names of membership.NAME_RULE).  `capacity`: how many units' worth of work it takes at
     once, 1 for a worker, the number of its workers for a relay.  `probe` is the hex
     digest of the worker's answer to the fixed conformance probe (lenet.probe): the
-    coordinator admits only workers whose arithmetic is bit for bit its own.
+    coordinator admits only workers whose arithmetic is bit for bit its own.  `model`:
+    the model the worker computes (and its probe is of); another than the run's is refused.
     """
 
     TYPE: ClassVar[str] = "register"
@@ -216,6 +239,7 @@ class Register:
     pid: int = _f(_int)
     probe: str = _f(_str)
     capacity: int = _f(_capacity)
+    model: str = _model_field()
 
 
 @dataclass(frozen=True)
@@ -235,11 +259,12 @@ class Capacity:
 
 @dataclass(frozen=True)
 class Params:
-    """The parameters every task of `step` must be computed with."""
+    """The parameters of `model` every task of `step` must be computed with."""
 
     TYPE: ClassVar[str] = "params"
     step: int = _f(_int)
-    params: dict[str, np.ndarray] = _f(_params)
+    params: dict[str, np.ndarray] = _m(_params)
+    model: str = _model_field()
 
 
 @dataclass(frozen=True)
@@ -283,8 +308,8 @@ class Result:
     losses: np.ndarray = _f(_losses)
     correct: int = _f(_int)
     compute_seconds: float = _f(_float)
-    grads: dict[str, np.ndarray] = _f(_tree_grads)
-    factors: dict[str, np.ndarray] = _f(_factors)
+    grads: dict[str, np.ndarray] = _m(_tree_grads)
+    factors: dict[str, np.ndarray] = _m(_factors)
 
     def __post_init__(self) -> None:
         if self.correct > self.count:
@@ -336,8 +361,10 @@ def encode(msg: Message) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(frame: bytes | memoryview) -> Message:
-    """Parse and validate one frame, or raise ProtocolError."""
+def decode(frame: bytes | memoryview, model: type[Model] | None = None) -> Message:
+    """Parse and validate one frame for a receiver computing `model` (default: the default model), or raise
+    ProtocolError."""
+    model = model or get_model(DEFAULT_MODEL)
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError(Reason.TOO_LARGE, f"{len(frame)} bytes, limit {MAX_MESSAGE_BYTES}")
     try:
@@ -356,7 +383,11 @@ def decode(frame: bytes | memoryview) -> Message:
     names = [f.name for f in fields(cls)]
     if set(body) != {"v", "type", *names}:
         raise ProtocolError(Reason.BAD_FIELD, f"{cls.TYPE} must have exactly the fields {names}")
-    return cls(**{f.name: f.metadata["decode"](body[f.name], f.name) for f in fields(cls)})
+    if cls is Params and body["model"] != model.name:
+        raise ProtocolError(Reason.WRONG_MODEL, f"parameters of model {body['model']!r:.40}, "
+                            f"this side computes {model.name}")
+    return cls(**{f.name: f.metadata["decode"](body[f.name], f.name, *([model] if "model" in f.metadata else []))
+                  for f in fields(cls)})
 
 
 def all_finite(arrays: dict[str, np.ndarray]) -> bool:

@@ -38,6 +38,7 @@ class Reason(str, enum.Enum):
     # A registration that is refused, or a peer that is out.
     BAD_NAME = "bad_name"  # a worker name outside membership.NAME_RULE
     NONCONFORMING = "nonconforming"  # the probe's digest differs: another kernel, BLAS or NumPy build
+    WRONG_MODEL = "wrong_model"  # a peer (or parameters) of another model than the run's (lenet.models)
     FULL = "full"  # --max-workers are registered
     RATE_LIMITED = "rate_limited"  # registrations arrive faster than they are admitted
     BANNED = "banned"  # from a worker banned for the run

@@ -41,7 +41,6 @@ from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
 from coordinator.training import RunState, StepReport, Training, TrainingDiverged
 from lenet.bounds import implausible
-from lenet.model import LeNet5
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
 from lenet.shards import unit_sums
@@ -75,18 +74,19 @@ class Coordinator:
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
         self.streaks = RefusalStreaks(service.stuck_after)
         started = time.perf_counter()
-        probe = probe_digest()
+        model = type(training.model)
+        probe = probe_digest(model)
         # Its own probe is the first measurement of the time per sample: deadlines follow it from
         # the first step, rather than starting at the --task-timeout cap (a flood of ghosts at step
         # 0 would hold it that long).
         self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
-        self.local_model = LeNet5()  # settles doubts by computing a unit here
+        self.local_model = model()  # settles doubts by computing a unit here
         # Units are cut to fit a message (coordinator/step.py), so no honest frame is larger than this.
-        largest = min(training.config.batch_size, P.max_unit_samples(training.num_shards))
+        largest = min(training.config.batch_size, P.max_unit_samples(training.num_shards, model))
         self.endpoint = RouterEndpoint(context, service.bind, service.curve,
-                                       P.max_result_bytes(largest, training.num_shards))
+                                       P.max_result_bytes(largest, training.num_shards, model))
         self.hub = Hub(self.endpoint, Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers),
-                       probe, "coordinator", log, self._release, metrics=metrics,
+                       probe, "coordinator", log, self._release, model, metrics=metrics,
                        registrations=TokenBucket(rate=service.registrations_per_second,
                                                  burst=service.registration_burst), on_reject=self._refused)
         self.members = self.hub.members
@@ -194,7 +194,7 @@ class Coordinator:
             return
         unit = sched.index[msg.first]
         doubt = Reason.NON_FINITE if not P.finite(msg) else (
-            Reason.IMPLAUSIBLE if implausible(msg.grads, msg.factors, msg.count, step.bounds) else None)
+            Reason.IMPLAUSIBLE if implausible(msg.grads, msg.factors, msg.count, step.bounds, step.model) else None)
         if refusal is not None:  # too late to use; it may still show that its sender computes
             self.hub.reject(refusal, identity, where)
             if doubt is None and sched.was_given(unit, identity):
@@ -373,7 +373,7 @@ class Coordinator:
             now = time.monotonic()
             if self.step is None:
                 plan = training.plan(training.state.step, self._capacities(now))
-                self.step = Step.start(plan, training.params, self.service.task_timeout, now,
+                self.step = Step.start(plan, training.params, self.service.task_timeout, now, type(training.model),
                                        secret=self.secret, verify_fraction=self.service.verify_fraction)
             self._dispatch(now)
             training.plan_ahead(self._capacities(now))

@@ -24,7 +24,7 @@ import numpy as np
 from coordinator import protocol as P
 from coordinator.scheduler import StepScheduler, work_units
 from coordinator.trust import Verification
-from lenet.bounds import per_sample_bounds
+from lenet.architecture import Model
 from lenet.params import Params
 from lenet.reduction import Node
 from lenet.shards import split_batch
@@ -47,8 +47,10 @@ class StepPlan:
         return self.units[-1][1]
 
 
-def limits_problem(batch_size: int, train_images: int, num_shards: int) -> str | None:
-    """Why batches of `batch_size` from `train_images` images in `num_shards` shards cannot be trained, or None.
+def limits_problem(batch_size: int, train_images: int, num_shards: int,
+                   model: type[Model] | None = None) -> str | None:
+    """Why batches of `batch_size` from `train_images` images in `num_shards` shards cannot be trained with
+    `model` (default: the default model), or None.
 
     A unit too large for a message is split (`fit_units`), but a unit is at least one
     shard: a shard too large for a message is refused here, before training.
@@ -60,12 +62,12 @@ def limits_problem(batch_size: int, train_images: int, num_shards: int) -> str |
         return f"--shards {num_shards} is more than {P.MAX_SHARDS}"
     shards = min(num_shards, batch_size)
     largest = -(-batch_size // shards)
-    if largest > P.max_unit_samples(shards):
-        enough = next((s for s in range(shards, P.MAX_SHARDS + 1) if -(-batch_size // s) <= P.max_unit_samples(s)),
-                      None)
+    if largest > P.max_unit_samples(shards, model):
+        enough = next((s for s in range(shards, P.MAX_SHARDS + 1)
+                       if -(-batch_size // s) <= P.max_unit_samples(s, model)), None)
         fix = f"pass --shards {enough} or more" if enough else "lower --batch-size"
         return (f"--batch-size {batch_size} in {shards} shard{'s' if shards > 1 else ''} makes shards of "
-                f"{largest} samples, more than one message holds ({P.max_unit_samples(shards)}): {fix}")
+                f"{largest} samples, more than one message holds ({P.max_unit_samples(shards, model)}): {fix}")
     return None
 
 
@@ -87,11 +89,12 @@ def fit_units(units: list[Node], weights: list[int], sizes: list[int], limit: in
 
 
 def plan_step(step: int, batch: np.ndarray, num_shards: int, capacities: tuple[int, ...],
-              images: np.ndarray, labels: np.ndarray) -> StepPlan:
-    """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`."""
+              images: np.ndarray, labels: np.ndarray, model: type[Model] | None = None) -> StepPlan:
+    """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`
+    (units cut to fit a message of `model`'s results; default: the default model)."""
     sizes = [len(s) for s in split_batch(batch, num_shards)]
     starts = [0, *accumulate(sizes)]  # the shards are consecutive runs of the batch
-    units, weights = fit_units(*work_units(len(sizes), capacities), sizes, P.max_unit_samples(len(sizes)))
+    units, weights = fit_units(*work_units(len(sizes), capacities), sizes, P.max_unit_samples(len(sizes), model))
     tasks, samples = [], []
     for lo, hi in units:
         idx = batch[starts[lo] : starts[hi]]
@@ -138,17 +141,18 @@ class Step:
     batch: Batch
     params: Params  # the parameters every unit of the step is computed with
     started: float
+    model: type[Model]  # the run's model: its parameters, bounds and the Params message's name
     _bounds: dict[str, float] | None = None
 
     @classmethod
-    def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float,
+    def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float, model: type[Model],
               secret: bytes = b"", verify_fraction: float = 0.0) -> "Step":
         verify = {u for u, (first, _) in enumerate(plan.units)
                   if chosen_for_verification(secret, plan.step, first, verify_fraction)}
         scheduler = StepScheduler(plan.step, plan.units, plan.samples, task_timeout, plan.weights)
-        batch = Batch(plan.step, P.encode(P.Params(step=plan.step, params=params)), plan.tasks, scheduler,
-                      Verification(verify, same_result))
-        return cls(plan=plan, batch=batch, params=params, started=now)
+        params_frame = P.encode(P.Params(step=plan.step, params=params, model=model.name))
+        batch = Batch(plan.step, params_frame, plan.tasks, scheduler, Verification(verify, same_result))
+        return cls(plan=plan, batch=batch, params=params, started=now, model=model)
 
     @property
     def scheduler(self) -> StepScheduler[Hashable, P.Result]:
@@ -162,7 +166,7 @@ class Step:
     def bounds(self) -> dict[str, float]:
         """The largest gradient and factor elements one honest sample can give with the step's parameters."""
         if self._bounds is None:
-            self._bounds = per_sample_bounds(self.params)
+            self._bounds = self.model.per_sample_bounds(self.params)
         return self._bounds
 
     def task(self, unit: int) -> P.Task:

@@ -21,7 +21,7 @@ from coordinator import protocol as P
 from coordinator.step import StepPlan, plan_step
 from lenet.config import TrainConfig, make_optimizer, make_schedule
 from lenet.data import MNIST, epoch_batches, steps_per_epoch, training_subset
-from lenet.model import LeNet5
+from lenet.models import get_model
 from lenet.params import Params
 from lenet.reduction import Node
 from lenet.shards import mean_gradient, summed_loss
@@ -66,7 +66,7 @@ class Training:
             raise ValueError(f"shards must be >= 1, got {num_shards}")
         self.config, self.num_shards = config, num_shards
         self.data = training_subset(data, config.train_subset)
-        self.model = LeNet5(seed=config.seed)
+        self.model = get_model(config.model)(seed=config.seed)
         self.optimizer = make_optimizer(config, self.model.params)
         self.n_train = len(self.data.train_labels)
         self.steps_per_epoch = steps_per_epoch(self.n_train, config.batch_size)
@@ -110,7 +110,7 @@ class Training:
         if self._batches[0] != epoch:
             self._batches = (epoch, epoch_batches(self.config.seed, epoch, self.n_train, self.config.batch_size))
         return plan_step(step, self._batches[1][index], self.num_shards, capacities,
-                         self.data.train_images, self.data.train_labels)
+                         self.data.train_images, self.data.train_labels, type(self.model))
 
     def apply(self, results: Mapping[Node, P.Result], units: list[Node]) -> StepReport:
         """Add a finished step's unit results up the tree and step the optimizer."""
@@ -136,7 +136,7 @@ class Training:
     def end_epoch(self, seconds: float) -> EpochStats:
         """Evaluate on the test set, record the epoch in the history and start the next one's sums."""
         st = self.state
-        test_acc = evaluate(self.model.params, self.data.test_images, self.data.test_labels)
+        test_acc = evaluate(self.model.params, self.data.test_images, self.data.test_labels, model=type(self.model))
         stats = EpochStats(epoch=st.step // self.steps_per_epoch, steps=st.step, samples=st.epoch_samples,
                            loss=st.epoch_loss_sum / st.epoch_samples,
                            train_accuracy=st.epoch_correct / st.epoch_samples, test_accuracy=test_acc,
@@ -151,4 +151,4 @@ class Training:
         st = self.state
         if st.history and st.step % self.steps_per_epoch == 0:
             return st.history[-1]["test_accuracy"]
-        return evaluate(self.model.params, self.data.test_images, self.data.test_labels)
+        return evaluate(self.model.params, self.data.test_images, self.data.test_labels, model=type(self.model))

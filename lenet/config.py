@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from lenet.cli import add_flag, optional, parse_bool
+from lenet.models import DEFAULT_MODEL, MODELS, get_model
 from lenet.params import Params
 from lenet.optim import SGD, Adam, LRSchedule
 
@@ -37,6 +38,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None
     train_subset: int | None = None  # train on the first N images only (smoke runs, tests)
+    model: str = DEFAULT_MODEL  # a name of lenet.models.MODELS
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -59,6 +61,7 @@ class TrainConfig:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        get_model(self.model)
 
     @property
     def base_lr(self) -> float:
@@ -112,6 +115,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--max-steps", d.max_steps, optional(int), "stop after this many steps (smoke runs)")
     add_flag(parser, "--train-subset", d.train_subset, optional(int),
              "train on the first N training images only (smoke runs); the test set is always whole")
+    add_flag(parser, "--model", d.model, str, f"the architecture to train: one of {', '.join(MODELS)}")
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
@@ -128,4 +132,5 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         seed=args.seed,
         max_steps=args.max_steps,
         train_subset=args.train_subset,
+        model=args.model,
     )

@@ -1,11 +1,13 @@
 """`python -m lenet.export MODEL.npz MODEL.onnx`: the trained network as a standard ONNX graph.
 
-The graph takes exactly what `LeNet5.forward` takes, float32 `(N, 1, 28, 28)` images
-already standardised as in training (`(pixel/255 - 0.1307) / 0.3081`, see
-`lenet.data.standardize`), and returns the logits `(N, 10)`; softmax is left to the
-consumer, as with the model here.  The layers are the textbook order (conv, ReLU,
-pool), equal to this project's pool-then-ReLU (see lenet/model.py), and the
-parameters are already in the layouts ONNX uses (PyTorch's).
+The graph is the one the file's model builds (`Model.onnx_nodes`, the model named in
+the file's metadata).  For LeNet-5 it takes exactly what `LeNet5.forward` takes,
+float32 `(N, 1, 28, 28)` images already standardised as in training
+(`(pixel/255 - 0.1307) / 0.3081`, see `lenet.data.standardize`), and returns the
+logits `(N, 10)`; softmax is left to the consumer, as with the model here.  The
+layers are the textbook order (conv, ReLU, pool), equal to this project's
+pool-then-ReLU (see lenet/model.py), and the parameters are already in the layouts
+ONNX uses (PyTorch's).
 
 Needs the optional `onnx` package (`pip install -e '.[export]'`); without it the
 command says so on one line (exit status 2).
@@ -23,8 +25,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from lenet.data import MEAN, STD
-from lenet.model import PARAM_SHAPES, Params
+from lenet.architecture import Model
+from lenet.params import Params
 from lenet.npzfile import write_bytes_atomic
 from lenet.status import ExitStatus, UsageError, run_main
 
@@ -45,42 +47,30 @@ def _onnx() -> Any:
 
 
 def onnx_model(params: Params, meta: dict[str, Any] | None = None) -> Any:
-    """The `onnx.ModelProto` of LeNet-5 with these parameters (validated by onnx's checker)."""
+    """The `onnx.ModelProto` of the model `meta` names (default: LeNet-5) with these parameters (validated by
+    onnx's checker)."""
+    from lenet.train import file_model
+
     onnx = _onnx()
     from onnx import TensorProto, helper, numpy_helper
 
-    nodes = [
-        helper.make_node("Conv", [INPUT, "conv1.weight", "conv1.bias"], ["conv1"], kernel_shape=[5, 5],
-                         pads=[2, 2, 2, 2]),
-        helper.make_node("Relu", ["conv1"], ["relu1"]),
-        helper.make_node("MaxPool", ["relu1"], ["pool1"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Conv", ["pool1", "conv2.weight", "conv2.bias"], ["conv2"], kernel_shape=[5, 5]),
-        helper.make_node("Relu", ["conv2"], ["relu2"]),
-        helper.make_node("MaxPool", ["relu2"], ["pool2"], kernel_shape=[2, 2], strides=[2, 2]),
-        helper.make_node("Flatten", ["pool2"], ["flat"], axis=1),  # C-order over (16, 5, 5), as the model
-        helper.make_node("Gemm", ["flat", "fc1.weight", "fc1.bias"], ["fc1"], transB=1),
-        helper.make_node("Relu", ["fc1"], ["relu3"]),
-        helper.make_node("Gemm", ["relu3", "fc2.weight", "fc2.bias"], ["fc2"], transB=1),
-        helper.make_node("Relu", ["fc2"], ["relu4"]),
-        helper.make_node("Gemm", ["relu4", "fc3.weight", "fc3.bias"], [OUTPUT], transB=1),
-    ]
+    model: type[Model] = file_model(meta or {}, "the model file")
     graph = helper.make_graph(
-        nodes, "lenet5",
-        inputs=[helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", 1, 28, 28])],
+        model.onnx_nodes(helper, INPUT, OUTPUT), model.name,
+        inputs=[helper.make_tensor_value_info(INPUT, TensorProto.FLOAT, ["N", *model.INPUT_SHAPE])],
         outputs=[helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["N", 10])],
-        initializer=[numpy_helper.from_array(params[name], name) for name in PARAM_SHAPES],
-        doc_string=f"LeNet-5 for MNIST. Input: float32 (N, 1, 28, 28), pixels standardised as "
-                   f"(p/255 - {MEAN}) / {STD}, white digit on black. Output: logits (N, 10) for digits 0-9.",
+        initializer=[numpy_helper.from_array(params[name], name) for name in model.PARAM_SHAPES],
+        doc_string=f"{model.TITLE} for MNIST. Input: {model.INPUT_DOC}. Output: {model.OUTPUT_DOC}.",
     )
-    model = helper.make_model(graph, producer_name="lenet5-dp", opset_imports=[helper.make_opsetid("", OPSET)])
-    model.ir_version = IR_VERSION
-    info = {"standardize_mean": str(MEAN), "standardize_std": str(STD)}
+    onnx_proto = helper.make_model(graph, producer_name="lenet5-dp", opset_imports=[helper.make_opsetid("", OPSET)])
+    onnx_proto.ir_version = IR_VERSION
+    info = {**model.ONNX_PROPS, "model": model.name}
     for key in ("step", "epoch", "test_accuracy"):
         if meta and key in meta:
             info[key] = str(meta[key])
-    helper.set_model_props(model, info)
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    helper.set_model_props(onnx_proto, info)
+    onnx.checker.check_model(onnx_proto, full_check=True)
+    return onnx_proto
 
 
 def write_onnx(path: str | os.PathLike, params: Params, meta: dict[str, Any] | None = None) -> Path:
@@ -102,13 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lenet.train import load_model
+    from lenet.train import file_model, load_model
 
     args = build_parser().parse_args(argv)
     _onnx()  # say that the extra is missing before reading anything
     params, meta = load_model(args.model)
     path = write_onnx(args.output, params, meta)
-    print(f"wrote {path}: input {INPUT!r} float32 (N, 1, 28, 28) standardised, output {OUTPUT!r} (N, 10)")
+    print(f"wrote {path}: input {INPUT!r} {file_model(meta, args.model).INPUT_DOC}, output {OUTPUT!r} (N, 10)")
     return int(ExitStatus.OK)
 
 

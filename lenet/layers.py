@@ -303,14 +303,15 @@ def linear_forward(x: Array, w: Array, b: Array) -> tuple[Array, tuple]:
     return out, (x, w)
 
 
-def linear_backward(dout: Array, cache: tuple) -> tuple[Array, Array, Array]:
-    """dout: (N, M) -> dx (N, D), dw (M, D), db (M,), summed over the N samples.
+def linear_input_grad(dout: Array, cache: tuple) -> Array:
+    """dout: (N, M) or a stack (S, N, M) -> the input gradient dx, (N, D) or (S, N, D).
 
-    For a stack (S, N, M): dx (S, N, D), and dw (S, M, D), db (S, M), one sum per
-    stack entry.
+    The weight and bias gradients are not taken here: a model keeps each sample's
+    factors (its input x and dout) and `lenet.architecture.linear_grads` multiplies
+    them out once over the whole batch.
     """
-    x, w = cache
-    return dout @ w, np.swapaxes(dout, -1, -2) @ x, dout.sum(axis=-2)
+    _, w = cache
+    return dout @ w
 
 
 # --------------------------------------------------------------------------- loss

@@ -1,4 +1,4 @@
-"""LeNet-5 (LeCun et al., 1998) in its modern form, forward and backward by hand.
+"""LeNet-5 (LeCun et al., 1998) in its modern form, forward and backward by hand: the model "lenet5".
 
     input (N, 1, 28, 28), zero-padded by 2 to the paper's 32x32
     conv1  6 maps 5x5   -> (N, 6, 28, 28)  -> ReLU -> 2x2 max pool -> (N, 6, 14, 14)
@@ -14,20 +14,26 @@ its gradients are exactly those of conv -> ReLU -> pool.
 
 Gradients leave a pass in two forms (see TREE_PARAMS and FACTOR_WIDTHS): the
 convolutions' as sums per shard, for the reduction tree; the linear layers' as
-per-sample factors, multiplied out once per batch by `linear_grads`.
+per-sample factors, multiplied out once per batch by `linear_grads`.  The
+interface every model offers is lenet/architecture.py's `Model`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any
 
 import numpy as np
 
 from lenet import layers
+from lenet.architecture import Factors, Model, StackedSums, SumLossGrads, concat_factors, linear_grads
+from lenet.bounds import MAX_PIXEL, in_grad_bound, out_bound
+from lenet.data import MEAN, STD, standardize
 from lenet.params import Params
-from lenet.reduction import add, divide
+from lenet.reduction import add
+
+__all__ = ["CHUNK", "FACTOR_WIDTHS", "Factors", "LINEAR_LAYERS", "LeNet5", "PARAM_SHAPES", "StackedSums",
+           "SumLossGrads", "TREE_PARAMS", "check_params", "concat_factors", "init_params", "linear_grads"]
 
 
 # name -> shape, in PyTorch state_dict order and layouts.
@@ -63,48 +69,6 @@ FACTOR_WIDTHS: dict[str, int] = {
 # Fan-in of each weight, for initialisation.
 _FAN_IN = {"conv1.weight": 25, "conv2.weight": 150, "fc1.weight": 400, "fc2.weight": 120, "fc3.weight": 84}
 
-Factors = dict[str, np.ndarray]  # FACTOR_WIDTHS name -> (N, width), one row per sample in batch order
-
-
-class SumLossGrads(NamedTuple):
-    """Loss and gradients *summed* over a batch: shards of a batch add up exactly."""
-
-    loss_sum: float
-    correct: int
-    grads: Params
-
-
-class StackedSums(NamedTuple):
-    """Consecutive shards' results: per sample, losses (N,) and correct (N,) bool; grads TREE_PARAMS name
-    -> (S, *shape) (row s: shard s); and factors FACTOR_WIDTHS name -> (N, width) (row i: sample i)."""
-
-    losses: np.ndarray
-    correct: np.ndarray
-    grads: Params
-    factors: Factors
-
-
-def linear_grads(factors: Factors) -> Params:
-    """The linear layers' summed gradients from the factors of a batch's samples.
-
-    weight: delta^T @ input (one product over all N samples), bias: delta summed
-    over the samples in order.  Computed once, where the whole batch's factors are
-    known, so the result depends on the batch and not on who computed which sample.
-    """
-    grads: Params = {}
-    for layer in LINEAR_LAYERS:
-        delta, x = factors[f"{layer}.delta"], factors[f"{layer}.input"]
-        grads[f"{layer}.weight"] = delta.T @ x
-        grads[f"{layer}.bias"] = delta.sum(axis=0)
-    return grads
-
-
-def concat_factors(parts: Sequence[Factors]) -> Factors:
-    """Factors of consecutive runs of samples, joined in order (exact: a copy)."""
-    if len(parts) == 1:
-        return parts[0]
-    return {k: np.concatenate([p[k] for p in parts]) for k in FACTOR_WIDTHS}
-
 
 def init_params(seed: int, dtype: type = np.float32) -> Params:
     """He-normal weights before a ReLU, LeCun-normal for the output layer, zero biases.
@@ -124,16 +88,28 @@ def init_params(seed: int, dtype: type = np.float32) -> Params:
     return params
 
 
-class LeNet5:
+class LeNet5(Model):
     """The network, holding its parameters in `params` (float32 unless told otherwise).
 
     Assign new arrays into `params` to set weights; they must keep the shapes of
     PARAM_SHAPES.
     """
 
-    def __init__(self, seed: int = 0, dtype: type = np.float32) -> None:
-        self.dtype = np.dtype(dtype)
-        self.params: Params = init_params(seed, dtype)
+    name = "lenet5"
+    TITLE = "LeNet-5"
+    DESCRIPTION = "LeNet-5 (conv5x5x6-pool-conv5x5x16-pool-fc120-fc84-fc10, ReLU, max pool)"
+    PARAM_SHAPES = PARAM_SHAPES
+    TREE_PARAMS = TREE_PARAMS
+    LINEAR_LAYERS = LINEAR_LAYERS
+    FACTOR_WIDTHS = FACTOR_WIDTHS
+    NONNEGATIVE_FACTORS = frozenset(f"{layer}.input" for layer in LINEAR_LAYERS)  # ReLU outputs, or pooled ones
+    INPUT_SHAPE = (1, 28, 28)
+    ONNX_PROPS = {"standardize_mean": str(MEAN), "standardize_std": str(STD)}
+    INPUT_DOC = f"float32 (N, 1, 28, 28), pixels standardised as (p/255 - {MEAN}) / {STD}, white digit on black"
+    OUTPUT_DOC = "logits (N, 10) for digits 0-9"
+
+    init_params = staticmethod(init_params)
+    prepare = staticmethod(standardize)
 
     # ------------------------------------------------------------------ passes
 
@@ -166,20 +142,6 @@ class LeNet5:
         h = np.concatenate([self._conv_forward(x[i : i + CHUNK])[0] for i in range(0, max(1, len(x)), CHUNK)])
         return self._fc_forward(h)[0]
 
-    def sum_loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> SumLossGrads:
-        """Cross-entropy and gradients summed (not averaged) over the batch, as one shard.
-
-        The distributed service adds these up shard by shard and divides once by the
-        batch size.  Batches above CHUNK samples are computed CHUNK at a time: a pass's
-        working set (conv1's im2col matrix alone is 80 KB per sample) then stays near
-        the L2 cache, and memory stays bounded.
-        """
-        stacked = self.stacked_shard_sums(x, y, [len(y)])
-        grads = {k: g[0] for k, g in stacked.grads.items()}
-        grads.update(linear_grads(stacked.factors))
-        return SumLossGrads(math.fsum(stacked.losses.tolist()), int(stacked.correct.sum()),
-                            {name: grads[name] for name in PARAM_SHAPES})
-
     def stacked_shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
         """The sums of consecutive shards of x (N, 1, 28, 28), `sizes[i]` samples each, as stacks.
 
@@ -189,7 +151,9 @@ class LeNet5:
         are row i of every `factors` array, likewise independent of the grouping.
         Consecutive shards are computed together, up to CHUNK samples per pass: the
         layers' products are per sample (see layers.py).  A shard larger than CHUNK
-        is computed alone, in CHUNK pieces whose sums are added in order.
+        is computed alone, in CHUNK pieces whose sums are added in order: a pass's
+        working set (conv1's im2col matrix alone is 80 KB per sample) then stays near
+        the L2 cache, and memory stays bounded.
         """
         if any(s < 1 for s in sizes) or sum(sizes) != len(y) or len(x) != len(y):
             raise ValueError(f"shard sizes {list(sizes)} do not split {len(x)} images and {len(y)} labels")
@@ -245,9 +209,9 @@ class LeNet5:
         f1, r3, f2, r4, f3 = caches
         dh = dlogits
         factors: Factors = {}
-        for name, (x, w), relu in (("fc3", f3, r4), ("fc2", f2, r3), ("fc1", f1, None)):
-            factors[f"{name}.delta"], factors[f"{name}.input"] = dh[:, 0], x[:, 0]
-            dh = dh @ w
+        for name, cache, relu in (("fc3", f3, r4), ("fc2", f2, r3), ("fc1", f1, None)):
+            factors[f"{name}.delta"], factors[f"{name}.input"] = dh[:, 0], cache[0][:, 0]
+            dh = layers.linear_input_grad(dh, cache)
             if relu is not None:
                 dh = layers.relu_backward(dh, relu)
         return dh, {k: factors[k] for k in FACTOR_WIDTHS}
@@ -263,19 +227,52 @@ class LeNet5:
         g["conv1.weight"], g["conv1.bias"] = layers.conv_pool_backward(dh, c1, sizes)
         return {name: g[name] for name in TREE_PARAMS}
 
-    def loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Params]:
-        """Mean cross-entropy over the batch and its gradients (same keys as params)."""
-        result = self.sum_loss_and_grads(x, y)
-        return result.loss_sum / x.shape[0], divide(result.grads, x.shape[0])
+    @classmethod
+    def per_sample_bounds(cls, params: Params) -> dict[str, float]:
+        """The largest |element| one sample can give: for every parameter's gradient and every factor
+        (the reasoning is lenet/bounds.py's)."""
+        p = params
+        a0 = MAX_PIXEL
+        a1 = out_bound(p["conv1.weight"], p["conv1.bias"], a0)  # (after pool, ReLU: not larger)
+        a2 = out_bound(p["conv2.weight"], p["conv2.bias"], a1)
+        a3 = out_bound(p["fc1.weight"], p["fc1.bias"], a2)
+        a4 = out_bound(p["fc2.weight"], p["fc2.bias"], a3)
+        d5 = 1.0  # softmax(logits) - onehot
+        d4 = in_grad_bound(p["fc3.weight"], d5)
+        d3 = in_grad_bound(p["fc2.weight"], d4)
+        d2 = in_grad_bound(p["fc1.weight"], d3)
+        d1 = in_grad_bound(p["conv2.weight"], d2)
+        conv1_positions, conv2_positions = 28 * 28, 10 * 10
+        return {
+            "conv1.weight": conv1_positions * d1 * a0, "conv1.bias": conv1_positions * d1,
+            "conv2.weight": conv2_positions * d2 * a1, "conv2.bias": conv2_positions * d2,
+            "fc1.weight": d3 * a2, "fc1.bias": d3,
+            "fc2.weight": d4 * a3, "fc2.bias": d4,
+            "fc3.weight": d5 * a4, "fc3.bias": d5,
+            "fc1.input": a2, "fc1.delta": d3,
+            "fc2.input": a3, "fc2.delta": d4,
+            "fc3.input": a4, "fc3.delta": d5,
+        }
+
+    @classmethod
+    def onnx_nodes(cls, helper: Any, input: str, output: str) -> list[Any]:
+        """ReLU before pooling, as the standard form (equal to this file's pool-then-ReLU)."""
+        return [
+            helper.make_node("Conv", [input, "conv1.weight", "conv1.bias"], ["conv1"], kernel_shape=[5, 5],
+                             pads=[2, 2, 2, 2]),
+            helper.make_node("Relu", ["conv1"], ["relu1"]),
+            helper.make_node("MaxPool", ["relu1"], ["pool1"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("Conv", ["pool1", "conv2.weight", "conv2.bias"], ["conv2"], kernel_shape=[5, 5]),
+            helper.make_node("Relu", ["conv2"], ["relu2"]),
+            helper.make_node("MaxPool", ["relu2"], ["pool2"], kernel_shape=[2, 2], strides=[2, 2]),
+            helper.make_node("Flatten", ["pool2"], ["flat"], axis=1),  # C-order over (16, 5, 5), as the model
+            helper.make_node("Gemm", ["flat", "fc1.weight", "fc1.bias"], ["fc1"], transB=1),
+            helper.make_node("Relu", ["fc1"], ["relu3"]),
+            helper.make_node("Gemm", ["relu3", "fc2.weight", "fc2.bias"], ["fc2"], transB=1),
+            helper.make_node("Relu", ["fc2"], ["relu4"]),
+            helper.make_node("Gemm", ["relu4", "fc3.weight", "fc3.bias"], [output], transB=1),
+        ]
 
 
-def check_params(params: dict[str, np.ndarray], origin: str) -> Params:
-    """Validate names, shapes and dtype of a parameter dict (from a file or the wire)."""
-    if set(params) != set(PARAM_SHAPES):
-        missing, extra = sorted(set(PARAM_SHAPES) - set(params)), sorted(set(params) - set(PARAM_SHAPES))
-        raise ValueError(f"{origin}: parameter names do not match LeNet-5: missing {missing}, unexpected {extra}")
-    for name, shape in PARAM_SHAPES.items():
-        a = params[name]
-        if a.shape != shape or a.dtype != np.float32:
-            raise ValueError(f"{origin}: {name} is {a.dtype}{a.shape}, expected float32{shape}")
-    return {name: params[name] for name in PARAM_SHAPES}
+# The module-level names the tests and tools have always imported: LeNet-5's.
+check_params = LeNet5.check_params

@@ -1,7 +1,7 @@
 """The one type of parameters and gradients: a dict of named arrays.
 
 Parameters, gradients and optimizer state are all `dict[str, ndarray]` with the
-same keys (LeNet-5's, in `lenet.model.PARAM_SHAPES`), so they add, scale and
+same keys (the model's `PARAM_SHAPES`, lenet/architecture.py), so they add, scale and
 travel as plain data.
 """
 

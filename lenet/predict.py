@@ -180,16 +180,17 @@ def read_images(path: str | Path) -> np.ndarray:
     raise DataError(f"{name}: not a PNG, PGM or IDX image file")
 
 
-def predict(params: dict[str, np.ndarray], images: np.ndarray, batch_size: int = 1000) -> np.ndarray:
-    """Class probabilities (N, 10) for uint8 images (N, 28, 28) in MNIST's polarity."""
-    from lenet.data import standardize
-    from lenet.model import LeNet5
+def predict(params: dict[str, np.ndarray], images: np.ndarray, batch_size: int = 1000,
+            model: str = "lenet5") -> np.ndarray:
+    """Class probabilities (N, 10) from `model`'s (a lenet.models name) for uint8 images (N, 28, 28) in MNIST's
+    polarity: the softmax of its scores."""
+    from lenet.models import get_model
 
-    model = LeNet5()
-    model.params = params
+    net = get_model(model)()
+    net.params = params
     out = []
     for i in range(0, len(images), batch_size):
-        logits = model.forward(standardize(images[i : i + batch_size])).astype(np.float64)
+        logits = net.scores(net.forward(net.prepare(images[i : i + batch_size]))).astype(np.float64)
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         out.append(e / e.sum(axis=1, keepdims=True))
     return np.concatenate(out) if out else np.zeros((0, 10))
@@ -209,13 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lenet.train import load_model
+    from lenet.train import file_model, load_model
 
     args = build_parser().parse_args(argv)
-    params, _ = load_model(args.model)
+    params, meta = load_model(args.model)
+    model = file_model(meta, args.model).name
     files = [(path, read_images(path)) for path in args.images]  # every file checked before any output
     for path, images in files:
-        probs = predict(params, 255 - images if args.invert else images)
+        probs = predict(params, 255 - images if args.invert else images, model=model)
         for i, p in enumerate(probs):
             label = f"{path}[{i}]" if len(images) > 1 else path
             digit = int(p.argmax())

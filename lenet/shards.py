@@ -3,7 +3,7 @@
 The arithmetic that makes the service bit-identical to the reference trainer is
 written here once.  `split_batch` fixes a batch's shards from the batch alone (never
 from the number of workers).  `unit_sums` computes a unit, any run of consecutive
-shards: the convolutions' gradients summed for each node of its cover in
+shards: the tree parameters' gradients summed for each node of its cover in
 `lenet.reduction`'s tree, the linear layers' per-sample factors in sample order.
 `gather` joins adjacent units into one, `mean_gradient` turns the units of a whole
 batch into its mean gradient (the rest of the tree, then one product per linear
@@ -23,15 +23,14 @@ from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from lenet.data import standardize
-from lenet.model import Factors, LeNet5, concat_factors, linear_grads
+from lenet.architecture import Factors, Model, concat_factors, linear_grads
 from lenet.params import Params
 from lenet.reduction import Node, cover, divide, stacked_tree_sum, tree_sum
 
 
 # Shards per batch unless told otherwise: up to 64 workers each get a unit of work, and
-# a unit's many small shards cost little (lenet.model computes them in one pass, and
-# only the convolutions' small gradients are kept per shard).
+# a unit's many small shards cost little (a model computes them in one pass, and
+# only its tree parameters' small gradients are kept per shard).
 DEFAULT_SHARDS = 64
 
 
@@ -41,10 +40,10 @@ class UnitSums(NamedTuple):
     losses: each sample's cross-entropy, in order (float32; a batch's sum is
     `math.fsum` of them all: exact, so it does not depend on the grouping either);
     correct: how many samples were classified right; nodes: the unit's cover in the
-    tree (`lenet.reduction.cover`); grads: for each tree parameter
-    (lenet.model.TREE_PARAMS), a stack (len(nodes), *shape): row i is node i's
-    gradient sum; factors: the linear layers' per-sample factors
-    (lenet.model.FACTOR_WIDTHS), one row per sample of the unit, in order.
+    tree (`lenet.reduction.cover`); grads: for each of the model's TREE_PARAMS, a
+    stack (len(nodes), *shape): row i is node i's gradient sum; factors: the linear
+    layers' per-sample factors (the model's FACTOR_WIDTHS), one row per sample of
+    the unit, in order.
     A coordinator's Result carries the same fields.
     """
 
@@ -78,7 +77,7 @@ def split_batch(indices: np.ndarray, num_shards: int) -> list[np.ndarray]:
     return [s for s in np.array_split(indices, min(num_shards, len(indices))) if len(s)]
 
 
-def unit_sums(model: LeNet5, pixels: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
+def unit_sums(model: Model, pixels: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
               first: int = 0, num_shards: int | None = None) -> UnitSums:
     """Losses, correct count, node sums and factors of the shards first .. first+len(sizes)-1.
 
@@ -93,7 +92,7 @@ def unit_sums(model: LeNet5, pixels: np.ndarray, labels: np.ndarray, sizes: Sequ
         raise ValueError(f"shard sizes add up to {sum(sizes)}, but there are {len(pixels)} images "
                          f"and {len(labels)} labels")
     nodes = cover(first, first + len(sizes), first + len(sizes) if num_shards is None else num_shards)
-    stacked = model.stacked_shard_sums(standardize(pixels), labels, sizes)
+    stacked = model.stacked_shard_sums(model.prepare(pixels), labels, sizes)
     sums = [stacked_tree_sum({k: v[lo - first : hi - first] for k, v in stacked.grads.items()}) for lo, hi in nodes]
     return UnitSums(stacked.losses, int(stacked.correct.sum()), nodes, _stack(sums), stacked.factors)
 
@@ -129,15 +128,16 @@ def summed_loss(units: Iterable[Contribution]) -> float:
 def mean_gradient(units: Mapping[Node, Contribution], num_shards: int, n: int) -> Params:
     """The batch's mean gradient from its units (shard range -> contribution), which tile [0, num_shards).
 
-    The tree's root from the units' node sums for the convolutions; for the linear
-    layers, one product over the whole batch's factors, joined in sample order.
-    Divided by the n samples.
+    The tree's root from the units' node sums for the tree parameters; for the
+    linear layers, one product over the whole batch's factors, joined in sample
+    order.  Divided by the n samples.
     """
     values: dict[Node, Params] = {}
     for (lo, hi), unit in units.items():
         values.update(node_values(cover(lo, hi, num_shards), unit.grads))
     total = tree_sum(values, 0, num_shards)
     factors = concat_factors([units[node].factors for node in sorted(units)])
-    if len(factors["fc3.delta"]) != n:
-        raise ValueError(f"factors of {len(factors['fc3.delta'])} samples for a batch of {n}")
+    rows = {len(f) for f in factors.values()}
+    if rows and rows != {n}:
+        raise ValueError(f"factors of {sorted(rows)} samples for a batch of {n}")
     return divide({**total, **linear_grads(factors)}, n)

@@ -30,14 +30,13 @@ import numpy as np  # noqa: E402
 from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
 from lenet.curves import write_curves  # noqa: E402
 from lenet.data import (  # noqa: E402
-    MNIST, epoch_batches, load_mnist, standardize, steps_per_epoch, training_subset)
-from lenet.model import PARAM_SHAPES, LeNet5, check_params  # noqa: E402
+    MNIST, epoch_batches, load_mnist, steps_per_epoch, training_subset)
+from lenet.architecture import Model  # noqa: E402
+from lenet.models import DEFAULT_MODEL, get_model  # noqa: E402
 from lenet.params import Params  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS, mean_gradient, split_batch, summed_loss, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, write_npz  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
-
-ARCHITECTURE = "LeNet-5 (conv5x5x6-pool-conv5x5x16-pool-fc120-fc84-fc10, ReLU, max pool)"
 
 
 @dataclass
@@ -62,26 +61,43 @@ class TrainResult:
     steps: int = 0
 
 
-def evaluate(params: Params, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000) -> float:
-    """Accuracy of `params` on uint8 images (N, 28, 28) with labels (N,)."""
-    model = LeNet5()
-    model.params = params
+def evaluate(params: Params, images: np.ndarray, labels: np.ndarray, batch_size: int = 1000,
+             model: type[Model] | None = None) -> float:
+    """Accuracy of `params` of `model` (default: the default model) on uint8 images (N, 28, 28) with labels (N,)."""
+    net = (model or get_model(DEFAULT_MODEL))()
+    net.params = params
     correct = 0
     for i in range(0, len(labels), batch_size):
-        logits = model.forward(standardize(images[i : i + batch_size]))
-        correct += int((logits.argmax(axis=1) == labels[i : i + batch_size]).sum())
+        scores = net.scores(net.forward(net.prepare(images[i : i + batch_size])))
+        correct += int((scores.argmax(axis=1) == labels[i : i + batch_size]).sum())
     return correct / len(labels)
 
 
-def save_model(path: str | Path, params: Params, meta: dict) -> None:
-    """The model file: parameters under their `LeNet5.params` names, plus metadata."""
-    write_npz(path, {k: params[k] for k in PARAM_SHAPES}, {"architecture": ARCHITECTURE, **meta})
+def save_model(path: str | Path, params: Params, meta: dict, model: type[Model] | None = None) -> None:
+    """The model file: parameters under their `Model.params` names, plus metadata naming the model."""
+    model = model or get_model(DEFAULT_MODEL)
+    write_npz(path, {k: params[k] for k in model.PARAM_SHAPES},
+              {"architecture": model.DESCRIPTION, "model": model.name, **meta})
 
 
-def load_model(path: str | Path) -> tuple[Params, dict]:
+def file_model(meta: dict, origin: str, expected: str | None = None) -> type[Model]:
+    """The model a file's metadata names (files from before models were named hold the default one);
+    ValueError if it is unknown, or not `expected` when that is given."""
+    name = meta.get("model", DEFAULT_MODEL)
+    if expected is not None and name != expected:
+        raise ValueError(f"{origin} holds {name!r:.40}, this run trains {expected}")
+    try:
+        return get_model(name)
+    except ValueError as err:
+        raise ValueError(f"{origin}: {err}") from None
+
+
+def load_model(path: str | Path, expected: str | None = None) -> tuple[Params, dict]:
+    """Parameters and metadata of a model file, checked against the model it names (`meta["model"]`);
+    UsageError, one line, if they do not fit it or it is not `expected`."""
     arrays, meta = read_npz(path)
     try:
-        return check_params(arrays, str(path)), meta
+        return file_model(meta, str(path), expected).check_params(arrays, str(path)), meta
     except ValueError as err:
         raise UsageError(str(err)) from None
 
@@ -90,7 +106,7 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
           shards: int = DEFAULT_SHARDS) -> TrainResult:
     """Train from scratch; one log line per epoch.  `shards`: see the module docstring."""
     data = training_subset(data, config.train_subset)
-    model = LeNet5(seed=config.seed)
+    model = get_model(config.model)(seed=config.seed)
     optimizer = make_optimizer(config, model.params)
     n = len(data.train_labels)
     schedule = make_schedule(config, steps_per_epoch(n, config.batch_size))
@@ -112,7 +128,7 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
         if seen == 0:
             break
         seconds = time.perf_counter() - start
-        test_acc = evaluate(model.params, data.test_images, data.test_labels)
+        test_acc = evaluate(model.params, data.test_images, data.test_labels, model=type(model))
         stats = EpochStats(epoch + 1, result.steps, seen, loss_sum / seen, correct / seen, test_acc, seconds)
         result.history.append(stats)
         log(
@@ -124,7 +140,8 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m lenet.train", description="Train LeNet-5 on MNIST in one process (the reference trainer)."
+        prog="python -m lenet.train", description="Train LeNet-5 (or another --model) on MNIST in one process "
+        "(the reference trainer)."
     )
     add_training_flags(parser)
     parser.add_argument("--data-dir", default=None, help="directory with the MNIST files (default: $MNIST_DIR, "
@@ -157,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_model(args.output, result.params, {
         "epoch": last.epoch, "step": result.steps, "test_accuracy": last.test_accuracy,
         "data_checksums": data.checksums, "config": config.to_dict(),
-    })
+    }, get_model(config.model))
     curves = write_curves(args.output, [dataclasses.asdict(h) for h in result.history])
     print(f"done: test accuracy {last.test_accuracy:.2%} after {last.epoch} epochs, {result.steps} steps, "
           f"{time.perf_counter() - start:.1f} s; model saved to {args.output}, curves to {curves}")

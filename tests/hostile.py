@@ -20,27 +20,28 @@ import numpy as np
 import zmq
 
 from coordinator import protocol as P
-from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS, LeNet5
+from lenet.models import DEFAULT_MODEL, get_model
 from lenet.probe import probe_digest
 from lenet.shards import unit_sums
 
 Answer = Callable[[P.Task, "ScriptedWorker"], list["P.Message | bytes"]]  # bytes: a frame sent as it is
 
+MODEL = get_model(DEFAULT_MODEL)  # the runs these peers join train the default model
 _PROBE: list[str] = []
 
 
 def this_machines_probe() -> str:
     if not _PROBE:
-        _PROBE.append(probe_digest())
+        _PROBE.append(probe_digest(MODEL))
     return _PROBE[0]
 
 
 def nan_grads(nodes: int = 1) -> dict[str, np.ndarray]:
-    return {k: np.full((nodes, *PARAM_SHAPES[k]), np.nan, dtype=np.float32) for k in TREE_PARAMS}
+    return {k: np.full((nodes, *MODEL.PARAM_SHAPES[k]), np.nan, dtype=np.float32) for k in MODEL.TREE_PARAMS}
 
 
 def zero_factors(count: int) -> dict[str, np.ndarray]:
-    return {k: np.zeros((count, width), np.float32) for k, width in FACTOR_WIDTHS.items()}
+    return {k: np.zeros((count, width), np.float32) for k, width in MODEL.FACTOR_WIDTHS.items()}
 
 
 class ScriptedWorker(threading.Thread):
@@ -59,7 +60,7 @@ class ScriptedWorker(threading.Thread):
         self.errors: list[str] = []  # codes of the Error messages received
         self.registered = threading.Event()
         self.stop = threading.Event()
-        self.model = LeNet5()
+        self.model = MODEL()
         self.params_step = -1
         self.sent: list[P.Result] = []  # honest results computed so far, for replays
         self.outbox: queue.Queue[bytes] = queue.Queue()  # frames another thread has it send (sockets are not shared)
@@ -74,7 +75,8 @@ class ScriptedWorker(threading.Thread):
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.ROUTING_ID, self.identity)
         sock.connect(self.endpoint)
-        sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe, capacity=self.capacity)))
+        sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe, capacity=self.capacity,
+                                      model=MODEL.name)))
         deadline, beat = time.monotonic() + self.seconds, 0.0
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
@@ -85,7 +87,7 @@ class ScriptedWorker(threading.Thread):
                     beat = time.monotonic()
                 if not sock.poll(100):
                     continue
-                msg = P.decode(sock.recv())
+                msg = P.decode(sock.recv(), MODEL)
                 if isinstance(msg, P.Heartbeat):
                     self.registered.set()
                 elif isinstance(msg, P.Error):
@@ -151,7 +153,7 @@ def impossible_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message | by
 
 def other_numerics_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
     """Right to ~1e-7, wrong in the last bits: the unit computed in float64, then rounded."""
-    model = LeNet5(dtype=np.float64)
+    model = MODEL(dtype=np.float64)
     model.params = {k: v.astype(np.float64) for k, v in peer.model.params.items()}
     sums = unit_sums(model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
     return [_with(peer.honest(task), grads={k: v.astype(np.float32) for k, v in sums.grads.items()},

@@ -23,6 +23,7 @@ from collections.abc import Sequence  # noqa: E402
 from typing import TYPE_CHECKING  # noqa: E402
 
 from lenet.cli import add_flag, optional, parse_bool  # noqa: E402
+from lenet.models import DEFAULT_MODEL  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
 if TYPE_CHECKING:
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "relay: directory of the public .key files of the workers it admits (with --curve-secret-key)")
     add_flag(parser, "--insecure", False, parse_bool, "relay: listen beyond loopback without CURVE")
+    add_flag(parser, "--model", DEFAULT_MODEL, str, "the model the run trains (the coordinator's --model): the "
+             "coordinator refuses a worker of another")
     parser.add_argument("--self-test", action="store_true", help="print this machine's conformance probe digest "
                         "and exit: workers whose digest differs from the coordinator's are refused")
     return parser
@@ -70,9 +73,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.self_test:
         import numpy
 
+        from lenet.models import get_model
         from lenet.probe import probe_digest
 
-        print(f"probe digest {probe_digest()} (numpy {numpy.__version__}): it must be equal on every machine of "
+        try:
+            model = get_model(args.model)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+        print(f"probe digest {probe_digest(model)} of {model.name} (numpy {numpy.__version__}): it must be equal on every machine of "
               "a run, or those workers are refused")
         return int(ExitStatus.OK)
     if args.curve_secret_key is not None:
@@ -84,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs["name"] = relay_name()
     try:
         config = WorkerConfig(connect=args.connect, heartbeat_interval=args.heartbeat_interval,
-                              coordinator_timeout=args.coordinator_timeout, **kwargs)
+                              coordinator_timeout=args.coordinator_timeout, model=args.model, **kwargs)
     except ValueError as err:
         raise UsageError(str(err)) from None
     role = "relay" if args.relay else "worker"

@@ -21,7 +21,7 @@ import zmq
 
 from coordinator import protocol as P
 from coordinator.keys import CurveClient, secure_client
-from lenet.model import LeNet5
+from lenet.models import DEFAULT_MODEL, get_model
 from lenet.probe import probe_digest
 from lenet.shards import unit_sums
 
@@ -37,6 +37,7 @@ class WorkerConfig:
     max_backoff: float = 5.0
     refused_backoff: float = 60.0  # after the coordinator refused the registration itself
     curve: CurveClient | None = None  # CURVE keys, when the coordinator requires them
+    model: str = DEFAULT_MODEL  # the model it computes: the coordinator admits only the run's (lenet.models)
 
     def __post_init__(self) -> None:
         if not self.connect.startswith(("tcp://", "ipc://", "inproc://")):
@@ -44,6 +45,7 @@ class WorkerConfig:
         for name in ("heartbeat_interval", "coordinator_timeout", "max_backoff", "refused_backoff"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name.replace('_', ' ')} must be > 0, got {getattr(self, name)}")
+        get_model(self.model)
 
 
 def _resolution_problem(endpoint: str) -> str:
@@ -75,8 +77,8 @@ class Worker:
         self.config = config
         self.context = context or zmq.Context.instance()
         self.identity = uuid.uuid4().bytes  # kept across reconnections: a re-registration is the same member
-        self.model = LeNet5()
-        self.probe = probe_digest()  # what the coordinator checks at the door: computed once
+        self.model = get_model(config.model)()
+        self.probe = probe_digest(type(self.model))  # what the coordinator checks at the door: computed once
         self.params_step = -1
         self.stopping = False
         self.metrics = metrics  # optional worker.metrics.WorkerMetrics
@@ -105,7 +107,7 @@ class Worker:
             return None
         frame = self.sock.recv()
         try:
-            return P.decode(frame)
+            return P.decode(frame, type(self.model))
         except P.ProtocolError as err:
             log.warning("ignored a bad message from the coordinator: %s", err)
             return None
@@ -140,7 +142,8 @@ class Worker:
             self._close()
             self.sock = self._open()
         while not self.stopping:
-            self._send(P.Register(name=self.config.name, pid=os.getpid(), probe=self.probe, capacity=1))
+            self._send(P.Register(name=self.config.name, pid=os.getpid(), probe=self.probe, capacity=1,
+                                  model=self.model.name))
             deadline = time.monotonic() + wait
             while not self.stopping and time.monotonic() < deadline:
                 msg = self._recv(min(0.2, max(0.0, deadline - time.monotonic())))

@@ -36,6 +36,7 @@ import zmq
 from coordinator import hub
 from coordinator import protocol as P
 from coordinator.keys import CurveServer
+from lenet.models import get_model
 from lenet.probe import probe_digest
 from lenet.reduction import cover
 from lenet.shards import UnitSums, gather
@@ -73,10 +74,11 @@ class Relay:
         self.config = config
         self.context = context or zmq.Context.instance()
         self.identity = uuid.uuid4().bytes  # upstream, kept across reconnections
-        self.probe = probe_digest()
+        self.model = get_model(config.upstream.model)
+        self.probe = probe_digest(self.model)
         self.down = hub.Hub(hub.RouterEndpoint(self.context, config.listen, config.curve),
                             hub.Membership(config.heartbeat_timeout, max_members=MAX_WORKERS), self.probe, "relay",
-                            log, self._release, max_capacity=1, count_word="workers")
+                            log, self._release, self.model, max_capacity=1, count_word="workers")
         self.workers = self.down.members
         self.up: zmq.Socket | None = None
         self.registered = False
@@ -119,7 +121,7 @@ class Relay:
                 self._check_workers(now)
                 if not self.registered and now >= next_register and len(self.workers):  # a member once it serves
                     self._send_up(P.Register(name=cfg.name, pid=os.getpid(), probe=self.probe,
-                                             capacity=len(self.workers)))
+                                             capacity=len(self.workers), model=self.model.name))
                     self.announced = len(self.workers)
                     next_register, wait = now + wait, min(2 * wait, cfg.max_backoff)
                 elif self.registered:
@@ -175,7 +177,7 @@ class Relay:
         assert self.up is not None
         frame = self.up.recv()
         try:
-            return P.decode(frame), frame
+            return P.decode(frame, self.model), frame
         except P.ProtocolError as err:
             log.warning("ignored a bad message from the coordinator: %s", err)
             return None, frame

@@ -10,6 +10,12 @@ from lenet.model import FACTOR_WIDTHS, PARAM_SHAPES, TREE_PARAMS, check_params, 
 from lenet.reduction import divide, tree_sum
 
 
+def mean_loss_and_grads(model, x, y):
+    """Mean cross-entropy over the batch and its gradients, from the summed ones the product uses."""
+    result = model.sum_loss_and_grads(x, y)
+    return result.loss_sum / x.shape[0], divide(result.grads, x.shape[0])
+
+
 def test_params_follow_pytorch_names_shapes_and_float32():
     model = LeNet5(seed=0)
     assert list(model.params) == list(PARAM_SHAPES)
@@ -29,7 +35,7 @@ def test_forward_and_grads_shapes_dtypes():
     x = np.random.default_rng(0).standard_normal((5, 1, 28, 28)).astype(np.float32)
     y = np.arange(5)
     assert model.forward(x).shape == (5, 10) and model.forward(x).dtype == np.float32
-    loss, grads = model.loss_and_grads(x, y)
+    loss, grads = mean_loss_and_grads(model, x, y)
     assert np.isfinite(loss) and loss > 0
     assert set(grads) == set(model.params)
     for k, g in grads.items():
@@ -46,7 +52,7 @@ def test_whole_model_gradient_check_every_parameter():
     model = LeNet5(seed=1, dtype=np.float64)
     rng = np.random.default_rng(2)
     x, y = rng.standard_normal((4, 1, 28, 28)), rng.integers(0, 10, 4)
-    _, grads = model.loss_and_grads(x, y)
+    _, grads = mean_loss_and_grads(model, x, y)
     h = 1e-6
     for name, p in model.params.items():
         flat = p.reshape(-1)
@@ -55,9 +61,9 @@ def test_whole_model_gradient_check_every_parameter():
         for n, i in enumerate(idx):
             old = flat[i]
             flat[i] = old + h
-            plus = model.loss_and_grads(x, y)[0]
+            plus = mean_loss_and_grads(model, x, y)[0]
             flat[i] = old - h
-            minus = model.loss_and_grads(x, y)[0]
+            minus = mean_loss_and_grads(model, x, y)[0]
             flat[i] = old
             num[n] = (plus - minus) / (2 * h)
         assert rel_error(num, grads[name].reshape(-1)[idx]) < 1e-5, name
@@ -93,7 +99,7 @@ def test_sum_of_shards_equals_batch_gradient():
     model = LeNet5(seed=0)
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((12, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 12)
-    _, full = model.loss_and_grads(x, y)
+    _, full = mean_loss_and_grads(model, x, y)
     shards = {(i, i + 1): model.sum_loss_and_grads(x[4 * i : 4 * i + 4], y[4 * i : 4 * i + 4]).grads for i in range(3)}
     averaged = divide(tree_sum(shards, 0, 3), 12)
     for k in full:
