@@ -54,6 +54,7 @@ class RunHistory:
         self._steps: list[tuple[int, float, float, float]] = []  # (step, loss, lr, samples/s)
         self._stride = 1
         self._recent: deque[tuple[float, int]] = deque()  # (time, samples) of the steps in the rate window
+        self._recent_samples = 0  # their samples, summed
         self._epochs: list[dict[str, float]] = []
 
     def record_step(self, step: int, loss: float, lr: float, samples: int) -> None:
@@ -61,11 +62,12 @@ class RunHistory:
         now = self.clock()
         with self._lock:
             self._recent.append((now, samples))
+            self._recent_samples += samples
             while len(self._recent) > 2 and now - self._recent[0][0] > self.rate_window:
-                self._recent.popleft()
+                self._recent_samples -= self._recent.popleft()[1]
             span = now - self._recent[0][0]
             # The first step's samples were computed before the window opened: count those after it.
-            rate = sum(n for _, n in list(self._recent)[1:]) / span if span > 0 else 0.0
+            rate = (self._recent_samples - self._recent[0][1]) / span if span > 0 else 0.0
             if step % self._stride:
                 return
             self._steps.append((step, loss, lr, rate))

@@ -62,6 +62,8 @@ class Metrics:
         self.units_recomputed_locally = Counter("lenet_units_recomputed_locally", "Units the coordinator computed "
                                                 "itself to settle a doubt (NaN, implausible, mismatch, verification)",
                                                 registry=registry)
+        self.coordinator_seconds = Counter("lenet_coordinator_seconds", "Seconds the coordinator's loop spent, "
+                                           "by phase (coordinator/phases.py)", ["phase"], registry=registry)
         self.checkpoint_duration = Histogram(
             "lenet_checkpoint_duration_seconds", "Time to write one checkpoint", registry=registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),

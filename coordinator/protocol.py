@@ -129,22 +129,34 @@ def encode_array(a: np.ndarray) -> dict[str, Any]:
     return {"dtype": a.dtype.str, "shape": list(a.shape), "data": a.tobytes()}
 
 
+_ARRAY_KEYS = frozenset({"dtype", "shape", "data"})
+
+
+def _shape_fits(got: Any, shape: tuple[int | None, ...]) -> bool:
+    if type(got) is not list or len(got) != len(shape):
+        return False
+    for d, want in zip(got, shape):  # a loop, not generators: this runs for every array received
+        if type(d) is not int or d < 0 or (want is not None and d != want):
+            return False
+    return True
+
+
 def decode_array(value: Any, name: str, dtype: str, shape: tuple[int | None, ...]) -> np.ndarray:
-    """Rebuild an array, insisting on `dtype` and `shape` (None: any length, checked later)."""
-    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
+    """Rebuild an array, insisting on `dtype` and `shape` (None: any length, checked later).
+
+    The array is a view of the received bytes, not a copy (read-only)."""
+    if type(value) is not dict or value.keys() != _ARRAY_KEYS:
         raise ProtocolError(Reason.BAD_ARRAY, f"{name} must be a map of dtype, shape and data")
     if value["dtype"] != dtype:
         raise ProtocolError(Reason.BAD_ARRAY, f"{name} must have dtype {dtype}, got {value['dtype']!r:.20}")
     got = value["shape"]
-    if (not isinstance(got, list) or len(got) != len(shape)
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in got)
-            or any(want is not None and d != want for d, want in zip(got, shape))):
+    if not _shape_fits(got, shape):
         raise ProtocolError(Reason.BAD_ARRAY, f"{name} must have shape {shape}, got {got!r:.40}")
     data = value["data"]
-    itemsize = np.dtype(dtype).itemsize
-    if not isinstance(data, bytes) or len(data) != math.prod(got) * itemsize:
+    dt = np.dtype(dtype)
+    if type(data) is not bytes or len(data) != math.prod(got) * dt.itemsize:
         raise ProtocolError(Reason.BAD_ARRAY, f"{name}: data length does not match shape {tuple(got)}")
-    return np.frombuffer(data, dtype=np.dtype(dtype)).reshape(got)
+    return np.frombuffer(data, dtype=dt).reshape(got)
 
 
 def _params(value: Any, name: str, model: type[Model]) -> dict[str, np.ndarray]:
@@ -354,9 +366,14 @@ _TYPES: dict[str, type] = {cls.TYPE: cls for cls in (Register, Heartbeat, Capaci
                                                      Shutdown, Error)}
 
 
+# Each message type's fields, looked up once: encode and decode run for every message.
+_FIELDS: dict[type, tuple] = {cls: fields(cls) for cls in _TYPES.values()}
+_NAMES: dict[type, frozenset[str]] = {cls: frozenset(("v", "type", *(f.name for f in fs))) for cls, fs in _FIELDS.items()}
+
+
 def encode(msg: Message) -> bytes:
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "type": msg.TYPE}
-    for f in fields(msg):
+    for f in _FIELDS[type(msg)]:
         body[f.name] = _encode_value(getattr(msg, f.name))
     return msgpack.packb(body, use_bin_type=True)
 
@@ -380,14 +397,14 @@ def decode(frame: bytes | memoryview, model: type[Model] | None = None) -> Messa
     cls = _TYPES.get(body.get("type")) if isinstance(body.get("type"), str) else None
     if cls is None:
         raise ProtocolError(Reason.UNKNOWN_TYPE, f"message type {body.get('type')!r:.40}")
-    names = [f.name for f in fields(cls)]
-    if set(body) != {"v", "type", *names}:
-        raise ProtocolError(Reason.BAD_FIELD, f"{cls.TYPE} must have exactly the fields {names}")
+    if body.keys() != _NAMES[cls]:
+        raise ProtocolError(Reason.BAD_FIELD, f"{cls.TYPE} must have exactly the fields "
+                                              f"{[f.name for f in _FIELDS[cls]]}")
     if cls is Params and body["model"] != model.name:
         raise ProtocolError(Reason.WRONG_MODEL, f"parameters of model {body['model']!r:.40}, "
                             f"this side computes {model.name}")
     return cls(**{f.name: f.metadata["decode"](body[f.name], f.name, *([model] if "model" in f.metadata else []))
-                  for f in fields(cls)})
+                  for f in _FIELDS[cls]})
 
 
 def all_finite(arrays: dict[str, np.ndarray]) -> bool:

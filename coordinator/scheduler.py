@@ -1,6 +1,6 @@
 """Which unit of work goes to which worker, and which result counts: pure logic, no sockets.
 
-A step's batch is cut into a fixed number of shards (`lenet.shards.split_batch`) and
+A step's batch is cut into a fixed number of shards (`lenet.shards.shard_sizes`) and
 the shards are grouped into units, runs of consecutive shards sized for the
 members' capacities (`work_units`, below).  The scheduler hands units to workers, takes a
 unit back when its worker dies, leaves, or misses the task deadline, and accepts

@@ -10,8 +10,15 @@ times, metrics and logs; the rules live in pure rooms it calls:
     gets which unit now, prefetch and backups;
   - `Verification` (coordinator/trust.py): which answers are believed, what the
     coordinator computes itself, who is banned;
-  - `Training.apply` (add the units up the fixed tree, step the optimizer) and
-    `Training.end_epoch`; `Checkpointer` (coordinator/checkpoint.py).
+  - `Training.gradient` and `apply` (add the units up the fixed tree, step the
+    optimizer), `close_epoch` and `record_epoch`; `Checkpointer` (coordinator/checkpoint.py).
+The test-set evaluation of a finished epoch runs in a thread while the next epoch
+trains (the workers never wait for it); its epoch is recorded and logged when it
+is done, and before any other checkpoint or the end.  The epoch's own checkpoint is
+written before it is closed (its sums, not yet its record): resuming from it closes
+the epoch again, with the same result.
+`Phases` (coordinator/phases.py) times each part of the loop for the per-step
+breakdown (`breakdown`, and `lenet_coordinator_seconds_total` in /metrics).
 Every node of the reduction tree is the same float32 addition wherever it is done,
 so the parameters are bit-identical whatever the number, order or failures of workers.
 """
@@ -22,6 +29,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +43,12 @@ from coordinator.endpoint import RouterEndpoint
 from coordinator.hub import Hub
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
+from coordinator.phases import Phases
 from coordinator.ratelimit import TokenBucket
 from coordinator.refusals import Reason, RefusalStreaks
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
-from coordinator.training import RunState, StepReport, Training, TrainingDiverged
+from coordinator.training import ClosedEpoch, RunState, StepReport, Training, TrainingDiverged
 from lenet.bounds import implausible
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
@@ -90,6 +99,20 @@ class Coordinator:
                        registrations=TokenBucket(rate=service.registrations_per_second,
                                                  burst=service.registration_burst), on_reject=self._refused)
         self.members = self.hub.members
+        self.phases = Phases()  # where the loop's time goes: the per-step breakdown
+        self._published = dict(self.phases.totals)
+        self._phase_seconds = {p: metrics.coordinator_seconds.labels(p) for p in self.phases.totals}
+        self.worker_compute = 0.0  # seconds workers spent computing accepted units, over the run
+        self.steps_timed = 0
+        self.steps_seconds = 0.0  # from a step's start to its end, over the run
+        # From a step's last result to the next step's work sent: what the workers wait for the coordinator.
+        self.between_steps = 0.0
+        self._completed_at: float | None = None
+        self.cpu_started = time.process_time()
+        # The test-set evaluation of an epoch runs here while the next epoch trains: it needs only the
+        # epoch's parameters, and the workers need not wait for it.
+        self.evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
+        self.evaluating: tuple[ClosedEpoch, Future[float]] | None = None
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -105,6 +128,7 @@ class Coordinator:
         self.hub.broadcast(P.encode(P.Shutdown(reason=reason)))
 
     def close(self, linger_ms: int = 0) -> None:
+        self.evaluator.shutdown(wait=True)
         self.endpoint.close(linger_ms)
 
     # ------------------------------------------------------------------ members
@@ -171,7 +195,8 @@ class Coordinator:
 
     def _handle(self, identity: bytes, member: Member, msg: P.Message, now: float) -> None:
         if isinstance(msg, P.Result):
-            self._on_result(identity, member, msg)
+            with self.phases.timed("checks"):
+                self._on_result(identity, member, msg)
         elif isinstance(msg, P.Capacity):
             if msg.capacity != member.capacity:  # rate-limited: a peer may send these as fast as it likes
                 self.hub.warn_limited(f"capacity {member.label}", f"relay {member.label} now serves "
@@ -193,8 +218,9 @@ class Coordinator:
             self.hub.reject(refusal, identity, where)
             return
         unit = sched.index[msg.first]
-        doubt = Reason.NON_FINITE if not P.finite(msg) else (
-            Reason.IMPLAUSIBLE if implausible(msg.grads, msg.factors, msg.count, step.bounds, step.model) else None)
+        doubt = None  # the bound check also fails on NaN and infinity: which of the two, is asked only then
+        if implausible(msg.grads, msg.factors, msg.count, step.bounds, step.model):
+            doubt = Reason.IMPLAUSIBLE if P.finite(msg) else Reason.NON_FINITE
         if refusal is not None:  # too late to use; it may still show that its sender computes
             self.hub.reject(refusal, identity, where)
             if doubt is None and sched.was_given(unit, identity):
@@ -206,6 +232,7 @@ class Coordinator:
             self.deadlines.record(msg.compute_seconds, msg.count)
             self.metrics.worker_compute.labels(member.label).inc(msg.compute_seconds)
             self.metrics.worker_shards.labels(member.label).inc(msg.shards)
+            self.worker_compute += msg.compute_seconds
         others = any(i != identity for i in self.members.eligible(time.monotonic()))
         self._carry_out(step.verification.answer(identity, unit, msg, doubt, where, others))
 
@@ -241,7 +268,8 @@ class Coordinator:
         task = self.step.task(unit)
         self.local_model.params = self.step.params
         start = time.perf_counter()
-        sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
+        with self.phases.timed("recompute"):
+            sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         self.metrics.units_recomputed_locally.inc()
         return P.result_of(task.step, sums, time.perf_counter() - start)
 
@@ -294,7 +322,8 @@ class Coordinator:
         """Hand out units (coordinator/dispatch.py); a unit under check that nobody else may take is computed here."""
         step = self.step
         assert step is not None
-        self.metrics.backup_tasks.inc(self.hub.dispatch([step.batch], now, self.deadlines, self.turnaround))
+        with self.phases.timed("send"):
+            self.metrics.backup_tasks.inc(self.hub.dispatch([step.batch], now, self.deadlines, self.turnaround))
         sched = step.scheduler
         for unit in [u for u in sched.pending if u in step.verification.candidates]:
             if not [i for i, _ in self.hub.workers_for_work(now) if i != sched.excluded.get(unit)]:  # nobody else
@@ -303,7 +332,11 @@ class Coordinator:
     def _finish_step(self, now: float) -> StepReport:
         step = self.step
         assert step is not None
-        report = self.training.apply(step.results(), step.plan.units)
+        results = step.results()
+        with self.phases.timed("reduce"):
+            grads = self.training.gradient(results, step.plan.units)
+        with self.phases.timed("optimizer"):
+            report = self.training.apply(results, step.plan.units, grads)
         m = self.metrics
         m.samples.inc(report.samples)
         m.steps.inc()
@@ -311,31 +344,70 @@ class Coordinator:
         m.learning_rate.set(report.lr)
         m.epoch_samples.set(self.training.state.epoch_samples)
         m.step_duration.observe(now - step.started)
+        self.steps_timed += 1
+        self.steps_seconds += now - step.started
         self.step = None
         if report.epoch_ended:
-            self._end_epoch()
+            with self.phases.timed("checkpoint"):
+                self.save_checkpoint()  # before the epoch is closed: a resume from it closes it again
+            self._end_epoch(seconds=time.monotonic() - self.epoch_started)
         elif self.service.checkpoint_every and report.step % self.service.checkpoint_every == 0:
-            self.save_checkpoint()
+            self._settle_evaluation(wait=True)  # a checkpoint holds every finished epoch's record
+            with self.phases.timed("checkpoint"):
+                self.save_checkpoint()
+        self._publish_phases()
         return report
 
-    def _end_epoch(self) -> None:
-        stats = self.training.end_epoch(seconds=time.monotonic() - self.epoch_started)
-        self.metrics.train_accuracy.set(stats.train_accuracy)
-        self.metrics.test_accuracy.set(stats.test_accuracy)
+    def _publish_phases(self) -> None:
+        for phase, seconds in self.phases.since(self._published).items():
+            if seconds > 0:
+                self._phase_seconds[phase].inc(seconds)
+        self._published = dict(self.phases.totals)
+
+    def breakdown(self) -> str:
+        """One line: where a step's time went, on average over the run (the benchmark reads it)."""
+        n = max(1, self.steps_timed)
+        parts = "  ".join(f"{k} {1000 * v / n:.2f}" for k, v in self.phases.totals.items() if k != "idle")
+        cpu = time.process_time() - self.cpu_started
+        return (f"time per step (ms): step {1000 * self.steps_seconds / n:.2f}  coordinator cpu {1000 * cpu / n:.2f}"
+                f"  worker compute "
+                f"{1000 * self.worker_compute / n:.2f}  between steps {1000 * self.between_steps / n:.2f}  "
+                f"coordinator busy {1000 * self.phases.busy() / n:.2f}: "
+                f"{parts}  idle {1000 * self.phases.totals['idle'] / n:.2f}  ({self.steps_timed} steps)")
+
+    def _end_epoch(self, seconds: float) -> None:
+        """Close the epoch and start its test-set evaluation; training goes on meanwhile."""
+        self._settle_evaluation(wait=True)  # the previous epoch's, if epochs are shorter than an evaluation
+        closed = self.training.close_epoch(seconds)
+        self.epoch_started = time.monotonic()
         self.metrics.epoch.set(self.training.epoch)
         self.metrics.epoch_samples.set(0)
+        self.evaluating = (closed, self.evaluator.submit(self.training.test_accuracy, closed.params))
+
+    def _settle_evaluation(self, wait: bool) -> None:
+        """Record the evaluated epoch (log line, metrics) once its accuracy is known, or now if `wait`."""
+        if self.evaluating is None or not (wait or self.evaluating[1].done()):
+            return
+        closed, future = self.evaluating
+        with self.phases.timed("evaluation"):
+            accuracy = future.result()
+        self.evaluating = None
+        stats = self.training.record_epoch(closed, accuracy)
+        self.metrics.train_accuracy.set(stats.train_accuracy)
+        self.metrics.test_accuracy.set(stats.test_accuracy)
         log.info("epoch %d/%d: loss %.4f  train acc %.2f%%  test acc %.2f%%  %d samples  %.0f samples/s  %d workers",
                  stats.epoch, self.training.config.epochs, stats.loss, 100 * stats.train_accuracy,
                  100 * stats.test_accuracy, stats.samples, stats.samples_per_second, len(self.members))
-        self.epoch_started = time.monotonic()
-        self.save_checkpoint()
 
     # ------------------------------------------------------------------ the loop
 
     def _turn(self, wait: float, tick: Callable[[], None]) -> float:
         """Wait up to `wait` s for messages, handle them, check liveness, run `tick`; returns the time after."""
-        if self.hub.poll(wait):
-            self.hub.drain(self._handle, fatal=(TrainingDiverged,))
+        with self.phases.timed("idle"):
+            ready = self.hub.poll(wait)
+        if ready:
+            with self.phases.timed("receive"):
+                self.hub.drain(self._handle, fatal=(TrainingDiverged,))
         now = time.monotonic()
         self._check_liveness(now)
         tick()
@@ -356,7 +428,15 @@ class Coordinator:
 
     def run(self, stop: Callable[[], bool], tick: Callable[[], None] = lambda: None,
             progress: StepObserver = lambda report, workers: None) -> RunOutcome:
-        """Train until done or `stop()` is true; `tick` runs every loop turn, `progress` after each step."""
+        """Train until done or `stop()` is true; `tick` runs every loop turn, `progress` after each step.
+
+        However it ends, the epoch under evaluation is recorded first: what is saved then holds it."""
+        try:
+            return self._train(stop, tick, progress)
+        finally:
+            self._settle_evaluation(wait=True)
+
+    def _train(self, stop: Callable[[], bool], tick: Callable[[], None], progress: StepObserver) -> RunOutcome:
         training = self.training
         self.metrics.epoch.set(training.epoch)
         if not training.done and not self.wait_for_workers(stop, tick):  # a finished run needs no workers
@@ -366,17 +446,26 @@ class Coordinator:
                      training.total_steps - training.state.step, training.config.batch_size, training.num_shards,
                      len(self.members))
         self.epoch_started = time.monotonic()
+        if training.epoch_unclosed:  # resumed from the checkpoint of an epoch's last step
+            self._end_epoch(seconds=0.0)  # its time is not known: it ran before the restart
         paused = False  # no live worker: said once, until one registers
         while not training.done:
             if stop():
                 return RunOutcome(training.params, training.state, finished=False)
             now = time.monotonic()
             if self.step is None:
-                plan = training.plan(training.state.step, self._capacities(now))
-                self.step = Step.start(plan, training.params, self.service.task_timeout, now, type(training.model),
-                                       secret=self.secret, verify_fraction=self.service.verify_fraction)
+                with self.phases.timed("plan"):
+                    plan = training.plan(training.state.step, self._capacities(now))
+                with self.phases.timed("send"):  # encodes the parameters
+                    self.step = Step.start(plan, training.params, self.service.task_timeout, now,
+                                           type(training.model), secret=self.secret,
+                                           verify_fraction=self.service.verify_fraction)
             self._dispatch(now)
-            training.plan_ahead(self._capacities(now))
+            if self._completed_at is not None:
+                self.between_steps += time.perf_counter() - self._completed_at
+                self._completed_at = None
+            with self.phases.timed("plan"):
+                training.plan_ahead(self._capacities(now))
             deadline = self.step.scheduler.next_deadline()
             now = self._turn(0.1 if deadline is None else min(0.1, max(0.0, deadline - now)), tick)
             # No member, or only relays that have no worker right now (stops at the first with capacity).
@@ -387,5 +476,7 @@ class Coordinator:
             paused = idle
             self._check_stuck()
             if self.step.scheduler.complete:
+                self._completed_at = time.perf_counter()
                 progress(self._finish_step(now), len(self.members))
+            self._settle_evaluation(wait=False)
         return RunOutcome(training.params, training.state, finished=True)

@@ -65,6 +65,7 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
 
         try:
             outcome = coordinator.run(stop=stop, tick=tick, progress=progress)
+            log.info("%s", coordinator.breakdown())
         except TrainingDiverged:
             coordinator.save_checkpoint()
             raise

@@ -27,7 +27,7 @@ from coordinator.trust import Verification
 from lenet.architecture import Model
 from lenet.params import Params
 from lenet.reduction import Node
-from lenet.shards import split_batch
+from lenet.shards import shard_sizes
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def plan_step(step: int, batch: np.ndarray, num_shards: int, capacities: tuple[i
               images: np.ndarray, labels: np.ndarray, model: type[Model] | None = None) -> StepPlan:
     """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`
     (units cut to fit a message of `model`'s results; default: the default model)."""
-    sizes = [len(s) for s in split_batch(batch, num_shards)]
+    sizes = shard_sizes(len(batch), num_shards)
     starts = [0, *accumulate(sizes)]  # the shards are consecutive runs of the batch
     units, weights = fit_units(*work_units(len(sizes), capacities), sizes, P.max_unit_samples(len(sizes), model))
     tasks, samples = [], []

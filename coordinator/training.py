@@ -5,7 +5,8 @@ count, the training data, the model and its optimizer.  It plans each step's wor
 (`plan`), applies a finished step (`apply`: the units' sums added up the rest of
 the fixed tree and the linear layers' factors multiplied out, divided by the
 batch size, one optimizer step at `schedule(step)`)
-and closes epochs (`end_epoch`: test accuracy and the epoch's statistics).  What a
+and closes epochs (`close_epoch`, then `record_epoch` with the test accuracy of the
+epoch's parameters, which the coordinator computes while the next epoch trains).  What a
 checkpoint must restore is `state` plus the parameters and optimizer state
 (coordinator/checkpoint.py).
 """
@@ -60,6 +61,19 @@ class StepReport:
         return self.step % self.steps_per_epoch == 0
 
 
+@dataclass(frozen=True)
+class ClosedEpoch:
+    """An epoch whose steps are all applied, waiting for its test accuracy (computed off the loop)."""
+
+    epoch: int  # 1-based
+    steps: int  # steps done at its end
+    samples: int
+    loss: float
+    train_accuracy: float
+    seconds: float
+    params: Params  # a copy of the parameters at its end: what the test accuracy is measured on
+
+
 class Training:
     def __init__(self, config: TrainConfig, num_shards: int, data: MNIST):
         if num_shards < 1:
@@ -87,6 +101,11 @@ class Training:
         return self.state.step >= self.total_steps
 
     @property
+    def epoch_unclosed(self) -> bool:
+        """At an epoch's last step with its sums not yet closed (a checkpoint is written just then)."""
+        return self.state.step % self.steps_per_epoch == 0 and self.state.epoch_samples > 0
+
+    @property
     def epoch(self) -> int:
         """The epoch under way, 1-based (the last one once the run is done)."""
         return min(self.state.step // self.steps_per_epoch + 1, self.config.epochs)
@@ -112,11 +131,16 @@ class Training:
         return plan_step(step, self._batches[1][index], self.num_shards, capacities,
                          self.data.train_images, self.data.train_labels, type(self.model))
 
-    def apply(self, results: Mapping[Node, P.Result], units: list[Node]) -> StepReport:
-        """Add a finished step's unit results up the tree and step the optimizer."""
+    def gradient(self, results: Mapping[Node, P.Result], units: list[Node]) -> Params:
+        """A finished step's mean gradient: its units' results added up the rest of the tree."""
+        return mean_gradient(results, units[-1][1], sum(results[unit].count for unit in units))
+
+    def apply(self, results: Mapping[Node, P.Result], units: list[Node], grads: Params | None = None) -> StepReport:
+        """Step the optimizer with the step's mean gradient (`gradient`, computed here unless given)."""
         ordered = [results[unit] for unit in units]
         n = sum(r.count for r in ordered)
-        grads = mean_gradient(results, units[-1][1], n)
+        if grads is None:
+            grads = self.gradient(results, units)
         lr = self.schedule(self.state.step)
         before = ({k: v.copy() for k, v in self.model.params.items()}, self.optimizer.state_dict())
         self.optimizer.step(self.model.params, grads, lr)
@@ -133,17 +157,26 @@ class Training:
         return StepReport(step=st.step, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
                           epochs=self.config.epochs, loss=loss_sum / n, samples=n, lr=lr)
 
-    def end_epoch(self, seconds: float) -> EpochStats:
-        """Evaluate on the test set, record the epoch in the history and start the next one's sums."""
+    def close_epoch(self, seconds: float) -> ClosedEpoch:
+        """End the epoch's sums (the next epoch starts from zero); its test accuracy is still to come."""
         st = self.state
-        test_acc = evaluate(self.model.params, self.data.test_images, self.data.test_labels, model=type(self.model))
-        stats = EpochStats(epoch=st.step // self.steps_per_epoch, steps=st.step, samples=st.epoch_samples,
-                           loss=st.epoch_loss_sum / st.epoch_samples,
-                           train_accuracy=st.epoch_correct / st.epoch_samples, test_accuracy=test_acc,
-                           seconds=seconds)
-        st.history.append({"epoch": stats.epoch, "samples": stats.samples, "loss": stats.loss,
-                           "train_accuracy": stats.train_accuracy, "test_accuracy": test_acc})
+        closed = ClosedEpoch(epoch=st.step // self.steps_per_epoch, steps=st.step, samples=st.epoch_samples,
+                             loss=st.epoch_loss_sum / st.epoch_samples,
+                             train_accuracy=st.epoch_correct / st.epoch_samples, seconds=seconds,
+                             params={k: v.copy() for k, v in self.model.params.items()})
         st.epoch_loss_sum, st.epoch_correct, st.epoch_samples = 0.0, 0, 0
+        return closed
+
+    def test_accuracy(self, params: Params) -> float:
+        """Accuracy of `params` on the test set.  Reads nothing that training changes: safe in another thread."""
+        return evaluate(params, self.data.test_images, self.data.test_labels, model=type(self.model))
+
+    def record_epoch(self, closed: ClosedEpoch, test_accuracy: float) -> EpochStats:
+        """A closed epoch, with its test accuracy, into the history (in epoch order: the caller's promise)."""
+        stats = EpochStats(epoch=closed.epoch, steps=closed.steps, samples=closed.samples, loss=closed.loss,
+                           train_accuracy=closed.train_accuracy, test_accuracy=test_accuracy, seconds=closed.seconds)
+        self.state.history.append({"epoch": stats.epoch, "samples": stats.samples, "loss": stats.loss,
+                                   "train_accuracy": stats.train_accuracy, "test_accuracy": test_accuracy})
         return stats
 
     def final_test_accuracy(self) -> float:

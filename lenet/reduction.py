@@ -1,6 +1,6 @@
 """How shard gradients add up: one fixed binary tree, whoever does the adding.
 
-A batch is cut into S shards (`lenet.shards.split_batch`). Their summed gradients
+A batch is cut into S shards (`lenet.shards.shard_sizes`). Their summed gradients
 (of the convolutions; the linear layers' are multiplied out from per-sample factors
 at the root, see `lenet.shards.mean_gradient`) are added pairwise in the tree over
 the shard range [0, S) in which a node [lo, hi) splits at lo + (largest power of two

@@ -1,7 +1,7 @@
 """A batch cut into shards, a run of shards computed, and a batch's gradient put together.
 
 The arithmetic that makes the service bit-identical to the reference trainer is
-written here once.  `split_batch` fixes a batch's shards from the batch alone (never
+written here once.  `shard_sizes` fixes a batch's shards from the batch size alone (never
 from the number of workers).  `unit_sums` computes a unit, any run of consecutive
 shards: the tree parameters' gradients summed for each node of its cover in
 `lenet.reduction`'s tree, the linear layers' per-sample factors in sample order.
@@ -67,14 +67,19 @@ class Contribution(Protocol):
     def factors(self) -> Factors: ...
 
 
-def split_batch(indices: np.ndarray, num_shards: int) -> list[np.ndarray]:
-    """Cut a batch into at most `num_shards` contiguous, non-empty shards, sizes differing by <= 1.
+def shard_sizes(n: int, num_shards: int) -> list[int]:
+    """Sizes of the contiguous shards of an n-sample batch: min(num_shards, n) of them, none empty, differing
+    by at most one, the larger first (as `numpy.array_split` cuts).
 
-    Depends only on the batch and `num_shards`: never on how many workers exist.
+    Depends only on the batch size and `num_shards`: never on how many workers exist.
     """
     if num_shards < 1:
         raise ValueError(f"number of shards must be >= 1, got {num_shards}")
-    return [s for s in np.array_split(indices, min(num_shards, len(indices))) if len(s)]
+    if n < 1:
+        raise ValueError(f"a batch needs at least one sample, got {n}")
+    k = min(num_shards, n)
+    q, r = divmod(n, k)
+    return [q + 1] * r + [q] * (k - r)
 
 
 def unit_sums(model: Model, pixels: np.ndarray, labels: np.ndarray, sizes: Sequence[int],
@@ -122,7 +127,7 @@ def gather(parts: Sequence[UnitSums], num_shards: int) -> UnitSums:
 
 def summed_loss(units: Iterable[Contribution]) -> float:
     """The units' summed cross-entropy, exactly rounded: the same float however the batch was cut."""
-    return math.fsum(x for unit in units for x in unit.losses.tolist())
+    return math.fsum(np.concatenate([unit.losses for unit in units]).tolist())
 
 
 def mean_gradient(units: Mapping[Node, Contribution], num_shards: int, n: int) -> Params:

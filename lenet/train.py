@@ -4,7 +4,7 @@
 
 Each step takes the batch `epoch_batches(seed, epoch, ...)[i]`, computes summed
 gradients, averages them with `mean_gradient`, and applies the optimizer at the
-scheduled learning rate.  With `shards=S` the batch is cut by `split_batch` and the
+scheduled learning rate.  With `shards=S` the batch is cut by `shard_sizes` and the
 shard sums are added in the fixed tree by `lenet.shards.unit_sums` and the linear
 layers' gradients multiplied out over the batch by `mean_gradient`: exactly the
 service's arithmetic, so the result is bit-identical to the coordinator run with `--shards S`.
@@ -34,7 +34,7 @@ from lenet.data import (  # noqa: E402
 from lenet.architecture import Model  # noqa: E402
 from lenet.models import DEFAULT_MODEL, get_model  # noqa: E402
 from lenet.params import Params  # noqa: E402
-from lenet.shards import DEFAULT_SHARDS, mean_gradient, split_batch, summed_loss, unit_sums  # noqa: E402
+from lenet.shards import DEFAULT_SHARDS, mean_gradient, shard_sizes, summed_loss, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, write_npz  # noqa: E402
 from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
 
@@ -117,7 +117,7 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
         for idx in epoch_batches(config.seed, epoch, n, config.batch_size):
             if config.max_steps is not None and result.steps >= config.max_steps:
                 break
-            sizes = [len(s) for s in split_batch(idx, shards)]
+            sizes = shard_sizes(len(idx), shards)
             sums = unit_sums(model, data.train_images[idx], data.train_labels[idx], sizes)
             whole = (0, len(sizes))  # one unit: the whole batch
             optimizer.step(model.params, mean_gradient({whole: sums}, len(sizes), len(idx)), schedule(result.steps))

@@ -311,8 +311,8 @@ def nonconforming_worker(tmp: Path) -> Run:
     asks)."""
     patch = ("import sys, numpy as np; from lenet import model as m; real = m.LeNet5.stacked_shard_sums\n"
              "def flipped(self, x, y, sizes):\n"
-             "    r = real(self, x, y, sizes); b = r.grads['conv1.bias']; i = (0,) * b.ndim\n"
-             "    b[i] = np.nextafter(b[i], np.float32(np.inf)); return r  # one unit in the last place\n"
+             "    r = real(self, x, y, sizes); f = r.factors['fc3.delta']  # per sample: no sum can round it away\n"
+             "    f[0, 0] = np.nextafter(f[0, 0], np.float32(np.inf)); return r  # one unit in the last place\n"
              "m.LeNet5.stacked_shard_sums = flipped\n"
              "from worker.__main__ import main; from lenet.status import run_main; sys.exit(run_main(main, 'worker'))")
 

@@ -195,3 +195,15 @@ def test_setting_aside_never_replaces_a_file_set_aside_before(tmp_path):
         ckpt.save(tmp_path, bad)
         assert ckpt.candidates(tmp_path, train_images=TRAIN_IMAGES) == []
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".1", ".damaged"]
+
+
+def test_an_unclosed_epoch_and_a_record_on_its_way_are_consistent_but_more_is_not(tmp_path):
+    unclosed = checkpoint(10)
+    unclosed.meta["run"].update(history=[], epoch_samples=TRAIN_IMAGES)  # the epoch's last step, not yet closed
+    lagging = checkpoint(15)
+    lagging.meta["run"]["history"] = []  # epoch 1's test accuracy still being computed
+    for c in (unclosed, lagging):
+        assert ckpt.run_problem({"step": c.step, **c.meta}, TRAIN_IMAGES) is None
+    ahead = checkpoint(15)
+    ahead.meta["run"]["history"] = [dict(EPOCH), dict(EPOCH, epoch=2)]
+    assert "holds 2 epochs, step 15 means 1" in ckpt.run_problem({"step": 15, **ahead.meta}, TRAIN_IMAGES)

@@ -21,7 +21,7 @@ from lenet.config import TrainConfig
 from lenet.model import LeNet5
 from lenet.models import DEFAULT_MODEL, MODELS, get_model
 from lenet.probe import probe_digest
-from lenet.shards import gather, mean_gradient, split_batch, unit_sums
+from lenet.shards import gather, mean_gradient, shard_sizes, unit_sums
 from lenet.status import UsageError
 from lenet.train import load_model, save_model, train
 
@@ -113,7 +113,7 @@ def test_a_second_model_goes_through_units_bounds_and_probe(mnist, toy):
     model = toy(seed=1)
     n, num_shards = 40, 8
     pixels, labels = mnist.train_images[:n], mnist.train_labels[:n]
-    sizes = [len(s) for s in split_batch(np.arange(n), num_shards)]
+    sizes = shard_sizes(n, num_shards)
     whole = unit_sums(model, pixels, labels, sizes)
     reference = mean_gradient({(0, num_shards): whole}, num_shards, n)
     bounds = np.cumsum([0, *sizes])

@@ -5,16 +5,24 @@ import pytest
 
 from lenet.model import LeNet5
 from coordinator.scheduler import work_units
-from lenet.shards import gather, mean_gradient, split_batch, summed_loss, unit_sums
+from lenet.shards import gather, mean_gradient, shard_sizes, summed_loss, unit_sums
 
 
 def test_split_is_fixed_and_independent_of_workers():
-    shards = split_batch(np.arange(100), 8)
-    assert [len(s) for s in shards] == [13, 13, 13, 13, 12, 12, 12, 12]
-    assert np.array_equal(np.concatenate(shards), np.arange(100))
-    assert [len(s) for s in split_batch(np.arange(3), 8)] == [1, 1, 1]
+    assert shard_sizes(100, 8) == [13, 13, 13, 13, 12, 12, 12, 12]
+    assert shard_sizes(3, 8) == [1, 1, 1]
     with pytest.raises(ValueError, match="shards must be >= 1, got 0"):
-        split_batch(np.arange(4), 0)
+        shard_sizes(4, 0)
+    with pytest.raises(ValueError, match="at least one sample"):
+        shard_sizes(0, 8)
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 63, 64, 65, 96, 128, 1000, 60000])
+@pytest.mark.parametrize("num_shards", [1, 2, 3, 8, 64, 500])
+def test_shards_are_cut_as_numpy_array_split_cuts(n, num_shards):
+    """The cut of every run before the arithmetic replaced np.array_split: checkpoints and results stay valid."""
+    expected = [len(s) for s in np.array_split(np.arange(n), min(num_shards, n))]
+    assert shard_sizes(n, num_shards) == expected
 
 
 @pytest.mark.parametrize("num_shards, n", [(8, 100), (64, 128), (64, 96)])
@@ -26,7 +34,7 @@ def test_units_computed_apart_add_up_to_the_whole_batch_bit_for_bit(mnist, num_s
     last batch, whose shards have 1 or 2 samples."""
     model = LeNet5(seed=1)
     pixels, labels = mnist.train_images[:n], mnist.train_labels[:n]
-    sizes = [len(s) for s in split_batch(np.arange(n), num_shards)]
+    sizes = shard_sizes(n, num_shards)
     whole = unit_sums(model, pixels, labels, sizes)
     reference = mean_gradient({(0, num_shards): whole}, num_shards, n)
     bounds = np.cumsum([0, *sizes])

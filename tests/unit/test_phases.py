@@ -1,0 +1,64 @@
+"""The phase timer's rules: each second counted once, inner phases taken out of outer ones."""
+
+import pytest
+
+from coordinator.phases import PHASES, Phases
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_phase_counts_the_time_inside_it():
+    clock = Clock()
+    phases = Phases(clock)
+    with phases.timed("reduce"):
+        clock.now += 2.0
+    clock.now += 5.0  # outside any phase: not counted
+    assert phases.totals["reduce"] == 2.0
+    assert phases.busy() == 2.0
+
+
+def test_an_inner_phase_is_not_counted_again_in_the_outer_one():
+    clock = Clock()
+    phases = Phases(clock)
+    with phases.timed("checks"):
+        clock.now += 1.0
+        with phases.timed("recompute"):
+            clock.now += 3.0
+        clock.now += 0.5
+    assert phases.totals["checks"] == 1.5
+    assert phases.totals["recompute"] == 3.0
+    assert phases.busy() == 4.5
+
+
+def test_idle_is_not_busy_and_since_gives_the_difference():
+    clock = Clock()
+    phases = Phases(clock)
+    with phases.timed("idle"):
+        clock.now += 4.0
+    before = dict(phases.totals)
+    with phases.timed("send"):
+        clock.now += 1.0
+    assert phases.busy() == 1.0
+    assert phases.since(before) == {**dict.fromkeys(PHASES, 0.0), "send": 1.0}
+
+
+def test_a_phase_ended_by_an_exception_still_counts():
+    clock = Clock()
+    phases = Phases(clock)
+    with pytest.raises(RuntimeError):
+        with phases.timed("optimizer"):
+            clock.now += 1.0
+            raise RuntimeError("diverged")
+    assert phases.totals["optimizer"] == 1.0
+
+
+def test_an_unknown_phase_is_refused():
+    with pytest.raises(KeyError):
+        with Phases().timed("coffee"):
+            pass
