@@ -329,13 +329,14 @@ def run_problem(meta: dict[str, Any], train_images: int) -> str | None:
     n = min(config["train_subset"] or train_images, train_images)
     per_epoch = -(-n // config["batch_size"])
     step, run = meta["step"], meta["run"]
-    done = step // per_epoch
-    # The newest epoch's record may still be on its way (its test accuracy is computed while the next
-    # epoch trains), and a checkpoint at an epoch's last step may hold that epoch unclosed.
-    if len(run["history"]) not in (done, done - 1):
-        return f"run history holds {len(run['history'])} epochs, step {step} means {done}"
-    allowed = {(step % per_epoch) * config["batch_size"]} | ({n} if step and step % per_epoch == 0 else set())
-    if run["epoch_samples"] not in allowed:
+    # A checkpoint at an epoch's last step may hold that epoch unclosed (all its samples summed), and
+    # the newest closed epoch's record may still be on its way (its test accuracy is computed while
+    # the next epoch trains).
+    unclosed = step > 0 and step % per_epoch == 0 and run["epoch_samples"] == n
+    closed = step // per_epoch - unclosed
+    if not closed - 1 <= len(run["history"]) <= closed:
+        return f"run history holds {len(run['history'])} epochs, step {step} means {closed}"
+    if not unclosed and run["epoch_samples"] != (step % per_epoch) * config["batch_size"]:
         return f"run epoch_samples {run['epoch_samples']} disagrees with step {step}"
     return None
 

@@ -202,7 +202,9 @@ def test_an_unclosed_epoch_and_a_record_on_its_way_are_consistent_but_more_is_no
     unclosed.meta["run"].update(history=[], epoch_samples=TRAIN_IMAGES)  # the epoch's last step, not yet closed
     lagging = checkpoint(15)
     lagging.meta["run"]["history"] = []  # epoch 1's test accuracy still being computed
-    for c in (unclosed, lagging):
+    both = checkpoint(20)
+    both.meta["run"].update(history=[], epoch_samples=TRAIN_IMAGES)  # epoch 2 unclosed, epoch 1 still evaluated
+    for c in (unclosed, lagging, both):
         assert ckpt.run_problem({"step": c.step, **c.meta}, TRAIN_IMAGES) is None
     ahead = checkpoint(15)
     ahead.meta["run"]["history"] = [dict(EPOCH), dict(EPOCH, epoch=2)]
