@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 from coordinator.config import ServiceConfig  # noqa: E402
 from lenet import npzfile  # noqa: E402
-from lenet.cli import add_flag, optional, parse_bool, serve_metrics  # noqa: E402
+from lenet.cli import add_flag, counted, optional, parse_bool, serve_metrics  # noqa: E402
 from lenet.config import add_training_flags, config_from_args  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS  # noqa: E402
-from lenet.status import ExitStatus, RefusedError, UsageError, run_main  # noqa: E402
+from lenet.status import ExitStatus, RefusedError, UsageError, finishing, run_main  # noqa: E402
 
 if TYPE_CHECKING:
     from coordinator import checkpoint as ckpt
@@ -47,9 +47,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("coordinator")
 
-# Verification by recomputation, by default on 2 % of units: a liar answering 1 unit
-# in 10 is caught within about 50 of its answers, for 2 % more computing.  Honest
-# workers on other CPUs are already stopped at the door by the conformance probe.
+# Verification by recomputation, by default on 2 % of units: each lie is caught with
+# probability 0.02 (a liar after 50 lies on average), and then all its accepted answers
+# are undone (docs/security.md, "What is still possible"), for 2 % more computing.
+# Honest workers on other CPUs are already stopped at the door by the conformance probe.
 VERIFY_FRACTION = 0.02
 
 
@@ -101,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "directory of the public .key files of the workers admitted (with --curve-secret-key)")
     add_flag(parser, "--progress", sys.stderr.isatty(), parse_bool,
-             "live progress line on stderr")
+             "live progress line on stderr (default: on when stderr is a terminal)")
     return parser
 
 
@@ -127,7 +128,7 @@ class Progress:
         rate = self.samples / max(1e-9, now - self.start)
         sys.stderr.write(f"\repoch {epoch + 1}/{report.epochs} [{bar:<20}] {done:4.0%} "
                          f"step {report.step}/{report.total_steps}  loss {report.loss:.4f}  "
-                         f"{rate:,.0f} samples/s  {workers} workers ")
+                         f"{rate:,.0f} samples/s  {counted(workers, 'worker')} ")
         sys.stderr.flush()
 
 
@@ -275,6 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from coordinator.training import Training, TrainingDiverged
     from lenet.curves import write_curves
     from lenet.data import load_mnist
+    from lenet.output import check_output, save_final
     from lenet.runtime import raise_open_files_limit, tune_malloc
     from lenet.tempfiles import sweep_stale_temporaries
     from lenet.train import save_model
@@ -296,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ckpt.check_writable(args.checkpoint_dir)
             for stale in sweep_stale_temporaries(args.checkpoint_dir):
                 log.info("removed a temporary file left by an earlier run: %s", stale)
+        check_output(args.output)  # before the training, not after it
         data = load_mnist(args.data_dir)
         start_params = initial_params(args.init_from, train_config.model) if args.init_from is not None else None
         init_digest = npzfile.digest(start_params, "") if start_params is not None else None
@@ -355,13 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     st = outcome.state
     if not outcome.finished:
         log.info("stopped by signal %d at step %d; %s", stop_signal[0] if stop_signal else 0, st.step,
-                 f"checkpoint {outcome.checkpoint}" if outcome.checkpoint else "no checkpoint directory")
+                 f"checkpoint {outcome.checkpoint}: the same command with --resume continues from there"
+                 if outcome.checkpoint else "no checkpoint directory, so nothing to resume from")
         return int(ExitStatus.INTERRUPTED)
     test_acc = training.final_test_accuracy()
-    save_model(args.output, outcome.params, {
+    save_final(args.output, lambda path: save_model(path, outcome.params, {
         "step": st.step, "epoch": st.step / training.steps_per_epoch, "test_accuracy": test_acc,
         "data_checksums": data.checksums, "config": train_config.to_dict(), "history": st.history,
-    }, type(training.model))
+    }, type(training.model)), keep_in=[args.checkpoint_dir])
     curves = write_curves(args.output, st.history)
     log.info("done: test accuracy %.2f%% after %d steps (%.2f epochs) in %.1f s; model saved to %s, curves to %s",
              100 * test_acc, st.step, st.step / training.steps_per_epoch, time.monotonic() - start, args.output,
@@ -370,4 +374,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "coordinator"))
+    sys.exit(finishing(run_main(main, "coordinator")))

@@ -31,6 +31,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ import numpy as np
 from coordinator import protocol as P
 from coordinator import runs
 from coordinator.metrics import Metrics
+from coordinator.ratelimit import RateLimitedLog
 from coordinator.training import RunState, Training
 from lenet.config import TrainConfig
 from lenet.architecture import Model
@@ -53,6 +55,7 @@ _NAME = re.compile(r"^ckpt-(?:([0-9a-f]{12})-)?(\d{9})\.npz$")  # the run's iden
 KEEP = 3
 MAX_HISTORY_EXTRA = 16  # keys an epoch's record may hold beyond EPOCH_FIELDS (numbers or short strings)
 EPOCH_FIELDS = ("epoch", "samples", "loss", "train_accuracy", "test_accuracy")
+RETRY_EVERY = 30.0  # seconds between attempts while checkpoint writes fail (a full disk)
 
 
 @dataclass
@@ -111,27 +114,70 @@ def restore(run: Training, c: Checkpoint) -> None:
 class Checkpointer:
     """Writes the checkpoints of run `identity` into `directory` (None: nowhere), signed with `key` if given.
 
-    A failed write is logged and counted, and training goes on.
+    A failed write (a full disk, say) is counted, and training goes on; while writes
+    fail, the newest good checkpoint falls behind the run, so the log says by how
+    much (one line per `log_every` seconds at most, however often it fails) and
+    `retry_due` asks for another try every `retry_every` seconds, not only at the
+    next scheduled checkpoint.  The first success after failures says so.
     """
 
     def __init__(self, directory: Path | None, metrics: Metrics, identity: runs.RunIdentity,
-                 key: bytes | None = None):
+                 key: bytes | None = None, retry_every: float | None = None, log_every: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic):
         self.directory, self.metrics, self.identity, self.key = directory, metrics, identity, key
+        self.retry_every = RETRY_EVERY if retry_every is None else retry_every
+        self.clock = clock
+        self.newest_step: int | None = None  # of the newest checkpoint this run wrote
+        self.failures = 0  # in a row
+        self._retry_at: float | None = None
+        self._limited = RateLimitedLog(interval=log_every)
+
+    def retry_due(self) -> bool:
+        """True when the last write failed and `retry_every` seconds have passed since."""
+        return self._retry_at is not None and self.clock() >= self._retry_at
 
     def save(self, run: Training) -> Path | None:
         """Checkpoint the last completed step; None if there is no directory or the write failed."""
         if self.directory is None:
             return None
-        start = time.monotonic()
+        start = self.clock()
         try:
             path = save(self.directory, snapshot(run, self.identity), key=self.key)
         except StorageError as err:
-            self.metrics.checkpoint_failures.inc()
-            log.error("checkpoint at step %d failed, training continues (previous checkpoints intact): %s",
-                      run.state.step, err)
+            self._failed(run.state.step, err, start)
             return None
-        self.metrics.checkpoint_duration.observe(time.monotonic() - start)
+        self.metrics.checkpoint_duration.observe(self.clock() - start)
+        if self.failures:
+            log.info("checkpoint at step %d written after %d failed attempts: checkpoints are current again",
+                     run.state.step, self.failures)
+        self.newest_step, self.failures, self._retry_at = run.state.step, 0, None
         return path
+
+    def discard_after(self, step: int) -> int:
+        """Delete the checkpoints of steps after `step` (they hold a convicted liar's answers: a resume must
+        not start from one); returns how many went."""
+        gone = 0
+        for f in list_checkpoints(self.directory, warn=False) if self.directory is not None else []:
+            if f.run_id == self.identity.run_id and f.step > step:  # this run's only: never another's
+                try:
+                    f.path.unlink()
+                    gone += 1
+                except OSError as err:
+                    log.warning("could not delete checkpoint %s holding a convicted liar's answers: %s", f.path,
+                                err.strerror)
+        return gone
+
+    def _failed(self, step: int, err: StorageError, now: float) -> None:
+        self.metrics.checkpoint_failures.inc()
+        self.failures += 1
+        self._retry_at = now + self.retry_every
+        held = self._limited.admit("failed", now)
+        if held is None:
+            return
+        behind = ("no checkpoint written by this run yet" if self.newest_step is None else
+                  f"the newest good one is step {self.newest_step}, {step - self.newest_step} steps behind")
+        log.error("checkpoint at step %d failed (%d in a row%s): %s; %s; training continues, retrying every %.0f s",
+                  step, self.failures, f", {held} not logged" if held else "", err, behind, self.retry_every)
 
 
 # --------------------------------------------------------------------------- files

@@ -7,6 +7,7 @@ how the service gets there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.min_workers < 1:
             raise ValueError(f"min workers must be >= 1, got {self.min_workers}")
-        if not self.heartbeat_timeout > 0 or not self.task_timeout > 0:
+        if not (0 < self.heartbeat_timeout < math.inf and 0 < self.task_timeout < math.inf):  # NaN fails too
             raise ValueError(f"timeouts must be > 0, got {self.heartbeat_timeout} and {self.task_timeout}")
         if self.max_workers < 1:
             raise ValueError(f"max workers must be >= 1, got {self.max_workers}")

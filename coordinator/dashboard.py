@@ -1,32 +1,33 @@
 """The metrics port: Prometheus' `/metrics`, a live dashboard at `/`, and its JSON at `/api/status`.
 
-One small threaded HTTP server replaces `prometheus_client.start_http_server`.
+One small bounded HTTP server (coordinator/httpserver.py: fixed threads, however
+many clients connect) replaces `prometheus_client.start_http_server`.
 `/metrics` is produced by prometheus_client itself (same encoder negotiation), so
 scrapers see no difference.  The page is one self-contained HTML document (inline
 CSS and JavaScript, charts drawn as SVG by hand, no external asset) that polls
 `/api/status` once a second.  That JSON is built only from the registry's samples
 plus `RunHistory`, the recent past of those same figures (loss, learning rate,
 samples per second per step; loss and accuracies per epoch): the dashboard shows
-nothing `/metrics` does not (no data, no parameters).
+nothing `/metrics` does not (no data, no parameters); it is built at most four
+times a second (`StatusCache`), however many clients poll.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import socket
-import sys
 import threading
 import time
 import urllib.parse
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
+
+from coordinator.httpserver import BoundedHTTPServer, HeadReadHandler
 
 LIVE_WITHIN = 3.0  # seconds: workers heartbeat every second, so a live one is never silent longer
 EPOCH_KEYS = ("epoch", "loss", "train_accuracy", "test_accuracy")
@@ -124,9 +125,8 @@ def status(registry: CollectorRegistry, history: Mapping[str, Any], now: float) 
     return {"time": now, "metrics": values, "workers": workers, "rejected": rejected, "history": dict(history)}
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(HeadReadHandler):
     server: DashboardServer
-    timeout = 10  # seconds: a client that stops sending or reading cannot hold a thread for ever
     server_version = "lenet5-dashboard"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
@@ -137,8 +137,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/":
             self._answer(200, "text/html; charset=utf-8", self.server.page)
         elif path == "/api/status":
-            body = status(self.server.registry, self.server.history.snapshot(), time.time())
-            self._answer(200, "application/json", json.dumps(body, allow_nan=False).encode())
+            self._answer(200, "application/json", self.server.status.body())
         else:
             self._answer(404, "text/plain; charset=utf-8", b"not found: try / or /metrics\n")
 
@@ -158,24 +157,39 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # every scrape and poll would otherwise be a line in the coordinator's log
 
 
-class DashboardServer(ThreadingHTTPServer):
-    daemon_threads = True  # a hung client never delays the coordinator's exit
+class StatusCache:
+    """`/api/status`'s body, built at most once per `max_age` seconds whatever the number of polling clients.
+
+    Building it walks the registry (every worker's series) and encodes JSON, under
+    the same interpreter lock as the training loop: clients polling in a tight loop
+    must cost the run a few builds a second, not one per request.
+    """
+
+    def __init__(self, registry: CollectorRegistry, history: RunHistory, max_age: float = 0.25,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry, self.history, self.max_age, self.clock = registry, history, max_age, clock
+        self._lock = threading.Lock()
+        self._body, self._built = b"", -math.inf
+        self.builds = 0
+
+    def body(self) -> bytes:
+        with self._lock:  # one build at a time; the others wait for it and share it
+            now = self.clock()
+            if now - self._built >= self.max_age:
+                built = status(self.registry, self.history.snapshot(), time.time())
+                self._body, self._built = json.dumps(built, allow_nan=False).encode(), now
+                self.builds += 1
+            return self._body
+
+
+class DashboardServer(BoundedHTTPServer):
+    """The metrics port: a bounded server (coordinator/httpserver.py) with the dashboard's handler."""
 
     def __init__(self, addr: str, port: int, registry: CollectorRegistry, history: RunHistory) -> None:
-        # The address may be IPv4 or IPv6 (e.g. ::1): bind with the family it resolves to.
-        self.address_family = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)[0][0]
         self.registry, self.history = registry, history
+        self.status = StatusCache(registry, history)
         self.page = resources.files("coordinator").joinpath("dashboard.html").read_bytes()
-        super().__init__((addr, port), _Handler)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # a client that hung up or stalled: its own business, not a traceback in the coordinator's log
-        super().handle_error(request, client_address)  # a bug: keep its traceback
-
-    def shutdown(self) -> None:
-        super().shutdown()
-        self.server_close()
+        super().__init__(addr, port, _Handler)
 
 
 def start_dashboard(registry: CollectorRegistry, addr: str, port: int, history: RunHistory) -> DashboardServer:

@@ -42,9 +42,10 @@ class RouterEndpoint:
         # Queues per peer are bounded, so a flooding or stalled peer costs bounded memory.
         self.sock.setsockopt(zmq.RCVHWM, RECEIVE_QUEUE)
         self.sock.setsockopt(zmq.SNDHWM, SEND_QUEUE)
-        # No takeover: a connection claiming a connected worker's routing id is refused.  A
-        # worker that reconnects closes its old connection first; one whose old connection
-        # died unseen waits until ZeroMQ's own heartbeat has reaped it (a few seconds).
+        # No takeover: a connection claiming a connected worker's routing id is refused, and
+        # stays unheard.  So a worker that opens a new connection (after the coordinator fell
+        # silent) does so under a new routing id, as a new member; the old one is lost at the
+        # heartbeat timeout.
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 0)
         self.sock.setsockopt(zmq.HEARTBEAT_IVL, 1000)
         self.sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, 5000)

@@ -64,6 +64,12 @@ class Metrics:
                                                 registry=registry)
         self.coordinator_seconds = Counter("lenet_coordinator_seconds", "Seconds the coordinator's loop spent, "
                                            "by phase (coordinator/phases.py)", ["phase"], registry=registry)
+        self.rewinds = Counter("lenet_rewinds", "Times the run went back to before a convicted worker's first "
+                               "accepted answer, to replay the steps since without it", registry=registry)
+        self.steps_replayed = Counter("lenet_steps_replayed", "Steps undone by rewinds, to be done again "
+                                      "(lenet_steps_total counts them again once replayed)", registry=registry)
+        self.rewind_seconds = Counter("lenet_rewind_seconds", "Wall time spent replaying the steps rewinds undid",
+                                      registry=registry)
         self.checkpoint_duration = Histogram(
             "lenet_checkpoint_duration_seconds", "Time to write one checkpoint", registry=registry,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),

@@ -36,6 +36,7 @@ from typing import Any, Callable, ClassVar, Union
 import msgpack
 import numpy as np
 
+from coordinator.framecost import ELEMENT_BUDGET, within_budget
 from coordinator.refusals import Reason
 from lenet.architecture import Model
 from lenet.models import DEFAULT_MODEL, get_model
@@ -384,6 +385,8 @@ def decode(frame: bytes | memoryview, model: type[Model] | None = None) -> Messa
     model = model or get_model(DEFAULT_MODEL)
     if len(frame) > MAX_MESSAGE_BYTES:
         raise ProtocolError(Reason.TOO_LARGE, f"{len(frame)} bytes, limit {MAX_MESSAGE_BYTES}")
+    if not within_budget(frame):  # before any object is made: what decoding costs is bounded per frame
+        raise ProtocolError(Reason.MALFORMED, f"more than {ELEMENT_BUDGET} msgpack elements")
     try:
         # Explicit limits: no container or string may claim more than a message can hold.
         body = msgpack.unpackb(frame, raw=False, strict_map_key=True, max_ext_len=0, max_bin_len=MAX_MESSAGE_BYTES,

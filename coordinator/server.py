@@ -11,7 +11,10 @@ times, metrics and logs; the rules live in pure rooms it calls:
   - `Verification` (coordinator/trust.py): which answers are believed, what the
     coordinator computes itself, who is banned;
   - `Training.gradient` and `apply` (add the units up the fixed tree, step the
-    optimizer), `close_epoch` and `record_epoch`; `Checkpointer` (coordinator/checkpoint.py).
+    optimizer), `close_epoch` and `record_epoch`; `Checkpointer` (coordinator/checkpoint.py);
+  - `Provenance` (coordinator/provenance.py): who produced each accepted unit, and
+    the state to go back to when a member is convicted (a rewind: the steps since
+    its first accepted answer are replayed without it).
 The test-set evaluation of a finished epoch runs in a thread while the next epoch
 trains (the workers never wait for it); its epoch is recorded and logged when it
 is done, and before any other checkpoint or the end.  The epoch's own checkpoint is
@@ -44,12 +47,14 @@ from coordinator.hub import Hub
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
 from coordinator.phases import Phases
+from coordinator.provenance import Provenance, Rewind
 from coordinator.ratelimit import TokenBucket
 from coordinator.refusals import Reason, RefusalStreaks
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
-from coordinator.training import ClosedEpoch, RunState, StepReport, Training, TrainingDiverged
+from coordinator.training import ClosedEpoch, RunState, Snapshot, StepReport, Training, TrainingDiverged
 from lenet.bounds import implausible
+from lenet.cli import counted
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
 from lenet.shards import unit_sums
@@ -71,6 +76,16 @@ class RunOutcome:
     finished: bool  # False: stopped early by a signal
 
 
+@dataclass
+class Replay:
+    """Rewinds under way: steps are being done again up to `until` (the furthest step a rewind left)."""
+
+    until: int
+    steps: int  # steps undone, in all
+    started: float
+    convicted: list[str]
+
+
 class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
@@ -82,6 +97,8 @@ class Coordinator:
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
         self.streaks = RefusalStreaks(service.stuck_after)
+        self.provenance = Provenance[bytes, Snapshot]()
+        self.replay: Replay | None = None
         started = time.perf_counter()
         model = type(training.model)
         probe = probe_digest(model)
@@ -165,8 +182,8 @@ class Coordinator:
         revoked = self.members.with_keys(removed)
         for identity in revoked:
             self.hub.remove(identity, "dropped: its key was revoked")
-        log.info("SIGHUP: allow-list reloaded: %d keys added, %d revoked, %d workers dropped", len(added),
-                 len(removed), len(revoked))
+        log.info("SIGHUP: allow-list reloaded: %d keys added, %d revoked, %s dropped", len(added),
+                 len(removed), counted(len(revoked), "worker"))
 
     def forget_exited(self, pids: list[int]) -> None:
         """Local worker processes seen to exit: drop them now rather than at the heartbeat timeout."""
@@ -200,7 +217,7 @@ class Coordinator:
         elif isinstance(msg, P.Capacity):
             if msg.capacity != member.capacity:  # rate-limited: a peer may send these as fast as it likes
                 self.hub.warn_limited(f"capacity {member.label}", f"relay {member.label} now serves "
-                                      f"{msg.capacity} workers (was {member.capacity})")
+                                      f"{counted(msg.capacity, 'worker')} (was {member.capacity})")
             member.capacity = msg.capacity
         else:
             self.hub.reject(Reason.UNEXPECTED, identity, f"a worker may not send {msg.TYPE}")
@@ -241,7 +258,7 @@ class Coordinator:
         step = self.step
         assert step is not None
         queue = list(decisions)
-        while queue:
+        while queue and self.step is step:  # a rewind drops the step: what was decided for it is moot
             d = queue.pop(0)
             if isinstance(d, trust.Accept):
                 if d.unit not in step.scheduler.results:
@@ -281,18 +298,54 @@ class Coordinator:
             why = "its result of a verified unit differs from the coordinator's own computation"
         else:
             why = f"{ban.reason.value} gradients for {ban.detail}"
+        already = ban.who in self.members.banned
         member = self.members.ban(ban.who)
-        self.metrics.workers_banned.inc()
-        if member is None:
+        if already:
             return
+        self.metrics.workers_banned.inc()
         step = self.step
-        if step is not None:
+        name = member.label if member is not None else self.hub.name(ban.who)  # it may have left this step
+        rewind = self.provenance.convicted(ban.who, step.number) if step is not None else None
+        if step is not None and rewind is None:
             mine = step.verification.convicted(ban.who)
             self.metrics.redispatched.inc(step.scheduler.discard(mine))
             for unit in step.scheduler.excluded.copy():
                 if step.scheduler.excluded[unit] == ban.who:
                     step.scheduler.readmit(unit)
-        self.hub.forget(ban.who, member, f"banned for the run: {why}")
+        if member is not None:
+            self.hub.forget(ban.who, member, f"banned for the run: {why}")
+        if rewind is not None:
+            self._rewind(rewind, name)
+
+    def _snapshot(self) -> Snapshot:
+        """The state a rewind may go back to, with the epoch under evaluation recorded first: a snapshot's
+        history must hold every epoch closed before it."""
+        self._settle_evaluation(wait=True)
+        return self.training.snapshot()
+
+    def _rewind(self, rewind: Rewind[Snapshot], name: str) -> None:
+        """Back to before the convicted member's first accepted answer: the step under way is dropped (its
+        late answers are refused as stale) and the steps since are done again without it."""
+        assert self.step is not None
+        at = self.step.number
+        self.step = None
+        self.training.rewind(rewind.state)  # numbering the steps anew: each member gets their parameters again
+        if self.evaluating is not None and self.evaluating[0].steps > rewind.to:
+            self.evaluating = None  # an epoch undone: it is closed and evaluated again when replayed
+        discarded = self.checkpoints.discard_after(rewind.to)
+        m = self.metrics
+        m.rewinds.inc()
+        m.steps_replayed.inc(at - rewind.to)
+        m.epoch.set(self.training.epoch)
+        m.epoch_samples.set(self.training.state.epoch_samples)
+        if self.replay is None:
+            self.replay = Replay(at, 0, time.monotonic(), [])
+        self.replay.until = max(self.replay.until, at)
+        self.replay.steps += at - rewind.to
+        self.replay.convicted.append(name)
+        log.warning("rewind: %s convicted at step %d; back to step %d, before its first accepted answer: %d steps "
+                    "to do again without it%s", name, at, rewind.to, at - rewind.to,
+                    f" ({discarded} checkpoints holding its answers deleted)" if discarded else "")
 
     def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
         step = self.step
@@ -303,6 +356,8 @@ class Coordinator:
             self.turnaround.record(time.monotonic() - since, sched.samples[unit])
         overtaken = sched.accept(result.first, result, by=identity)
         self.streaks.accepted()
+        if identity is not None:
+            self.provenance.accepted(identity, step.number, self._snapshot)
         now = time.monotonic()
         for other in overtaken:  # it had the unit and did not answer first: no new work until it answers
             lo, hi = sched.units[unit]
@@ -326,6 +381,8 @@ class Coordinator:
             self.metrics.backup_tasks.inc(self.hub.dispatch([step.batch], now, self.deadlines, self.turnaround))
         sched = step.scheduler
         for unit in [u for u in sched.pending if u in step.verification.candidates]:
+            if self.step is not step:
+                return  # rewound
             if not [i for i, _ in self.hub.workers_for_work(now) if i != sched.excluded.get(unit)]:  # nobody else
                 self._carry_out(step.verification.no_checker(unit))
 
@@ -347,12 +404,24 @@ class Coordinator:
         self.steps_timed += 1
         self.steps_seconds += now - step.started
         self.step = None
+        self.provenance.retain(self.members.members)
+        replay = self.replay
+        if replay is not None and self.training.state.step >= replay.until:
+            seconds = time.monotonic() - replay.started
+            m.rewind_seconds.inc(seconds)
+            log.warning("rewind done: %d steps replayed in %.1f s without %s; the run is as if they never took part",
+                        replay.steps, seconds, ", ".join(replay.convicted))
+            self.replay = None
         if report.epoch_ended:
             with self.phases.timed("checkpoint"):
                 self.save_checkpoint()  # before the epoch is closed: a resume from it closes it again
             self._end_epoch(seconds=time.monotonic() - self.epoch_started)
         elif self.service.checkpoint_every and report.step % self.service.checkpoint_every == 0:
             self._settle_evaluation(wait=True)  # a checkpoint holds every finished epoch's record
+            with self.phases.timed("checkpoint"):
+                self.save_checkpoint()
+        elif self.checkpoints.retry_due():  # the last write failed: the newest checkpoint falls behind
+            self._settle_evaluation(wait=True)
             with self.phases.timed("checkpoint"):
                 self.save_checkpoint()
         self._publish_phases()
@@ -395,9 +464,10 @@ class Coordinator:
         stats = self.training.record_epoch(closed, accuracy)
         self.metrics.train_accuracy.set(stats.train_accuracy)
         self.metrics.test_accuracy.set(stats.test_accuracy)
-        log.info("epoch %d/%d: loss %.4f  train acc %.2f%%  test acc %.2f%%  %d samples  %.0f samples/s  %d workers",
+        log.info("epoch %d/%d: loss %.4f  train acc %.2f%%  test acc %.2f%%  %d samples  %.0f samples/s  %s",
                  stats.epoch, self.training.config.epochs, stats.loss, 100 * stats.train_accuracy,
-                 100 * stats.test_accuracy, stats.samples, stats.samples_per_second, len(self.members))
+                 100 * stats.test_accuracy, stats.samples, stats.samples_per_second,
+                 counted(len(self.members), "worker"))
 
     # ------------------------------------------------------------------ the loop
 
@@ -420,8 +490,8 @@ class Coordinator:
             if stop():
                 return False
             if not announced:
-                log.info("waiting for %d workers at %s (have %d)", self.service.min_workers, self.endpoint.address,
-                         len(self.members))
+                log.info("waiting for %s at %s (have %d)", counted(self.service.min_workers, "worker"),
+                         self.endpoint.address, len(self.members))
                 announced = True
             self._turn(0.1, tick)
         return True
@@ -442,9 +512,8 @@ class Coordinator:
         if not training.done and not self.wait_for_workers(stop, tick):  # a finished run needs no workers
             return RunOutcome(training.params, training.state, finished=False)
         if not training.done:
-            log.info("training: %d steps of batch %d in %d shards, %d workers",
-                     training.total_steps - training.state.step, training.config.batch_size, training.num_shards,
-                     len(self.members))
+            log.info("training: %d steps of batch %d in %d shards, %s", training.total_steps - training.state.step,
+                     training.config.batch_size, training.num_shards, counted(len(self.members), "worker"))
         self.epoch_started = time.monotonic()
         if training.epoch_unclosed:  # resumed from the checkpoint of an epoch's last step
             self._end_epoch(seconds=0.0)  # its time is not known: it ran before the restart
@@ -464,6 +533,8 @@ class Coordinator:
             if self._completed_at is not None:
                 self.between_steps += time.perf_counter() - self._completed_at
                 self._completed_at = None
+            if self.step is None:
+                continue  # rewound: the replay starts with a new step
             with self.phases.timed("plan"):
                 training.plan_ahead(self._capacities(now))
             deadline = self.step.scheduler.next_deadline()
@@ -475,7 +546,7 @@ class Coordinator:
                             f" ({len(self.members)} relays without workers)" if len(self.members) else "")
             paused = idle
             self._check_stuck()
-            if self.step.scheduler.complete:
+            if self.step is not None and self.step.scheduler.complete:
                 self._completed_at = time.perf_counter()
                 progress(self._finish_step(now), len(self.members))
             self._settle_evaluation(wait=False)

@@ -40,6 +40,7 @@ class StepPlan:
     weights: list[int]  # per unit: the capacity it was cut for
     samples: list[int]  # per unit
     tasks: list[bytes]  # per unit: the encoded Task
+    wire: int  # the step number its messages carry: `step` until a rewind, above every number sent before it
 
     @property
     def num_shards(self) -> int:
@@ -89,19 +90,25 @@ def fit_units(units: list[Node], weights: list[int], sizes: list[int], limit: in
 
 
 def plan_step(step: int, batch: np.ndarray, num_shards: int, capacities: tuple[int, ...],
-              images: np.ndarray, labels: np.ndarray, model: type[Model] | None = None) -> StepPlan:
+              images: np.ndarray, labels: np.ndarray, wire: int | None = None,
+              model: type[Model] | None = None) -> StepPlan:
     """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`
-    (units cut to fit a message of `model`'s results; default: the default model)."""
+    (units cut to fit a message of `model`'s results; default: the default model).
+
+    `wire`: the step number the messages carry (default `step`).  After a rewind a replayed step is numbered
+    above every step sent before, so an answer computed before the rewind is refused as stale.
+    """
+    wire = step if wire is None else wire
     sizes = shard_sizes(len(batch), num_shards)
     starts = [0, *accumulate(sizes)]  # the shards are consecutive runs of the batch
     units, weights = fit_units(*work_units(len(sizes), capacities), sizes, P.max_unit_samples(len(sizes), model))
     tasks, samples = [], []
     for lo, hi in units:
         idx = batch[starts[lo] : starts[hi]]
-        tasks.append(P.encode(P.Task(step=step, first=lo, num_shards=len(sizes), sizes=sizes[lo:hi],
+        tasks.append(P.encode(P.Task(step=wire, first=lo, num_shards=len(sizes), sizes=sizes[lo:hi],
                                      pixels=images[idx], labels=labels[idx])))
         samples.append(len(idx))
-    return StepPlan(step, capacities, units, weights, samples, tasks)
+    return StepPlan(step, capacities, units, weights, samples, tasks, wire)
 
 
 def chosen_for_verification(secret: bytes, step: int, first: int, fraction: float) -> bool:
@@ -149,9 +156,9 @@ class Step:
               secret: bytes = b"", verify_fraction: float = 0.0) -> "Step":
         verify = {u for u, (first, _) in enumerate(plan.units)
                   if chosen_for_verification(secret, plan.step, first, verify_fraction)}
-        scheduler = StepScheduler(plan.step, plan.units, plan.samples, task_timeout, plan.weights)
-        params_frame = P.encode(P.Params(step=plan.step, params=params, model=model.name))
-        batch = Batch(plan.step, params_frame, plan.tasks, scheduler, Verification(verify, same_result))
+        scheduler = StepScheduler(plan.wire, plan.units, plan.samples, task_timeout, plan.weights)
+        params_frame = P.encode(P.Params(step=plan.wire, params=params, model=model.name))
+        batch = Batch(plan.wire, params_frame, plan.tasks, scheduler, Verification(verify, same_result))
         return cls(plan=plan, batch=batch, params=params, started=now, model=model)
 
     @property

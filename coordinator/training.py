@@ -14,7 +14,7 @@ checkpoint must restore is `state` plus the parameters and optimizer state
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -42,6 +42,15 @@ class RunState:
     epoch_correct: int = 0
     epoch_samples: int = 0
     history: list[dict] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The run's state at the start of a step, to go back to (coordinator/provenance.py): a copy."""
+
+    params: Params
+    optimizer: dict[str, np.ndarray]
+    state: RunState
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class Training:
         self.state = RunState()
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])  # one epoch's batches, cached
         self._next_plan: StepPlan | None = None  # built while the workers compute the step under way
+        self.wire_offset = 0  # added to step numbers on the wire: grows at each rewind (coordinator/step.py)
 
     @property
     def params(self) -> Params:
@@ -113,7 +123,8 @@ class Training:
     def plan(self, step: int, capacities: tuple[int, ...]) -> StepPlan:
         """Shards, units and encoded tasks of `step` for members of `capacities`: independent of the parameters."""
         ahead = self._next_plan
-        if ahead is not None and ahead.step == step and ahead.capacities == capacities:
+        if ahead is not None and ahead.step == step and ahead.wire == step + self.wire_offset \
+                and ahead.capacities == capacities:
             return ahead
         return self._plan(step, capacities)
 
@@ -129,7 +140,8 @@ class Training:
         if self._batches[0] != epoch:
             self._batches = (epoch, epoch_batches(self.config.seed, epoch, self.n_train, self.config.batch_size))
         return plan_step(step, self._batches[1][index], self.num_shards, capacities,
-                         self.data.train_images, self.data.train_labels, type(self.model))
+                         self.data.train_images, self.data.train_labels, wire=step + self.wire_offset,
+                         model=type(self.model))
 
     def gradient(self, results: Mapping[Node, P.Result], units: list[Node]) -> Params:
         """A finished step's mean gradient: its units' results added up the rest of the tree."""
@@ -156,6 +168,19 @@ class Training:
         st.epoch_samples += n
         return StepReport(step=st.step, total_steps=self.total_steps, steps_per_epoch=self.steps_per_epoch,
                           epochs=self.config.epochs, loss=loss_sum / n, samples=n, lr=lr)
+
+    def snapshot(self) -> Snapshot:
+        """A copy of everything the rest of the run depends on (taken only when a rewind may need it)."""
+        return Snapshot({k: v.copy() for k, v in self.model.params.items()}, self.optimizer.state_dict(),
+                        replace(self.state, history=[dict(e) for e in self.state.history]))
+
+    def rewind(self, snapshot: Snapshot) -> None:
+        """Back to `snapshot` from the step under way: the steps after it are done again (the snapshot stays
+        as it was), numbered on the wire above every step sent so far."""
+        self.wire_offset += self.state.step - snapshot.state.step + 1
+        self.model.params = {k: v.copy() for k, v in snapshot.params.items()}
+        self.optimizer.load_state_dict(snapshot.optimizer)
+        self.state = replace(snapshot.state, history=[dict(e) for e in snapshot.state.history])
 
     def close_epoch(self, seconds: float) -> ClosedEpoch:
         """End the epoch's sums (the next epoch starts from zero); its test accuracy is still to come."""

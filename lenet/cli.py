@@ -19,6 +19,11 @@ T = TypeVar("T")
 NONE_WORDS = ("", "none", "off", "auto")
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 worker', '2 workers': how every count is printed."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def env_name(flag: str) -> str:
     return "LENET_" + flag.lstrip("-").replace("-", "_").upper()
 
@@ -55,14 +60,20 @@ def env_default(flag: str, default: Any, parse: Callable[[str], Any]) -> Any:
 
 
 def add_flag(parser: argparse.ArgumentParser, flag: str, default: Any, parse: Callable[[str], Any], help: str) -> None:
-    """A flag whose default comes from LENET_<FLAG> when that is set; help shows both."""
+    """A flag whose default comes from LENET_<FLAG> when that is set; help shows both.
+
+    A `help` that already says "(default: ...)" (a default computed at run time, such as
+    --lr's) keeps its own words and only gains the variable's name, unless the variable is set.
+    """
     value = env_default(flag, default, parse)
-    if parse is parse_bool:
-        parser.add_argument(flag, default=value, action=argparse.BooleanOptionalAction,
-                            help=f"{help} (default: {value}; env {env_name(flag)})")
+    if "(default:" in help and value == default:
+        full = f"{help} (env {env_name(flag)})"
     else:
-        parser.add_argument(flag, default=value, type=parse,
-                            help=f"{help} (default: {value}; env {env_name(flag)})")
+        full = f"{help} (default: {value}; env {env_name(flag)})"
+    if parse is parse_bool:
+        parser.add_argument(flag, default=value, action=argparse.BooleanOptionalAction, help=full)
+    else:
+        parser.add_argument(flag, default=value, type=parse, help=full)
 
 
 def serve_metrics(registry: Any, addr: str, port: int, serve: Callable[[Any, str, int], Any] | None = None) -> Any:

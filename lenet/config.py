@@ -16,7 +16,7 @@ from typing import Any
 from lenet.cli import add_flag, optional, parse_bool
 from lenet.models import DEFAULT_MODEL, MODELS, get_model
 from lenet.params import Params
-from lenet.optim import SGD, Adam, LRSchedule
+from lenet.optim import SCHEDULES, SGD, Adam, LRSchedule
 
 # The learning rate is quoted for this global batch size and scaled linearly with
 # the actual one (Goyal et al., 2017), unless --lr is given explicitly.
@@ -49,8 +49,8 @@ class TrainConfig:
             raise ValueError(f"learning rate must be a positive number, got {self.lr}")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if self.schedule not in ("cosine", "step"):
-            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.schedule!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if self.warmup_steps < 0:
             raise ValueError(f"warm-up steps must be >= 0, got {self.warmup_steps}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -59,8 +59,8 @@ class TrainConfig:
             raise ValueError(f"train subset must be 1-60000 images, got {self.train_subset}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):  # NaN compares false
+            raise ValueError(f"weight decay must be a finite number >= 0, got {self.weight_decay}")
         get_model(self.model)
 
     @property
@@ -83,7 +83,8 @@ def make_optimizer(config: TrainConfig, params: Params) -> SGD | Adam:
 
 
 def make_schedule(config: TrainConfig, steps_per_epoch: int) -> LRSchedule:
-    """Warm-up then decay over the whole run (step decay: x0.1 at 50% and 75% of it)."""
+    """Warm-up then decay over the whole run (step decay: x0.1 at 50% and 75% of it; paper: the 1998 paper's
+    steps, one per pass over the training set)."""
     total = config.epochs * steps_per_epoch
     warmup = min(config.warmup_steps, total - 1)
     return LRSchedule(
@@ -92,7 +93,7 @@ def make_schedule(config: TrainConfig, steps_per_epoch: int) -> LRSchedule:
         warmup_steps=warmup,
         kind=config.schedule,
         gamma=0.1,
-        step_every=max(1, (total - warmup) // 4) if config.schedule == "step" else 1,
+        step_every={"step": max(1, (total - warmup) // 4), "paper": steps_per_epoch}.get(config.schedule, 1),
     )
 
 
@@ -109,7 +110,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     add_flag(parser, "--momentum", d.momentum, float, "SGD momentum")
     add_flag(parser, "--nesterov", d.nesterov, parse_bool, "Nesterov momentum for SGD")
     add_flag(parser, "--weight-decay", d.weight_decay, float, "L2 weight decay")
-    add_flag(parser, "--schedule", d.schedule, str, "learning-rate decay after warm-up: cosine or step")
+    add_flag(parser, "--schedule", d.schedule, str, "learning-rate decay after warm-up: cosine, step, or paper "
+             "(the 1998 paper's steps per pass: x1 for 2 passes, x0.4 for 3, x0.2 for 3, x0.1 for 4, then x0.02)")
     add_flag(parser, "--warmup-steps", d.warmup_steps, int, "linear learning-rate warm-up steps")
     add_flag(parser, "--seed", d.seed, int, "seed of initialisation and shuffling")
     add_flag(parser, "--max-steps", d.max_steps, optional(int), "stop after this many steps (smoke runs)")

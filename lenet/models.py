@@ -8,9 +8,10 @@ is a `lenet.architecture.Model`.
 from __future__ import annotations
 
 from lenet.architecture import Model
+from lenet.lenet1998 import LeNet5_1998
 from lenet.model import LeNet5
 
-MODELS: dict[str, type[Model]] = {"lenet5": LeNet5}
+MODELS: dict[str, type[Model]] = {"lenet5": LeNet5, "lenet5-1998": LeNet5_1998}
 DEFAULT_MODEL = "lenet5"
 
 

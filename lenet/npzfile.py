@@ -96,8 +96,11 @@ def load_key(path: str | os.PathLike) -> bytes:
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict[str, Any],
-              key: bytes | None = None) -> None:
-    """Atomically write `arrays` and `meta` (JSON-serialisable) to `path`, signed if `key` is given."""
+              key: bytes | None = None, mode: int = 0o600) -> None:
+    """Atomically write `arrays` and `meta` (JSON-serialisable) to `path`, signed if `key` is given.
+
+    `mode`: the file's permissions (default 0600, private; `user_file_mode()` for a file meant to be shared).
+    """
     path = Path(path)
     for reserved in RESERVED:
         if reserved in arrays:
@@ -108,7 +111,7 @@ def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray], meta: dict
     entries[DIGEST_KEY] = np.array(digest(arrays, meta_json))
     if key is not None:
         entries[HMAC_KEY] = np.array(signature(key, arrays, meta_json))
-    _write_atomic(path, lambda f: np.savez(f, **entries))
+    _write_atomic(path, lambda f: np.savez(f, **entries), mode)
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
@@ -116,13 +119,23 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     return _write_atomic(path, lambda f: f.write(data))
 
 
-def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """`write(f)` into a temporary file created exclusively beside `path`, then fsync, rename, fsync the directory."""
+def user_file_mode() -> int:
+    """The mode an ordinary new file gets here: 0666 less the umask (0644 under the usual 022)."""
+    umask = os.umask(0o077)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def _write_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object], mode: int = 0o600) -> Path:
+    """`write(f)` into a temporary file created exclusively beside `path` (then given `mode`), fsync, rename,
+    fsync the directory."""
     path = Path(path)
     tmp: Path | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = create_beside(path)
+        if mode != 0o600:
+            os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -118,13 +118,33 @@ class Adam:
         self.t = int(state["t"])
 
 
+SCHEDULES = ("cosine", "step", "paper")
+# LeCun et al. 1998, on its MNIST results: a global learning rate of 0.0005 for the first two passes, 0.0002 for
+# the next three, 0.0001 for the next three, 0.00005 for the next four and 0.00001 thereafter; here as
+# (passes, factor of the first rate).
+PAPER_STEPS: tuple[tuple[int, float], ...] = ((2, 1.0), (3, 0.4), (3, 0.2), (4, 0.1))
+PAPER_LAST_FACTOR = 0.02
+
+
+def paper_factor(epoch: int) -> float:
+    """The 1998 paper's learning-rate factor for pass `epoch` (0-based)."""
+    for passes, factor in PAPER_STEPS:
+        if epoch < passes:
+            return factor
+        epoch -= passes
+    return PAPER_LAST_FACTOR
+
+
 @dataclass(frozen=True)
 class LRSchedule:
     """Learning rate as a pure function of the global step.
 
     Linear warm-up from base_lr / warmup_steps to base_lr over `warmup_steps`, then
     either cosine decay to `min_lr` at `total_steps`, or step decay (multiply by
-    `gamma` every `step_every` steps after warm-up).
+    `gamma` every `step_every` steps after warm-up), or the 1998 paper's steps
+    ("paper": base_lr times the factor of the pass, `paper_factor(step // step_every)`,
+    a pass being `step_every` steps counted from the first: warm-up only ramps the
+    first pass's start).
     """
 
     base_lr: float
@@ -136,8 +156,8 @@ class LRSchedule:
     step_every: int = 1
 
     def __post_init__(self) -> None:
-        if self.kind not in ("cosine", "step"):
-            raise ValueError(f"schedule must be 'cosine' or 'step', got {self.kind!r}")
+        if self.kind not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.kind!r}")
         if self.base_lr <= 0 or not math.isfinite(self.base_lr):
             raise ValueError(f"learning rate must be a positive number, got {self.base_lr}")
         if self.total_steps < 1:
@@ -149,10 +169,13 @@ class LRSchedule:
 
     def __call__(self, step: int) -> float:
         if step < self.warmup_steps:
-            return self.base_lr * (step + 1) / self.warmup_steps
+            return self.base_lr * (step + 1) / self.warmup_steps * (
+                paper_factor(step // self.step_every) if self.kind == "paper" else 1.0)
         after = step - self.warmup_steps
         if self.kind == "step":
             return self.base_lr * self.gamma ** (after // self.step_every)
+        if self.kind == "paper":
+            return self.base_lr * paper_factor(step // self.step_every)
         span = max(1, self.total_steps - self.warmup_steps)
         progress = min(1.0, after / span)
         return self.min_lr + 0.5 * (self.base_lr - self.min_lr) * (1 + math.cos(math.pi * progress))

@@ -8,6 +8,7 @@ its status.  Anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import enum
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
@@ -47,6 +48,18 @@ class NetworkError(UserError):
 
 class RefusedError(UserError):
     status = ExitStatus.REFUSED
+
+
+def finishing(status: int) -> int:
+    """`status`, the process now deaf to SIGTERM and SIGINT: for `sys.exit` at an entry point.
+
+    The command has done its work and reported it: a supervisor's SIGTERM that
+    arrives while the process tears down (Python's finalisation puts the default
+    handlers back, and the default kills with -15) must not turn that into a failure.
+    """
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
+    return status
 
 
 def run_main(main: Callable[[Sequence[str] | None], int], prog: str) -> int:

@@ -35,8 +35,9 @@ from lenet.architecture import Model  # noqa: E402
 from lenet.models import DEFAULT_MODEL, get_model  # noqa: E402
 from lenet.params import Params  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS, mean_gradient, shard_sizes, summed_loss, unit_sums  # noqa: E402
-from lenet.npzfile import read_npz, write_npz  # noqa: E402
-from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
+from lenet.npzfile import read_npz, user_file_mode, write_npz  # noqa: E402
+from lenet.output import check_output, save_final  # noqa: E402
+from lenet.status import ExitStatus, UsageError, finishing, run_main  # noqa: E402
 
 
 @dataclass
@@ -74,10 +75,11 @@ def evaluate(params: Params, images: np.ndarray, labels: np.ndarray, batch_size:
 
 
 def save_model(path: str | Path, params: Params, meta: dict, model: type[Model] | None = None) -> None:
-    """The model file: parameters under their `Model.params` names, plus metadata naming the model."""
+    """The model file: parameters under their `Model.params` names, plus metadata naming the model;
+    readable like any user file."""
     model = model or get_model(DEFAULT_MODEL)
     write_npz(path, {k: params[k] for k in model.PARAM_SHAPES},
-              {"architecture": model.DESCRIPTION, "model": model.name, **meta})
+              {"architecture": model.DESCRIPTION, "model": model.name, **meta}, mode=user_file_mode())
 
 
 def file_model(meta: dict, origin: str, expected: str | None = None) -> type[Model]:
@@ -164,6 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"--shards must be >= 1, got {args.shards}")
     except ValueError as err:
         raise UsageError(str(err)) from None
+    check_output(args.output)  # before the training, not after it
     tune_malloc()
     data = load_mnist(args.data_dir)
     start = time.perf_counter()
@@ -171,10 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not result.history:
         raise UsageError("no training step was run")
     last = result.history[-1]
-    save_model(args.output, result.params, {
+    save_final(args.output, lambda path: save_model(path, result.params, {
         "epoch": last.epoch, "step": result.steps, "test_accuracy": last.test_accuracy,
         "data_checksums": data.checksums, "config": config.to_dict(),
-    }, get_model(config.model))
+    }, get_model(config.model)))
     curves = write_curves(args.output, [dataclasses.asdict(h) for h in result.history])
     print(f"done: test accuracy {last.test_accuracy:.2%} after {last.epoch} epochs, {result.steps} steps, "
           f"{time.perf_counter() - start:.1f} s; model saved to {args.output}, curves to {curves}")
@@ -182,4 +185,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "lenet.train"))
+    sys.exit(finishing(run_main(main, "lenet.train")))

@@ -22,6 +22,7 @@ import zmq
 from coordinator import protocol as P
 from lenet.models import DEFAULT_MODEL, get_model
 from lenet.probe import probe_digest
+from lenet.reduction import cover
 from lenet.shards import unit_sums
 
 Answer = Callable[[P.Task, "ScriptedWorker"], list["P.Message | bytes"]]  # bytes: a frame sent as it is
@@ -48,7 +49,8 @@ class ScriptedWorker(threading.Thread):
     """A peer on its own DEALER socket, scripted by `answer`; it records what the coordinator told it."""
 
     def __init__(self, endpoint: str, name: str, answer: Answer, seconds: float = 120, probe: str | None = None,
-                 identity: bytes | None = None, heartbeat: float = 0.5, capacity: int = 1, reregister: bool = False):
+                 identity: bytes | None = None, heartbeat: float = 0.5, capacity: int = 1,
+                 chatter: Answer | None = None, chatter_interval: float = 0.1, reregister: bool = False):
         super().__init__(daemon=True)
         self.reregister = reregister  # register again when told "unregistered", as a real worker does
         self.capacity = capacity  # what it claims to serve: a relay's count of workers
@@ -56,6 +58,8 @@ class ScriptedWorker(threading.Thread):
         self.probe = probe if probe is not None else this_machines_probe()
         self.identity = identity or uuid.uuid4().bytes
         self.heartbeat = heartbeat
+        self.chatter, self.chatter_interval = chatter, chatter_interval  # sent unasked, every interval
+        self.given: list[tuple[float, P.Task]] = []  # the last few tasks received, with when
         self.tasks = 0
         self.errors: list[str] = []  # codes of the Error messages received
         self.registered = threading.Event()
@@ -77,11 +81,15 @@ class ScriptedWorker(threading.Thread):
         sock.connect(self.endpoint)
         sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe, capacity=self.capacity,
                                       model=MODEL.name)))
-        deadline, beat = time.monotonic() + self.seconds, 0.0
+        deadline, beat, chatted = time.monotonic() + self.seconds, 0.0, 0.0
         try:
             while not self.stop.is_set() and time.monotonic() < deadline:
                 while not self.outbox.empty():
                     sock.send(self.outbox.get())
+                if self.chatter is not None and time.monotonic() - chatted > self.chatter_interval:
+                    for frame in self.chatter(None, self):  # type: ignore[arg-type]
+                        sock.send(frame if isinstance(frame, bytes) else P.encode(frame))
+                    chatted = time.monotonic()
                 if self.heartbeat and time.monotonic() - beat > self.heartbeat:
                     sock.send(P.encode(P.Heartbeat()))
                     beat = time.monotonic()
@@ -101,6 +109,7 @@ class ScriptedWorker(threading.Thread):
                     self.model.params, self.params_step = dict(msg.params), msg.step
                 elif isinstance(msg, P.Task):
                     self.tasks += 1
+                    self.given = [*self.given[-3:], (time.monotonic(), msg)]
                     for reply in self.answer(msg, self):
                         sock.send(reply if isinstance(reply, bytes) else P.encode(reply))
         finally:
@@ -189,3 +198,39 @@ def result_flood_answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
     """Two hundred copies of a result for a shard that does not exist, then the true one, for every task."""
     good = peer.honest(task)
     return [_with(good, first=10**6)] * 200 + [good]
+
+
+def one_ulp_off(result: P.Result) -> P.Result:
+    """`result` with the last bit of one factor element flipped: the smallest lie there is.  The element is
+    the largest (a zero one, after a ReLU, would become a subnormal that no product notices)."""
+    factors = {k: v.copy() for k, v in result.factors.items()}
+    first = factors[next(iter(factors))]
+    first.view(np.uint32).flat[np.argmax(np.abs(first))] ^= 1
+    return _with(result, factors=factors)
+
+
+def one_ulp_liar(from_step: int = 0, until_step: int | None = None) -> Answer:
+    """Honest except the last bit of one factor element, in the steps `from_step` to `until_step` (exclusive);
+    the step is the one the coordinator's messages carry."""
+    def answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+        good = peer.honest(task)
+        lying = task.step >= from_step and (until_step is None or task.step < until_step)
+        return [one_ulp_off(good) if lying else good]
+    return answer
+
+
+def stale_zero_results(_: None, peer: ScriptedWorker) -> list[P.Message]:
+    """All-zero Results shaped like true ones, for steps surely over: the one before each task it was given
+    (a step is cut alike for the same members), and a task's own step once 2 s have passed (backups took
+    its unit long since)."""
+    out: list[P.Message] = []
+    for at, task in peer.given:
+        step = task.step - 1 if task.step > 0 else (task.step if time.monotonic() - at > 2.0 else None)
+        if step is not None:
+            nodes = len(cover(task.first, task.first + len(task.sizes), task.num_shards))
+            out.append(P.Result(step=step, first=task.first, shards=len(task.sizes), count=len(task.labels),
+                                losses=np.zeros(len(task.labels), np.float32), correct=0, compute_seconds=0.01,
+                                grads={k: np.zeros((nodes, *MODEL.PARAM_SHAPES[k]), np.float32)
+                                       for k in MODEL.TREE_PARAMS},
+                                factors=zero_factors(len(task.labels))))
+    return out

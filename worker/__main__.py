@@ -6,6 +6,10 @@ to the relay's --listen endpoint.
 
 BLAS is pinned to one thread before NumPy is imported: workers run one per core.
 SIGTERM and SIGINT make the worker tell the coordinator it leaves, then exit 0.
+It exits 0 too when the coordinator ends the run (its Shutdown: "training
+finished", "coordinator stopped"), so a restart policy of on-failure leaves it
+down, and with --give-up-after when no coordinator has answered for that long.
+Otherwise it waits for a coordinator for ever, saying so once a minute.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 
 from lenet.cli import add_flag, optional, parse_bool  # noqa: E402
 from lenet.models import DEFAULT_MODEL  # noqa: E402
-from lenet.status import ExitStatus, UsageError, run_main  # noqa: E402
+from lenet.status import ExitStatus, UsageError, finishing, run_main  # noqa: E402
 
 if TYPE_CHECKING:
     from worker.client import WorkerConfig
@@ -37,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--name", None, str, "name in the coordinator's logs and metrics (default: host:pid)")
     add_flag(parser, "--heartbeat-interval", 1.0, float, "seconds between heartbeats")
     add_flag(parser, "--coordinator-timeout", 10.0, float, "seconds of coordinator silence before reconnecting")
+    add_flag(parser, "--give-up-after", None, optional(float), "seconds without any coordinator after which the "
+             "worker exits 0, its run presumably over (default: wait for ever, saying why once a minute: a "
+             "restarted coordinator takes its workers back)")
     add_flag(parser, "--metrics-port", 0, int, "serve this worker's Prometheus metrics on this port (0: off)")
     add_flag(parser, "--metrics-addr", "127.0.0.1", str, "address for the worker's metrics")
     add_flag(parser, "--curve-secret-key", None, optional(Path),
@@ -66,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs = {"name": args.name} if args.name else {}
         if (args.curve_secret_key is None) != (args.curve_server_key is None):
             raise ValueError("CURVE needs both --curve-secret-key and --curve-server-key")
+        if args.relay and args.give_up_after is not None:
+            raise ValueError("--give-up-after is for workers: a relay waits for its coordinator")
         if args.relay and (args.curve_secret_key is None) != (args.curve_authorized_dir is None):
             raise ValueError("a relay with CURVE needs --curve-authorized-dir too: the keys of the workers it admits")
     except ValueError as err:
@@ -92,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         kwargs["name"] = relay_name()
     try:
         config = WorkerConfig(connect=args.connect, heartbeat_interval=args.heartbeat_interval,
-                              coordinator_timeout=args.coordinator_timeout, model=args.model, **kwargs)
+                              coordinator_timeout=args.coordinator_timeout, give_up_after=args.give_up_after,
+                              model=args.model, **kwargs)
     except ValueError as err:
         raise UsageError(str(err)) from None
     role = "relay" if args.relay else "worker"
@@ -133,4 +143,4 @@ def relay(args: argparse.Namespace, upstream: WorkerConfig) -> Relay:
 
 
 if __name__ == "__main__":
-    sys.exit(run_main(main, "worker"))
+    sys.exit(finishing(run_main(main, "worker")))

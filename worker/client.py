@@ -36,14 +36,19 @@ class WorkerConfig:
     coordinator_timeout: float = 10.0  # silence after which the coordinator is presumed gone
     max_backoff: float = 5.0
     refused_backoff: float = 60.0  # after the coordinator refused the registration itself
+    give_up_after: float | None = None  # seconds without an answer after which the worker ends; None: never
+    waiting_note_every: float = 60.0  # while no coordinator answers, a line this often says why it waits
     curve: CurveClient | None = None  # CURVE keys, when the coordinator requires them
     model: str = DEFAULT_MODEL  # the model it computes: the coordinator admits only the run's (lenet.models)
 
     def __post_init__(self) -> None:
         if not self.connect.startswith(("tcp://", "ipc://", "inproc://")):
             raise ValueError(f"--connect must be a ZeroMQ endpoint such as tcp://host:5555, got {self.connect!r}")
-        for name in ("heartbeat_interval", "coordinator_timeout", "max_backoff", "refused_backoff"):
-            if not getattr(self, name) > 0:
+        for name in ("heartbeat_interval", "coordinator_timeout", "max_backoff", "refused_backoff",
+                     "waiting_note_every", "give_up_after"):
+            if name == "give_up_after" and self.give_up_after is None:
+                continue
+            if not 0 < getattr(self, name) < float("inf"):
                 raise ValueError(f"{name.replace('_', ' ')} must be > 0, got {getattr(self, name)}")
         get_model(self.model)
 
@@ -76,13 +81,14 @@ class Worker:
     def __init__(self, config: WorkerConfig, context: zmq.Context | None = None, metrics=None):
         self.config = config
         self.context = context or zmq.Context.instance()
-        self.identity = uuid.uuid4().bytes  # kept across reconnections: a re-registration is the same member
+        self.identity = uuid.uuid4().bytes  # kept while the connection is: a re-registration is the same member
         self.model = get_model(config.model)()
         self.probe = probe_digest(type(self.model))  # what the coordinator checks at the door: computed once
         self.params_step = -1
         self.stopping = False
         self.metrics = metrics  # optional worker.metrics.WorkerMetrics
         self.sock: zmq.Socket | None = None
+        self.gave_up = False  # no coordinator answered for `give_up_after` seconds
 
     # ------------------------------------------------------------------ socket
 
@@ -115,7 +121,7 @@ class Worker:
     # ------------------------------------------------------------------ life cycle
 
     def run(self) -> str:
-        """Work until shut down or stopped; returns why: 'shutdown' or 'stopped'."""
+        """Work until shut down, stopped or given up; returns why: 'shutdown', 'stopped' or 'gave up'."""
         try:
             outcome = "reconnect"
             while not self.stopping:
@@ -124,22 +130,26 @@ class Worker:
                 outcome = self._serve()
                 if outcome in ("shutdown", "stopped"):
                     return outcome
-            return "stopped"
+            return "gave up" if self.gave_up else "stopped"
         finally:
             self._close()
 
     def _register(self, fresh_connection: bool) -> bool:
-        """Register until the coordinator acknowledges; False if stopped meanwhile.
+        """Register until the coordinator acknowledges; False if stopped or given up meanwhile.
 
         The connection is opened anew only at start and after the coordinator fell
         silent (the old one may be dead).  Otherwise it is kept: ZeroMQ reconnects it
-        by itself, and the coordinator ignores a second connection that claims a
-        routing id it still holds (it allows no takeover), so a needless new one
-        could go unheard.
+        by itself.  A new connection gets a new routing id, so the worker joins as a
+        new member: the coordinator ignores a connection that claims a routing id it
+        still holds (it allows no takeover), and it may still hold the old one, so
+        the same id could go unheard for good (libzmq issues 2019, 2892).
         """
         wait, attempt = 0.25, 0
+        started = next_note = time.monotonic()
+        next_note += self.config.waiting_note_every
         if fresh_connection or self.sock is None:
             self._close()
+            self.identity = uuid.uuid4().bytes
             self.sock = self._open()
         while not self.stopping:
             self._send(P.Register(name=self.config.name, pid=os.getpid(), probe=self.probe, capacity=1,
@@ -159,10 +169,25 @@ class Worker:
                     log.error("the coordinator refused this worker (%s): %s; trying again in %.0f s", msg.code,
                               msg.message, self.config.refused_backoff)
                     deadline = time.monotonic() + self.config.refused_backoff
+                    started = time.monotonic()  # a coordinator is there: not one to give up on
             attempt += 1
             if attempt == 1:
                 log.info("coordinator at %s not answering%s; retrying with back-off up to %.0f s",
                          self.config.connect, _resolution_problem(self.config.connect), self.config.max_backoff)
+            waited = time.monotonic() - started
+            if self.config.give_up_after is not None and waited >= self.config.give_up_after:
+                log.info("no coordinator at %s for %.0f s: giving up (--give-up-after %.0f); the run it served has "
+                         "ended or its coordinator is down for good", self.config.connect, waited,
+                         self.config.give_up_after)
+                self.gave_up = True
+                return False
+            if time.monotonic() >= next_note:
+                next_note += self.config.waiting_note_every
+                log.info("still no coordinator at %s after %.0f s%s: waiting for one to start (a restarting "
+                         "coordinator takes the worker back); %s", self.config.connect, waited,
+                         _resolution_problem(self.config.connect),
+                         "stop this worker if the run is over" if self.config.give_up_after is None else
+                         f"giving up after {self.config.give_up_after:.0f} s")
             wait = min(wait * 2, self.config.max_backoff)
         return False
 

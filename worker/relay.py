@@ -36,6 +36,7 @@ import zmq
 from coordinator import hub
 from coordinator import protocol as P
 from coordinator.keys import CurveServer
+from lenet.cli import counted
 from lenet.models import get_model
 from lenet.probe import probe_digest
 from lenet.reduction import cover
@@ -73,7 +74,7 @@ class Relay:
     def __init__(self, config: RelayConfig, context: zmq.Context | None = None):
         self.config = config
         self.context = context or zmq.Context.instance()
-        self.identity = uuid.uuid4().bytes  # upstream, kept across reconnections
+        self.identity = uuid.uuid4().bytes  # upstream; a new one per connection (worker/client.py `_register`)
         self.model = get_model(config.upstream.model)
         self.probe = probe_digest(self.model)
         self.down = hub.Hub(hub.RouterEndpoint(self.context, config.listen, config.curve),
@@ -152,6 +153,7 @@ class Relay:
     def _reconnect(self) -> None:
         assert self.up is not None
         self.up.close(linger=0)
+        self.identity = uuid.uuid4().bytes  # the coordinator may still hold the old one, and would not hear it
         self.up = open_dealer(self.context, self.config.upstream, self.identity)
         self.registered, self.units = False, []
 
@@ -189,8 +191,8 @@ class Relay:
             return None
         if isinstance(msg, P.Heartbeat):
             if not self.registered:
-                log.info("registered with %s as %s (%d workers)", self.config.upstream.connect,
-                         self.config.upstream.name, len(self.workers))
+                log.info("registered with %s as %s (%s)", self.config.upstream.connect,
+                         self.config.upstream.name, counted(len(self.workers), "worker"))
             self.registered = True
         elif isinstance(msg, P.Params):
             self.params = (msg.step, frame)  # forwarded as it came: never re-encoded
@@ -198,7 +200,7 @@ class Relay:
         elif isinstance(msg, P.Task):
             self._plan(msg, now)
         elif isinstance(msg, P.Shutdown):
-            log.info("coordinator ended the run: %s; telling %d workers", msg.reason, len(self.workers))
+            log.info("coordinator ended the run: %s; telling %s", msg.reason, counted(len(self.workers), "worker"))
             self.down.broadcast(frame)
             return "shutdown"
         elif isinstance(msg, P.Error):

@@ -11,20 +11,30 @@ and hostile input").
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
-from attacks import ATTACKS, Run, undisturbed
+from attacks import ATTACKS, Run, config_of, liar_never_caught, undisturbed
 
 pytestmark = pytest.mark.attacks
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, mnist_dir) -> Run:
-    return undisturbed(tmp_path_factory.mktemp("undisturbed"))
+def references(tmp_path_factory, mnist_dir) -> Callable[[tuple[str, ...]], Run]:
+    """The undisturbed run of each configuration, made once."""
+    made: dict[tuple[str, ...], Run] = {}
+
+    def of(config: tuple[str, ...]) -> Run:
+        if config not in made:
+            made[config] = undisturbed(tmp_path_factory.mktemp("undisturbed"), *config)
+        return made[config]
+    return of
 
 
 @pytest.mark.parametrize("attack", list(ATTACKS), ids=list(ATTACKS))
-def test_attack_changes_nothing(attack, reference, tmp_path, mnist_dir):
+def test_attack_changes_nothing(attack, references, tmp_path, mnist_dir):
+    reference = references(config_of(attack))
     run = ATTACKS[attack](tmp_path)
     assert run.status == 0, run.log[-3000:]
     assert run.identical_to(reference), f"{attack}: parameters differ from the undisturbed run"
@@ -32,3 +42,12 @@ def test_attack_changes_nothing(attack, reference, tmp_path, mnist_dir):
     assert run.peak_mb <= reference.peak_mb + 200, (run.peak_mb, reference.peak_mb)
     for check in run.checks:  # what the attack itself must have caused (refusals, bans, ...)
         assert check.holds, f"{attack}: {check.what}: {check.detail}\n{run.log[-3000:]}"
+
+
+def test_a_liar_never_checked_is_never_convicted(references, tmp_path, mnist_dir):
+    """Stated, not hidden: lies in units none of which is drawn for verification stay in the model."""
+    run = liar_never_caught(tmp_path)
+    assert run.status == 0, run.log[-3000:]
+    for check in run.checks:
+        assert check.holds, f"{check.what}: {check.detail}\n{run.log[-3000:]}"
+    assert not run.identical_to(references(())), "the lies were expected to stay (this test documents the hole)"

@@ -1,5 +1,6 @@
 """Every user mistake: one line naming the problem, a documented status, no traceback."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -55,6 +56,15 @@ CASES = [
      "a relay with CURVE needs --curve-authorized-dir too"),
     ("worker", [], {"LENET_RELAY": "maybe"}, 2, "environment variable LENET_RELAY='maybe' is not valid"),
     ("lenet.train", ["--shards", "0"], {}, 2, "--shards must be >= 1, got 0"),
+    ("coordinator", ["--weight-decay", "nan"], {}, 2, "weight decay must be a finite number >= 0, got nan"),
+    ("coordinator", ["--weight-decay", "-1"], {}, 2, "weight decay must be a finite number >= 0, got -1.0"),
+    ("coordinator", ["--weight-decay", "inf"], {}, 2, "weight decay must be a finite number >= 0, got inf"),
+    ("coordinator", ["--momentum", "nan"], {}, 2, "momentum must be in [0, 1), got nan"),
+    ("coordinator", ["--lr", "-0.1"], {}, 2, "learning rate must be a positive number, got -0.1"),
+    ("coordinator", ["--heartbeat-timeout", "inf"], {}, 2, "timeouts must be > 0, got inf"),
+    ("coordinator", ["--verify-fraction", "nan"], {}, 2, "verify fraction must be between 0 and 1, got nan"),
+    ("lenet.train", ["--weight-decay", "nan"], {}, 2, "weight decay must be a finite number >= 0, got nan"),
+    ("lenet.train", ["--momentum", "-0.5"], {}, 2, "momentum must be in [0, 1), got -0.5"),
 ]
 
 
@@ -84,6 +94,26 @@ def test_unwritable_checkpoint_directory_fails_at_start(mnist_dir, tmp_path):
                     tmp_path=tmp_path)
     assert code == 4, err
     assert f"checkpoint directory {blocker / 'ckpt'} is not writable" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("module", ["coordinator", "lenet.train"])
+def test_unusable_output_fails_before_training(module, tmp_path):
+    """Checked before the data is even read: the MNIST directory given does not exist, yet the status is 4."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    unwritable = tmp_path / "read-only"
+    unwritable.mkdir()
+    unwritable.chmod(0o500)
+    cases = [([str(blocker / "lenet5.npz")], f"{blocker} is not a directory"),
+             ([str(tmp_path)], f"--output {tmp_path} is a directory: give a file name")]
+    if os.geteuid() != 0:  # root writes anywhere: that case is the unit tests' (tests/unit/test_output.py)
+        cases.append(([str(unwritable / "lenet5.npz")], f"cannot write in {unwritable}: Permission denied"))
+    extra = ["--metrics-port", "0", "--checkpoint-dir", "off"] if module == "coordinator" else []
+    for output, message in cases:
+        code, err = run(module, [*extra, "--data-dir", str(tmp_path / "no-mnist"), "--output", *output],
+                        tmp_path=tmp_path)
+        assert code == 4, err
+        assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
 
 
 def test_corrupt_mnist_names_the_file(mnist_dir, tmp_path):

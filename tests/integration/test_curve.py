@@ -30,7 +30,7 @@ def test_only_listed_workers_get_in(tmp_path, procs, mnist_dir):
                         "--curve-secret-key", str(server_secret), "--curve-authorized-dir", str(tmp_path / "admitted"),
                         "--output", str(tmp_path / "m.npz"))
     procs.append(coord)
-    coord.wait_for("waiting for 1 workers")
+    coord.wait_for("waiting for 1 worker at")
     outsiders = [
         worker(tmp_path, endpoint, "no-key"),
         worker(tmp_path, endpoint, "wrong-server-key", "--curve-secret-key", str(w1_secret),
@@ -106,7 +106,7 @@ def test_sighup_revokes_a_key_and_its_worker_is_dropped(tmp_path, procs, mnist_d
     keys["goes"][0].unlink()
     coord.signal(sig.SIGHUP)
     coord.wait_for("worker goes dropped: its key was revoked")
-    coord.wait_for("1 revoked, 1 workers dropped")
+    coord.wait_for("1 revoked, 1 worker dropped")
     deadline, m = time.monotonic() + 20, {}
     while time.monotonic() < deadline and m.get("lenet_rejected_messages_total{reason=revoked_key}", 0) == 0:
         m = scrape(metrics_port)

@@ -88,3 +88,68 @@ def test_port_in_use_is_an_os_error(served):
     _, base = served
     with pytest.raises(OSError):
         start_dashboard(CollectorRegistry(), "127.0.0.1", int(base.rsplit(":", 1)[1]), RunHistory())
+
+
+def test_a_slowloris_cannot_open_unbounded_threads(served):
+    """200 connections that send nothing (or a byte at a time): the threads stay fixed and /metrics answers."""
+    import threading
+
+    _, base = served
+    port = int(base.rsplit(":", 1)[1])
+    before = threading.active_count()
+    idle = []
+    try:
+        for i in range(200):
+            s = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if i % 2:
+                s.sendall(b"GET /metrics HTTP/1.1\r\nX-Slow: ")  # a head that never ends
+            idle.append(s)
+        assert get(base + "/metrics")[0] == 200
+        assert get(base + "/api/status")[0] == 200
+        assert threading.active_count() <= before  # the pool was started with the server: nothing more
+    finally:
+        for s in idle:
+            s.close()
+    assert get(base + "/metrics")[0] == 200
+
+
+def test_an_endless_head_is_cut_off(served):
+    _, base = served
+    with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=5) as s:
+        try:
+            for _ in range(40):
+                s.sendall(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        s.settimeout(5)
+        try:
+            assert s.recv(100) == b""  # closed unanswered
+        except ConnectionResetError:
+            pass
+    assert get(base + "/metrics")[0] == 200
+
+
+def test_clients_polling_in_a_tight_loop_get_a_bounded_rate(served):
+    """4 clients with no pause between requests: answered at the server's pace (20/s, bursts of 10), the
+    snapshot built at most 4 times a second, so the training loop's share of the CPU stays its own."""
+    import threading
+    import time
+
+    _, base = served
+    answered, stop = [0], threading.Event()
+
+    def poll():
+        while not stop.is_set():
+            get(base + "/api/status")
+            answered[0] += 1
+
+    threads = [threading.Thread(target=poll) for _ in range(4)]
+    start = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    stop.set()
+    for t in threads:
+        t.join(timeout=10)
+    elapsed = time.monotonic() - start
+    assert 0 < answered[0] <= 20 * elapsed + 10 + 4, answered[0]  # + the 4 answered as the clients stopped

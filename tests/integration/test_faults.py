@@ -225,3 +225,37 @@ def test_worker_sigterm_is_a_clean_leave(tmp_path, procs, mnist_dir):
     coord.wait_for("worker w0 left")
     assert coord.wait() == 0, coord.log()
     assert "worker w0 lost" not in coord.log()
+
+
+def test_a_failed_checkpoint_is_retried_before_the_next_scheduled_one(mnist, tmp_path, monkeypatch):
+    """The write at step 10 fails; the coordinator tries again at once (retry interval 0 here, 30 s in
+    service), so step 11 is checkpointed instead of waiting for step 15."""
+    import errno
+
+    from prometheus_client import CollectorRegistry
+
+    from coordinator import checkpoint as ckpt
+    from coordinator.config import ServiceConfig
+    from coordinator.metrics import Metrics
+    from coordinator.service import run_service
+    from coordinator.training import Training
+    from lenet import npzfile
+    from lenet.config import TrainConfig
+
+    real_fsync, calls = os.fsync, []
+
+    def fsync(fd):  # the 2nd checkpoint's data write fails as on a full disk
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_fsync(fd)
+
+    monkeypatch.setattr(npzfile.os, "fsync", fsync)
+    monkeypatch.setattr(ckpt, "RETRY_EVERY", 0.0)
+    metrics = Metrics(CollectorRegistry())
+    service = ServiceConfig(min_workers=1, checkpoint_dir=tmp_path / "ckpt", checkpoint_every=5)
+    training = Training(TrainConfig(max_steps=15, train_subset=2560), 8, mnist)
+    outcome = run_service(training, service, metrics, local_workers=1)
+    assert outcome.finished and metrics.registry.get_sample_value("lenet_checkpoint_failures_total") == 1
+    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert names == ["ckpt-000000005.npz", "ckpt-000000011.npz", "ckpt-000000015.npz"]

@@ -163,7 +163,7 @@ def test_sigterm_checkpoints_and_resume_finishes_identically(reference, tmp_path
     first.signal(signal.SIGTERM)
     assert first.wait(timeout=10) == 130, first.log()
     assert time.monotonic() - stopped_at < 10
-    assert "stopped by signal" in first.log()
+    assert "stopped by signal" in first.log() and "with --resume continues from there" in first.log()
     assert not (tmp_path / "m.npz").exists()
     second = coordinator(tmp_path, *args, "--resume", log_name="second.log")
     procs.append(second)

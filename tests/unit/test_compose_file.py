@@ -130,3 +130,16 @@ def test_prometheus_scrapes_the_relay_workers_as_a_job_of_their_own():
         assert dns["names"] == [service] and dns["type"] == "A", job  # one A record per replica
         assert dns["port"] == int(SERVICES[service]["environment"]["LENET_METRICS_PORT"]), job
         assert SERVICES[service]["environment"]["LENET_METRICS_ADDR"] == "0.0.0.0", job
+
+
+def test_no_obsolete_version_key():
+    """Compose v2 warns that `version` is obsolete on every command: the file must not have one."""
+    assert "version" not in COMPOSE
+
+
+def test_workers_do_not_wait_for_ever_for_a_coordinator_that_has_gone():
+    """Exit 0 (a finished run's Shutdown, or --give-up-after) with restart: on-failure leaves a worker down."""
+    for name in ("worker", "relay-worker"):
+        assert SERVICES[name]["restart"] == "on-failure"
+        assert SERVICES[name]["environment"]["LENET_GIVE_UP_AFTER"].startswith("${LENET_GIVE_UP_AFTER:-")
+    assert "LENET_GIVE_UP_AFTER" not in SERVICES["relay"]["environment"]  # a relay refuses the flag

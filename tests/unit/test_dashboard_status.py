@@ -109,3 +109,18 @@ def test_page_loads_nothing_from_elsewhere():
     page = resources.files("coordinator").joinpath("dashboard.html").read_text()
     assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|<link[^>]+stylesheet|<script[^>]+src=|<img", page, re.I)
     assert 'fetch("api/status"' in page
+
+
+def test_status_is_built_at_most_once_per_max_age_however_often_it_is_asked():
+    from prometheus_client import CollectorRegistry
+
+    from coordinator.dashboard import RunHistory, StatusCache
+    from coordinator.metrics import Metrics
+
+    metrics, now = Metrics(CollectorRegistry()), [100.0]
+    cache = StatusCache(metrics.registry, RunHistory(), max_age=0.25, clock=lambda: now[0])
+    first = cache.body()
+    metrics.steps.inc(3)
+    assert [cache.body() for _ in range(1000)] == [first] * 1000 and cache.builds == 1
+    now[0] += 0.25
+    assert b'"lenet_steps_total": 3.0' in cache.body() and cache.builds == 2

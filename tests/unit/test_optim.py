@@ -107,3 +107,16 @@ def test_optimizers_reject_bad_hyperparameters():
         SGD(p, momentum=1.5)
     with pytest.raises(ValueError, match="weight decay"):
         Adam(p, weight_decay=-1)
+
+
+def test_schedule_paper_steps_per_pass():
+    """The 1998 paper's rates 0.0005 (2 passes), 0.0002 (3), 0.0001 (3), 0.00005 (4), then 0.00001."""
+    s = LRSchedule(base_lr=0.0005, total_steps=2000, kind="paper", step_every=100)
+    rates = [s(100 * epoch + 50) for epoch in range(20)]
+    assert rates == pytest.approx([5e-4] * 2 + [2e-4] * 3 + [1e-4] * 3 + [5e-5] * 4 + [1e-5] * 8)
+    assert s(99) == s(0) and s(200) < s(199)
+
+
+def test_schedule_paper_passes_count_from_the_first_step_whatever_the_warm_up():
+    s = LRSchedule(base_lr=1.0, total_steps=2000, warmup_steps=50, kind="paper", step_every=100)
+    assert s(0) == pytest.approx(1 / 50) and s(49) == 1.0 and s(199) == 1.0 and s(200) == pytest.approx(0.4)
