@@ -44,6 +44,6 @@ def test_a_run_whose_every_result_is_refused_stops_with_the_reason(tmp_path, pro
 def test_workers_0_without_bind_says_why_nobody_can_join(tmp_path, procs):
     proc = coordinator(tmp_path, "--workers", "0", "--metrics-port", "0", "--checkpoint-dir", "off")
     procs.append(proc)
-    proc.wait_for("waiting for 1 workers")
+    proc.wait_for("waiting for 1 worker")
     hint = [line for line in proc.log().splitlines() if "--workers 0 without --bind" in line]
     assert len(hint) == 1 and "--bind tcp://" in hint[0]
