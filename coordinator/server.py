@@ -166,7 +166,7 @@ class Coordinator:
         hint = ("a unit's result does not fit a message: lower --batch-size or raise --shards"
                 if streak.reason is Reason.TOO_LARGE else "see the rejected-message lines above")
         raise RunStuck(f"every result refused: {self.streaks.taken_back} units re-dispatched and every answer of "
-                       f"the {len(self.members)} worker(s) refused ({streak.count}+ in a row, {streak.reason.value}: "
+                       f"the {counted(len(self.members), 'worker')} refused ({streak.count}+ in a row, {streak.reason.value}: "
                        f"{streak.detail[:120]}), none accepted; {hint}")
 
     def reload_keys(self) -> None:
