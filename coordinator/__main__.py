@@ -4,8 +4,10 @@
     python -m coordinator --bind tcp://0.0.0.0:5555 --workers 0 --min-workers 8
 
 Exit status (lenet/status.py): 0 trained and saved; 2 bad flag or environment
-value; 3 MNIST unusable; 4 checkpoint/output unusable; 5 address or port unusable;
-130 stopped by SIGINT/SIGTERM after writing a checkpoint (resume with --resume).
+value (or a limit the settings exceed); 3 MNIST unusable; 4 checkpoint/output
+unusable; 5 address or port unusable; 6 every result refused, the run cannot
+progress; 130 stopped by SIGINT/SIGTERM after writing a checkpoint (resume with
+--resume).
 """
 
 from __future__ import annotations
@@ -33,11 +35,14 @@ from lenet import npzfile  # noqa: E402
 from lenet.cli import add_flag, counted, optional, parse_bool, serve_metrics  # noqa: E402
 from lenet.config import add_training_flags, config_from_args  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS  # noqa: E402
-from lenet.status import ExitStatus, UsageError, finishing, run_main  # noqa: E402
+from lenet.status import ExitStatus, RefusedError, UsageError, finishing, run_main  # noqa: E402
 
 if TYPE_CHECKING:
     from coordinator import checkpoint as ckpt
+    from coordinator.runs import RunIdentity
     from coordinator.training import StepReport
+    from lenet.config import TrainConfig
+    from lenet.data import MNIST
     from lenet.params import Params
 
 log = logging.getLogger("coordinator")
@@ -54,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m coordinator",
         description="Data-parallel training of LeNet-5 on MNIST: shards each batch over worker processes.",
         epilog="Every flag can also be set by the environment variable shown. Exit status: 0 done, 2 usage, "
-               "3 data, 4 storage, 5 network, 130 interrupted (checkpoint written).",
+               "3 data, 4 storage, 5 network, 6 every result refused, 130 interrupted (checkpoint written).",
     )
     add_training_flags(parser)
     add_flag(parser, "--data-dir", None, str, "directory with the MNIST files (else $MNIST_DIR, else the "
@@ -75,7 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
              "directory for checkpoints ('off' to disable)")
     add_flag(parser, "--checkpoint-every", 500, int, "also checkpoint every N steps (0: only at epoch ends)")
     add_flag(parser, "--resume", False, parse_bool,
-             "continue from the newest intact checkpoint in --checkpoint-dir")
+             "continue this run from its newest intact checkpoint in --checkpoint-dir: the run of the same "
+             "settings and data (with more --epochs than it has done: extended from where it stands, the "
+             "learning-rate schedule then spanning the new epoch count); other runs' checkpoints are left alone")
+    add_flag(parser, "--init-from", None, optional(Path),
+             "start a new run from the parameters of this model file (the --output of an earlier run): "
+             "fine-tuning; the optimizer and the schedule start afresh")
     add_flag(parser, "--heartbeat-timeout", 10.0, float, "seconds of silence before a worker is declared dead")
     add_flag(parser, "--task-timeout", 30.0, float, "cap on a unit's deadline; deadlines follow the measured compute "
              "time (10x the recent median, at least 3 s) and a missed one re-dispatches the unit")
@@ -143,6 +153,62 @@ def shard_count(asked: int | None, resume_from: ckpt.Checkpoint | None) -> int:
     return asked
 
 
+def initial_params(path: Path, model: str) -> Params:
+    """The parameters of the model file `path` (--init-from), which must hold `model`; one-line errors for
+    anything else."""
+    import numpy as np
+
+    from lenet.train import file_model
+
+    arrays, meta = npzfile.read_npz(path)
+    if meta.get("kind") == "lenet5-checkpoint":
+        raise UsageError(f"--init-from {path} is a training checkpoint, not a model: continue its run with "
+                         "--resume and its --checkpoint-dir, or give the model file a run saved (--output)")
+    try:
+        params = file_model(meta, f"--init-from {path}", model).check_params(arrays, f"--init-from {path}")
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+    if not all(np.isfinite(a).all() for a in params.values()):
+        raise UsageError(f"--init-from {path}: the parameters hold NaN or infinite values")
+    return params
+
+
+def pick_run(args: argparse.Namespace, config: TrainConfig, data: MNIST, key: bytes | None,
+             init_from: str | None) -> tuple[ckpt.Checkpoint | None, RunIdentity]:
+    """The checkpoint this run continues (None: a fresh run) and the run's identity; says in one line what it
+    found in --checkpoint-dir (coordinator/runs.py decides)."""
+    from coordinator import checkpoint as ckpt
+    from coordinator import runs
+    from lenet.data import steps_per_epoch
+
+    n_train = min(config.train_subset or len(data.train_labels), len(data.train_labels))
+    per_epoch = steps_per_epoch(n_train, config.batch_size)
+    if args.resume:
+        found = ckpt.candidates(args.checkpoint_dir, key, train_images=len(data.train_labels))
+        choice = runs.choose([c for c, _ in found], config, args.shards, data.checksums, per_epoch, init_from)
+        if choice.candidate is not None and choice.run is not None:
+            c = next(c for cand, c in found if cand is choice.candidate)
+            log.info("resuming from %s (step %d), run %s", args.checkpoint_dir / choice.candidate.name, c.step,
+                     choice.candidate.run.run_id)
+            total = config.epochs * per_epoch if config.max_steps is None else min(config.max_steps,
+                                                                                   config.epochs * per_epoch)
+            if c.step >= total:
+                log.info("run %s is finished (step %d of %d): saving its model again; to train on, pass more "
+                         "--epochs (LENET_EPOCHS in compose), or another --checkpoint-dir for a new run",
+                         choice.run.run_id, c.step, total)
+            if choice.extension is not None:
+                log.info("extending run %s from step %d as run %s: %s", choice.candidate.run.run_id, c.step,
+                         choice.run.run_id, choice.extension.describe(c.step))
+            return c, choice.run
+        log.info("%s in %s: starting from scratch", choice.why, args.checkpoint_dir)
+    run = runs.identity(config, args.shards or DEFAULT_SHARDS, data.checksums, init_from)
+    if args.checkpoint_dir is not None:
+        seen = ckpt.describe_others(ckpt.list_checkpoints(args.checkpoint_dir), run.run_id)
+        if seen:
+            log.info("%s holds %s", args.checkpoint_dir, seen)
+    return None, run
+
+
 def service_config(args: argparse.Namespace) -> ServiceConfig:
     """The service settings the flags ask for (ValueError: a flag the user must fix)."""
     if args.workers < 0:
@@ -207,6 +273,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from coordinator.dashboard import RunHistory, start_dashboard
     from coordinator.metrics import Metrics
     from coordinator.service import run_service
+    from coordinator.server import RunStuck
+    from coordinator.step import limits_problem
     from coordinator.training import Training, TrainingDiverged
     from lenet.curves import write_curves
     from lenet.data import load_mnist
@@ -237,9 +305,21 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log.info("removed a temporary file left by an earlier run: %s", stale)
         check_output(args.output)  # before the training, not after it
         data = load_mnist(args.data_dir)
-        resume_from = ckpt.load_latest(args.checkpoint_dir, service.checkpoint_key) if args.resume else None
-        if args.resume and resume_from is None:
-            log.info("no checkpoint in %s: starting from scratch", args.checkpoint_dir)
+        start_params = initial_params(args.init_from, train_config.model) if args.init_from is not None else None
+        init_digest = npzfile.digest(start_params, "") if start_params is not None else None
+        resume_from, run = pick_run(args, train_config, data, service.checkpoint_key, init_digest)
+        service = dataclasses.replace(service, run=run)
+        training = Training(train_config, shard_count(args.shards, resume_from), data)
+        problem = limits_problem(train_config.batch_size, training.n_train, training.num_shards,
+                                 type(training.model))
+        if problem:
+            raise UsageError(problem)
+        if start_params is not None and resume_from is None:
+            training.model.params = dict(start_params)
+            log.info("starting from the parameters of %s (run %s)", args.init_from, run.run_id)
+        if args.workers == 0 and args.bind is None:
+            log.warning("--workers 0 without --bind: only a worker on this machine given the address below "
+                        "can join; pass --bind tcp://0.0.0.0:5555 (with CURVE) for workers elsewhere, or --workers N")
         metrics, history = Metrics(CollectorRegistry()), RunHistory()
         http = None
         if args.metrics_port:
@@ -257,7 +337,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             pending = bool(hup)
             hup.clear()
             return pending
-        training = Training(train_config, shard_count(args.shards, resume_from), data)
         show = Progress() if args.progress else None
         runlog = RunLog(runlog_path(args.output), training.steps_per_epoch, train_config.to_dict(),
                         resume_step=resume_from.step if resume_from is not None else None,
@@ -304,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except TrainingDiverged as err:
             runlog.close()
             raise UsageError(f"training diverged ({err}); lower --lr") from None
+        except RunStuck as err:
+            raise RefusedError(str(err)) from None
         finally:
             if http is not None:
                 http.shutdown()

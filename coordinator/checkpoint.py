@@ -1,23 +1,27 @@
 """Checkpoints of a training run: what one holds, how a run is restored from it, where they are kept.
 
-A checkpoint is `ckpt-<step>.npz` in the checkpoint directory, written through
-`lenet.npzfile` (temp file, fsync, rename, directory fsync, SHA-256 inside, and
-an HMAC when a checkpoint key is given).  It holds the parameters
-(`params/<name>`), the optimizer state (`optim/<key>`) and, as metadata, the
-step, the running epoch's sums, the history, the configuration (its `model` names
-the architecture: lenet.models), the shard count and the data checksums
-(`snapshot`).  The shuffle needs no RNG state: each
-epoch's order is a pure function of (seed, epoch).  `restore` refuses a
-checkpoint of another model, or made with other settings or other data, in one
-line.  The newest few are kept.
+A checkpoint is `ckpt-<run>-<step>.npz` in the checkpoint directory, `<run>` the
+run's identity (coordinator/runs.py), written through `lenet.npzfile` (temp file,
+fsync, rename, directory fsync, SHA-256 inside, and an HMAC when a checkpoint key
+is given).  It holds the parameters (`params/<name>`), the optimizer state
+(`optim/<key>`) and, as metadata, the step, the running epoch's sums, the
+history, the configuration (its `model` names the architecture: lenet.models),
+the shard count, the data checksums and the run's identity (`lineage`).  The
+shuffle needs no RNG state: each epoch's order is a pure function of (seed,
+epoch).  `restore` refuses a checkpoint of another model, or made with other
+settings or other data, in one line.  A run keeps its newest few and never
+deletes a file of another run, nor one of its own ahead of the step it writes.
+Files named `ckpt-<step>.npz` (before runs had identities) are read, never deleted.
 
-Loading trusts nothing in the file: the array names, shapes and dtypes are
-checked against a registered model's and its optimizer's before any data is read,
-the metadata's structure and types are checked (and the arrays must be the model's
-that the configuration names), and the step must be >= 0 and every number finite.
-Checkpoints written before models were named hold LeNet-5 ("lenet5").  Any
-failure is one StorageError; `load_latest` sets such a file aside and falls back
-to the next older one.
+Loading trusts nothing in the file: only regular files are opened; the array
+names, shapes and dtypes are checked against a registered model's and its
+optimizer's before any data is read (and the arrays must be the model's that the
+configuration names); the metadata is checked as a peer's message is (every
+field's type and range, every history entry), the step must be >= 0 and every
+number finite, and the running sums must agree with the step.  Checkpoints
+written before models were named hold LeNet-5 ("lenet5").  Any failure is one
+StorageError; `candidates` sets such a file aside (`*.damaged`) with one line and
+falls back to the run's next older checkpoint.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from coordinator import protocol as P
+from coordinator import runs
 from coordinator.metrics import Metrics
 from coordinator.ratelimit import RateLimitedLog
 from coordinator.training import RunState, Training
@@ -45,8 +51,10 @@ from lenet.status import StorageError, UsageError
 
 log = logging.getLogger("coordinator")
 
-_NAME = re.compile(r"^ckpt-(\d{9})\.npz$")
+_NAME = re.compile(r"^ckpt-(?:([0-9a-f]{12})-)?(\d{9})\.npz$")  # the run's identity is absent in older files
 KEEP = 3
+MAX_HISTORY_EXTRA = 16  # keys an epoch's record may hold beyond EPOCH_FIELDS (numbers or short strings)
+EPOCH_FIELDS = ("epoch", "samples", "loss", "train_accuracy", "test_accuracy")
 RETRY_EVERY = 30.0  # seconds between attempts while checkpoint writes fail (a full disk)
 
 
@@ -61,33 +69,37 @@ class Checkpoint:
 # --------------------------------------------------------------------------- the schema
 
 
-def snapshot(run: Training) -> Checkpoint:
-    """Everything needed to continue `run` after its last completed step."""
+def snapshot(run: Training, identity: runs.RunIdentity) -> Checkpoint:
+    """Everything needed to continue `run`, of `identity`, after its last completed step."""
     st = run.state
     meta = {"config": run.config.to_dict(), "num_shards": run.num_shards, "data_checksums": run.data.checksums,
+            "lineage": identity.to_meta(),
             "run": {"epoch_loss_sum": st.epoch_loss_sum, "epoch_correct": st.epoch_correct,
                     "epoch_samples": st.epoch_samples, "history": st.history}}
     return Checkpoint(st.step, run.params, run.optimizer.state_dict(), meta)
 
 
 def restore(run: Training, c: Checkpoint) -> None:
-    """Continue `run` from a checkpoint of the same configuration and data.
+    """Continue `run` from a checkpoint of the same lineage (`runs.choose` picked it) and data.
 
-    UsageError if it was made with other settings (the user can pass the same
-    flags), StorageError if its arrays do not fit the model.  The shard count may
-    differ: the caller chose it (`coordinator.__main__.shard_count`), and the run
-    goes on with `run.num_shards`.
+    The epoch count may differ (an extended run: the schedule is `run.config`'s from
+    here), and so may the shard count (the caller chose it,
+    `coordinator.__main__.shard_count`).  UsageError if it was made with other
+    settings (the user can pass the same flags), StorageError if its arrays do not
+    fit the model.
     """
     saved = TrainConfig.from_dict(c.meta.get("config", {}))
     if saved.model != run.config.model:
         raise UsageError(f"checkpoint holds {saved.model}, this run trains {run.config.model} (--model)")
     ours = run.config.to_dict()
     diffs = [f"{k}={v!r} (this run: {ours[k]!r})" for k, v in saved.to_dict().items()
-             if k != "max_steps" and ours.get(k) != v]
+             if k not in runs.IGNORED + runs.EXTENDABLE and ours.get(k) != v]
     if diffs:
         raise UsageError("checkpoint was made with " + ", ".join(diffs) + ": pass the same flags to resume")
     if c.meta.get("data_checksums") != run.data.checksums:
         raise UsageError("checkpoint was made with different MNIST files (checksums differ)")
+    if c.step > run.config.epochs * run.steps_per_epoch:
+        raise UsageError(f"checkpoint is at step {c.step}, beyond the {run.config.epochs} epochs asked for")
     try:
         run.model.params = dict(run.model.check_params(c.params, "checkpoint"))
         run.optimizer.load_state_dict(c.optimizer)
@@ -100,7 +112,7 @@ def restore(run: Training, c: Checkpoint) -> None:
 
 
 class Checkpointer:
-    """Writes a run's checkpoints into `directory` (None: nowhere), signed with `key` if given.
+    """Writes the checkpoints of run `identity` into `directory` (None: nowhere), signed with `key` if given.
 
     A failed write (a full disk, say) is counted, and training goes on; while writes
     fail, the newest good checkpoint falls behind the run, so the log says by how
@@ -109,10 +121,10 @@ class Checkpointer:
     next scheduled checkpoint.  The first success after failures says so.
     """
 
-    def __init__(self, directory: Path | None, metrics: Metrics, key: bytes | None = None,
-                 retry_every: float | None = None, log_every: float = 60.0,
+    def __init__(self, directory: Path | None, metrics: Metrics, identity: runs.RunIdentity,
+                 key: bytes | None = None, retry_every: float | None = None, log_every: float = 60.0,
                  clock: Callable[[], float] = time.monotonic):
-        self.directory, self.metrics, self.key = directory, metrics, key
+        self.directory, self.metrics, self.identity, self.key = directory, metrics, identity, key
         self.retry_every = RETRY_EVERY if retry_every is None else retry_every
         self.clock = clock
         self.newest_step: int | None = None  # of the newest checkpoint this run wrote
@@ -130,7 +142,7 @@ class Checkpointer:
             return None
         start = self.clock()
         try:
-            path = save(self.directory, snapshot(run), key=self.key)
+            path = save(self.directory, snapshot(run, self.identity), key=self.key)
         except StorageError as err:
             self._failed(run.state.step, err, start)
             return None
@@ -145,13 +157,13 @@ class Checkpointer:
         """Delete the checkpoints of steps after `step` (they hold a convicted liar's answers: a resume must
         not start from one); returns how many went."""
         gone = 0
-        for path in list_checkpoints(self.directory) if self.directory is not None else []:
-            if int(_NAME.match(path.name).group(1)) > step:  # type: ignore[union-attr]  # listed by _NAME
+        for f in list_checkpoints(self.directory, warn=False) if self.directory is not None else []:
+            if f.run_id == self.identity.run_id and f.step > step:  # this run's only: never another's
                 try:
-                    path.unlink()
+                    f.path.unlink()
                     gone += 1
                 except OSError as err:
-                    log.warning("could not delete checkpoint %s holding a convicted liar's answers: %s", path,
+                    log.warning("could not delete checkpoint %s holding a convicted liar's answers: %s", f.path,
                                 err.strerror)
         return gone
 
@@ -182,29 +194,61 @@ def check_writable(directory: Path) -> None:
         raise StorageError(f"checkpoint directory {directory} is not writable: {err.strerror or err}") from None
 
 
-def path_for(directory: Path, step: int) -> Path:
-    return directory / f"ckpt-{step:09d}.npz"
+def path_for(directory: Path, run_id: str, step: int) -> Path:
+    return directory / f"ckpt-{run_id}-{step:09d}.npz"
 
 
 def save(directory: Path, ckpt: Checkpoint, key: bytes | None = None) -> Path:
-    """Write atomically (signed with `key`, if given), then delete all but the newest KEEP checkpoints."""
+    """Write atomically (signed with `key`, if given), then prune the run's own older checkpoints.
+
+    Only files of this run (`ckpt.meta["lineage"]`) below this step are deleted, all
+    but the newest KEEP - 1 of them: another run's files, older-format files and
+    this run's files ahead of this step (an earlier attempt that got further) are
+    never touched.
+    """
+    run_id = ckpt.meta["lineage"]["run_id"]
     arrays = {f"params/{k}": v for k, v in ckpt.params.items()}
     arrays.update({f"optim/{k}": v for k, v in ckpt.optimizer.items()})
-    path = path_for(directory, ckpt.step)
+    path = path_for(directory, run_id, ckpt.step)
     write_npz(path, arrays, {"kind": "lenet5-checkpoint", "step": ckpt.step, **ckpt.meta}, key=key)
-    for old in list_checkpoints(directory)[KEEP:]:
+    older = [f for f in list_checkpoints(directory, warn=False) if f.run_id == run_id and f.step < ckpt.step]
+    for old in older[KEEP - 1:]:
         try:
-            old.unlink()
+            old.path.unlink()
         except OSError as err:
-            log.warning("could not delete old checkpoint %s: %s", old, err.strerror)
+            log.warning("could not delete old checkpoint %s: %s", old.path, err.strerror)
     return path
 
 
-def list_checkpoints(directory: Path) -> list[Path]:
-    """Checkpoint files, newest (highest step) first."""
-    if not directory.is_dir():
+@dataclass(frozen=True)
+class CheckpointFile:
+    path: Path
+    run_id: str | None  # None: a file named before runs had identities (`ckpt-<step>.npz`)
+    step: int
+
+
+def list_checkpoints(directory: Path, warn: bool = True) -> list[CheckpointFile]:
+    """Checkpoint files, highest step first.  Only regular files (or symlinks to one) are listed: anything
+    else named like a checkpoint (a FIFO, a device, a directory) is skipped, with one warning if `warn`."""
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:  # no directory yet, or unreadable: nothing to resume from
         return []
-    return sorted((p for p in directory.iterdir() if _NAME.match(p.name)), reverse=True)
+    found = []
+    for entry in entries:
+        m = _NAME.match(entry.name)
+        if not m:
+            continue
+        try:
+            regular = entry.is_file()
+        except OSError:
+            regular = False
+        if not regular:
+            if warn:
+                log.warning("skipping %s: named like a checkpoint but not a regular file", entry.path)
+            continue
+        found.append(CheckpointFile(Path(entry.path), m.group(1), int(m.group(2))))
+    return sorted(found, key=lambda f: (f.step, f.run_id or ""), reverse=True)
 
 
 _FLOAT32 = np.dtype(np.float32)
@@ -268,31 +312,78 @@ def _config_problem(config: Any) -> str | None:
     return None
 
 
+def _history_problem(history: Any, epochs: int) -> str | None:
+    """Why `history` is not a list of epoch records 1..n (n <= `epochs`), or None."""
+    if not isinstance(history, list) or len(history) > epochs:
+        return f"run history is not a list of at most {epochs} epoch records"
+    for i, h in enumerate(history):
+        if not isinstance(h, dict) or not all(k in h for k in EPOCH_FIELDS):
+            return f"run history entry {i} lacks one of {', '.join(EPOCH_FIELDS)}"
+        if h["epoch"] != i + 1 or not _is_int(h["epoch"]):
+            return f"run history entry {i} is epoch {h['epoch']!r:.20}, not {i + 1}"
+        if not _is_int(h["samples"]) or h["samples"] < 1:
+            return f"run history entry {i} samples {h['samples']!r:.20} is not a positive count"
+        if not _is_number(h["loss"]) or h["loss"] < 0:
+            return f"run history entry {i} loss {h['loss']!r:.20} is not a finite number >= 0"
+        for k in ("train_accuracy", "test_accuracy"):
+            if not _is_number(h[k]) or not 0 <= h[k] <= 1:
+                return f"run history entry {i} {k} {h[k]!r:.20} is not between 0 and 1"
+        extra = [k for k in h if k not in EPOCH_FIELDS]
+        short = lambda v: isinstance(v, str) and len(v) <= 256  # noqa: E731
+        if len(extra) > MAX_HISTORY_EXTRA or not all(len(k) <= 64 and (_is_number(h[k]) or short(h[k]))
+                                                     for k in extra):
+            return f"run history entry {i} holds other fields than short strings and finite numbers"
+    return None
+
+
 def meta_problem(meta: dict[str, Any]) -> str | None:
-    """Why the metadata is not that of a training checkpoint (structure and types), or None."""
+    """Why the metadata is not that of a training checkpoint (structure, types, ranges), or None."""
     if meta.get("kind") != "lenet5-checkpoint":
         return "not a training checkpoint"
     if not _is_int(meta.get("step")) or meta["step"] < 0:
-        return f"step {meta.get('step')!r} is not a count"
+        return f"step {meta.get('step')!r:.40} is not a count"
     problem = _config_problem(meta.get("config"))
     if problem:
         return problem
-    if not _is_int(meta.get("num_shards")) or meta["num_shards"] < 1:
-        return f"num_shards {meta.get('num_shards')!r} is not a positive count"
+    if not _is_int(meta.get("num_shards")) or not 1 <= meta["num_shards"] <= P.MAX_SHARDS:
+        return f"num_shards {meta.get('num_shards')!r:.40} is not a count of 1 to {P.MAX_SHARDS}"
     checksums = meta.get("data_checksums")
-    if not isinstance(checksums, dict) or not all(isinstance(v, str) for v in checksums.values()):
-        return "data_checksums is not an object of strings"
+    if (not isinstance(checksums, dict) or len(checksums) > 8
+            or not all(isinstance(k, str) and isinstance(v, str) and len(v) <= 128 for k, v in checksums.items())):
+        return "data_checksums is not a small object of strings"
+    if "lineage" in meta:  # absent in checkpoints written before runs had identities
+        problem = runs.identity_problem(meta["lineage"])
+        if problem:
+            return problem
     run = meta.get("run")
     if not isinstance(run, dict):
         return "run is not an object"
-    if not _is_number(run.get("epoch_loss_sum")):
-        return f"run epoch_loss_sum {run.get('epoch_loss_sum')!r} is not a finite number"
+    if not _is_number(run.get("epoch_loss_sum")) or run["epoch_loss_sum"] < 0:
+        return f"run epoch_loss_sum {run.get('epoch_loss_sum')!r:.40} is not a finite number >= 0"
     for count in ("epoch_correct", "epoch_samples"):
         if not _is_int(run.get(count)) or run[count] < 0:
-            return f"run {count} {run.get(count)!r} is not a count"
-    history = run.get("history")
-    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
-        return "run history is not a list of objects"
+            return f"run {count} {run.get(count)!r:.40} is not a count"
+    if run["epoch_correct"] > run["epoch_samples"]:
+        return f"run epoch_correct {run['epoch_correct']} exceeds epoch_samples {run['epoch_samples']}"
+    return _history_problem(run.get("history"), meta["config"]["epochs"])
+
+
+def run_problem(meta: dict[str, Any], train_images: int) -> str | None:
+    """Why the running sums and history disagree with the step, or None: each is a function of the
+    step, the batch size and the training-set size (`train_images` before --train-subset)."""
+    config = meta["config"]
+    n = min(config["train_subset"] or train_images, train_images)
+    per_epoch = -(-n // config["batch_size"])
+    step, run = meta["step"], meta["run"]
+    # A checkpoint at an epoch's last step may hold that epoch unclosed (all its samples summed), and
+    # the newest closed epoch's record may still be on its way (its test accuracy is computed while
+    # the next epoch trains).
+    unclosed = step > 0 and step % per_epoch == 0 and run["epoch_samples"] == n
+    closed = step // per_epoch - unclosed
+    if not closed - 1 <= len(run["history"]) <= closed:
+        return f"run history holds {len(run['history'])} epochs, step {step} means {closed}"
+    if not unclosed and run["epoch_samples"] != (step % per_epoch) * config["batch_size"]:
+        return f"run epoch_samples {run['epoch_samples']} disagrees with step {step}"
     return None
 
 
@@ -303,12 +394,17 @@ def _arrays_problem(arrays: dict[str, np.ndarray], name: str) -> str | None:
     return None if problem is None else f"the config names {name}, but {problem[1]}"
 
 
-def load(path: Path, key: bytes | None = None) -> Checkpoint:
-    """A checkpoint, checked through (see the module doc); with `key`, it must carry a valid HMAC."""
+def load(path: Path, key: bytes | None = None, train_images: int | None = None) -> Checkpoint:
+    """A checkpoint, checked through (see the module doc); with `key`, it must carry a valid HMAC.
+
+    With `train_images` (the training set's size), its running sums must also agree with its step.
+    The metadata always holds `lineage` on return (computed for older files).
+    """
     arrays, meta = read_npz(path, key=key, expect=layout_problem)
     if isinstance(meta.get("config"), dict):
         meta["config"].setdefault("model", DEFAULT_MODEL)  # written before models were named
-    problem = meta_problem(meta) or _arrays_problem(arrays, meta["config"]["model"])
+    problem = (meta_problem(meta) or _arrays_problem(arrays, meta["config"]["model"])
+               or (run_problem(meta, train_images) if train_images is not None else None))
     if problem:
         raise StorageError(f"{path}: {problem}")
     for name, a in arrays.items():
@@ -316,27 +412,62 @@ def load(path: Path, key: bytes | None = None) -> Checkpoint:
             raise StorageError(f"{path}: {name} holds NaN or infinite values")
         if a.dtype.kind in "iu" and (a < 0).any():
             raise StorageError(f"{path}: {name} is negative")
+    m, stored_run = _NAME.match(path.name), meta.get("lineage", {}).get("run_id")
+    if m and (int(m.group(2)) != meta["step"] or (m.group(1) is not None and m.group(1) != stored_run)):
+        raise StorageError(f"{path}: holds step {meta['step']} of run {stored_run}, not what its name says")
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
     optimizer = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
     meta = dict(meta)
     step = meta.pop("step")
     meta.pop("kind")
+    if "lineage" not in meta:
+        meta["lineage"] = runs.identity(TrainConfig.from_dict(meta["config"]), meta["num_shards"],
+                                        meta["data_checksums"]).to_meta()
     return Checkpoint(step=step, params=params, optimizer=optimizer, meta=meta)
 
 
-def load_latest(directory: Path, key: bytes | None = None) -> Checkpoint | None:
-    """The newest checkpoint that reads back intact (and signed, with `key`); others are set aside with a warning."""
-    for path in list_checkpoints(directory):
+def set_aside(path: Path, err: StorageError) -> None:
+    """A checkpoint that failed its checks: renamed `*.damaged` (kept for inspection), one warning."""
+    aside = path.with_name(path.name + ".damaged")
+    n = 1
+    while aside.exists() or aside.is_symlink():  # never over a file set aside before
+        aside, n = path.with_name(f"{path.name}.damaged.{n}"), n + 1
+    try:
+        path.rename(aside)  # out of the way of newer checkpoints, and of the next start
+    except OSError:
+        aside = path
+    log.warning("skipping damaged checkpoint (kept as %s): %s", aside.name, err)
+
+
+def candidates(directory: Path, key: bytes | None = None,
+               train_images: int | None = None) -> list[tuple[runs.Candidate, Checkpoint]]:
+    """The newest intact checkpoint of each run in `directory`; damaged ones on the way are set aside."""
+    found: dict[str, tuple[runs.Candidate, Checkpoint]] = {}
+    for f in list_checkpoints(directory):
+        if f.run_id is not None and f.run_id in found:
+            continue  # this run's newer one is intact: older ones are not even opened
         try:
-            ckpt = load(path, key)
+            c = load(f.path, key, train_images)
         except StorageError as err:
-            aside = path.with_name(path.name + ".damaged")
-            try:
-                path.rename(aside)  # keep it for inspection, out of the way of newer checkpoints
-            except OSError:
-                aside = path
-            log.warning("skipping damaged checkpoint (kept as %s): %s", aside.name, err)
+            set_aside(f.path, err)
             continue
-        log.info("resuming from %s (step %d)", path, ckpt.step)
-        return ckpt
-    return None
+        identity = runs.from_meta(c.meta["lineage"])
+        if identity.run_id not in found:
+            found[identity.run_id] = (runs.Candidate(f.path.name, identity, c.step, c.meta["config"],
+                                                     c.meta["num_shards"], c.meta["data_checksums"]), c)
+    return list(found.values())
+
+
+def describe_others(files: list[CheckpointFile], run_id: str) -> str | None:
+    """One line for a fresh run about checkpoints already in its directory, or None if there are none."""
+    own = [f for f in files if f.run_id == run_id]
+    others = [f for f in files if f.run_id != run_id]
+    parts = []
+    if own:
+        parts.append(f"checkpoints of this same run up to step {own[0].step} (an earlier attempt: --resume "
+                     "continues from them; this run starts over and writes the same numbers)")
+    if others:
+        names = {f.run_id for f in others}
+        parts.append(f"{len(others)} checkpoints of {len(names)} other run(s), newest {others[0].path.name} "
+                     f"(kept: this run, {run_id}, prunes only its own)")
+    return "; ".join(parts) or None

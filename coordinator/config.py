@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from coordinator.keys import CurveServer
+from coordinator.runs import RunIdentity
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,8 @@ class ServiceConfig:
     registrations_per_second: float = 32.0  # after a burst: 64 workers joining at once are admitted
     registration_burst: int = 128
     checkpoint_key: bytes | None = None  # signs checkpoints (HMAC); with it, unsigned ones are refused
+    run: RunIdentity | None = None  # names the checkpoints; None: a fresh run of the training's settings
+    stuck_after: int = 10  # units expired with every answer refused, none accepted: the run cannot progress
 
     def __post_init__(self) -> None:
         if self.min_workers < 1:
@@ -38,5 +41,7 @@ class ServiceConfig:
             raise ValueError(f"max workers must be >= 1, got {self.max_workers}")
         if not 0.0 <= self.verify_fraction <= 1.0:
             raise ValueError(f"verify fraction must be between 0 and 1, got {self.verify_fraction}")
+        if self.stuck_after < 1:
+            raise ValueError(f"stuck-after count must be >= 1, got {self.stuck_after}")
         if self.checkpoint_every < 0:
             raise ValueError(f"checkpoint interval must be >= 0, got {self.checkpoint_every}")

@@ -76,14 +76,15 @@ class Hub:
                  log: logging.Logger, release: Callable[[bytes], int], model: type[Model], *,
                  max_capacity: int = P.MAX_CAPACITY,
                  registrations: TokenBucket | None = None, metrics: Metrics | None = None,
-                 count_word: str = "live"):
+                 count_word: str = "live", on_reject: Callable[[Reason, bytes | None, str], None] | None = None):
         """`judge` names this side in refusals ("coordinator", "relay"); `release(identity)` takes a gone
         member's units back and returns the shards re-queued; `count_word` ends a join line's count.  `model`:
-        the run's, which members must compute (and their messages are decoded against); `probe` is its digest."""
+        the run's, which members must compute (and their messages are decoded against); `probe` is its digest.
+        `on_reject(reason, identity, detail)` hears of every refusal."""
         self.endpoint, self.members, self.probe, self.judge, self.log = endpoint, members, probe, judge, log
         self.model = model
         self.release, self.max_capacity, self.registrations = release, max_capacity, registrations
-        self.metrics, self.count_word = metrics, count_word
+        self.metrics, self.count_word, self.on_reject = metrics, count_word, on_reject
         self.warnings = RateLimitedLog(interval=10.0)
         self.replies = ReplyLimiter(interval=1.0)
         self.join_lines = TokenBucket(rate=1.0, burst=16)  # a line per join, unless they flood in
@@ -145,6 +146,8 @@ class Hub:
     def reject(self, reason: Reason, identity: bytes | None, detail: str) -> None:
         if self.metrics is not None:
             self.metrics.rejected.labels(reason.value).inc()
+        if self.on_reject is not None:
+            self.on_reject(reason, identity, detail)
         who = self.name(identity) if identity else "?"
         self.warn_limited(reason.value, f"rejected message from {who}: {reason.value}: {detail[:200]!s}")
 

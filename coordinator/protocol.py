@@ -57,7 +57,7 @@ def max_result_bytes(samples: int, num_shards: int, model: type[Model] | None = 
     of `num_shards` shards.
 
     Nothing else a worker may send is larger.  The coordinator's socket cuts off
-    larger frames unread (its ZMQ_MAXMSGSIZE is this for a whole batch), so decoding
+    larger frames unread (its ZMQ_MAXMSGSIZE is this for the largest unit a step has), so decoding
     memory stays a small multiple of it.  A unit's cover has at most 2 log2(shards)
     nodes.
     """
@@ -65,6 +65,25 @@ def max_result_bytes(samples: int, num_shards: int, model: type[Model] | None = 
     nodes = 2 * max(1, num_shards.bit_length())
     tree = sum(math.prod(m.PARAM_SHAPES[name]) for name in m.TREE_PARAMS)
     return 4 * (nodes * tree + samples * (1 + sum(m.FACTOR_WIDTHS.values()))) + 4096  # 1: the sample's loss
+
+
+def max_task_bytes(samples: int) -> int:
+    """The largest Task of a unit of `samples` samples: their pixels and labels, the shard sizes, the fields."""
+    return samples * (28 * 28 + 1) + 5 * MAX_SHARDS + 4096
+
+
+def max_unit_samples(num_shards: int, model: type[Model] | None = None) -> int:
+    """The most samples a unit of `model` (default: the default model) may hold for its Task and its Result
+    each to fit one message (MAX_MESSAGE_BYTES)."""
+    def fits(n: int) -> bool:
+        return max_result_bytes(n, num_shards, model) <= MAX_MESSAGE_BYTES and max_task_bytes(n) <= MAX_MESSAGE_BYTES
+
+    lo, hi = 0, MAX_SHARD_SAMPLES  # fits(lo) holds; find the largest
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
 
 MAX_REGISTER_BYTES = 2 * MAX_TEXT + 256  # what an unregistered peer may send before it is decoded
 

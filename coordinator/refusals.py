@@ -8,6 +8,8 @@ start, so a dashboard or alert sees the series before the first refusal.
 from __future__ import annotations
 
 import enum
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
 
 
 class Reason(str, enum.Enum):
@@ -48,3 +50,55 @@ class Reason(str, enum.Enum):
 
     def __str__(self) -> str:
         return self.value
+
+
+@dataclass(frozen=True)
+class Streak:
+    reason: Reason
+    count: int
+    detail: str  # the last one's
+
+
+class RefusalStreaks:
+    """A run that cannot progress: work given out again and again, every answer refused for the same reason.
+
+    A member whose answers are all refused (a result too large for any message, say)
+    would otherwise be re-dispatched the same unit forever.  Stuck means: since the
+    last accepted result, `limit` units were taken back after their deadline, and
+    every member's answers since were refused, all for one reason.  One accepted
+    result clears it all; a silent member (no answer, no refusal) or one honest
+    member keeps the run going, so a peer refused on purpose cannot stop a run that
+    has an honest worker, and a flood of refusals without deadlines passing cannot
+    either.
+    """
+
+    def __init__(self, limit: int, max_tracked: int = 4096):
+        self.limit, self.max_tracked = limit, max_tracked
+        # Kept while a member is removed and registers again (as a worker whose every answer is refused
+        # is: it misses its deadlines), so the streak survives it; bounded, the oldest dropped first.
+        self.streaks: dict[Hashable, Streak] = {}
+        self.taken_back = 0  # units whose deadline passed since the last accepted result
+
+    def refused(self, who: Hashable, reason: Reason, detail: str) -> None:
+        last = self.streaks.get(who)
+        count = last.count + 1 if last is not None and last.reason is reason else 1
+        self.streaks.pop(who, None)
+        self.streaks[who] = Streak(reason, count, detail)
+        if len(self.streaks) > self.max_tracked:
+            del self.streaks[next(iter(self.streaks))]
+
+    def expired(self, units: int) -> None:
+        self.taken_back += units
+
+    def accepted(self) -> None:
+        self.streaks.clear()
+        self.taken_back = 0
+
+    def stuck(self, members: Iterable[Hashable]) -> Streak | None:
+        """The refusal every one of `members` (at least one) keeps getting, once `limit` units expired; or None."""
+        if self.taken_back < self.limit:
+            return None
+        streaks = [self.streaks.get(m) for m in members]
+        if not streaks or any(s is None for s in streaks) or len({s.reason for s in streaks if s}) != 1:
+            return None
+        return min((s for s in streaks if s is not None), key=lambda s: s.count)

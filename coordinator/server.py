@@ -40,7 +40,7 @@ import zmq
 
 from coordinator import checkpoint as ckpt
 from coordinator import protocol as P
-from coordinator import trust
+from coordinator import runs, trust
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
 from coordinator.hub import Hub
@@ -49,7 +49,7 @@ from coordinator.metrics import Metrics
 from coordinator.phases import Phases
 from coordinator.provenance import Provenance, Rewind
 from coordinator.ratelimit import TokenBucket
-from coordinator.refusals import Reason
+from coordinator.refusals import Reason, RefusalStreaks
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
 from coordinator.training import ClosedEpoch, RunState, Snapshot, StepReport, Training, TrainingDiverged
@@ -63,6 +63,10 @@ from lenet.status import UserError
 log = logging.getLogger("coordinator")
 
 StepObserver = Callable[[StepReport, int], None]  # after each step: its report and the number of workers
+
+
+class RunStuck(Exception):
+    """Every member's results are refused again and again and nothing is accepted: the run cannot progress."""
 
 
 @dataclass
@@ -85,12 +89,14 @@ class Replay:
 class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
-        self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, key=service.checkpoint_key)
+        identity = service.run or runs.identity(training.config, training.num_shards, training.data.checksums)
+        self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, identity, key=service.checkpoint_key)
         self.step: Step | None = None
         self.epoch_started = 0.0
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
+        self.streaks = RefusalStreaks(service.stuck_after)
         self.provenance = Provenance[bytes, Snapshot]()
         self.replay: Replay | None = None
         started = time.perf_counter()
@@ -101,12 +107,14 @@ class Coordinator:
         # 0 would hold it that long).
         self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
         self.local_model = model()  # settles doubts by computing a unit here
+        # Units are cut to fit a message (coordinator/step.py), so no honest frame is larger than this.
+        largest = min(training.config.batch_size, P.max_unit_samples(training.num_shards, model))
         self.endpoint = RouterEndpoint(context, service.bind, service.curve,
-                                       P.max_result_bytes(training.config.batch_size, training.num_shards, model))
+                                       P.max_result_bytes(largest, training.num_shards, model))
         self.hub = Hub(self.endpoint, Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers),
                        probe, "coordinator", log, self._release, model, metrics=metrics,
                        registrations=TokenBucket(rate=service.registrations_per_second,
-                                                 burst=service.registration_burst))
+                                                 burst=service.registration_burst), on_reject=self._refused)
         self.members = self.hub.members
         self.phases = Phases()  # where the loop's time goes: the per-step breakdown
         self._published = dict(self.phases.totals)
@@ -146,6 +154,22 @@ class Coordinator:
     def _release(self, identity: bytes) -> int:
         return self.step.scheduler.release_worker(identity) if self.step else 0
 
+    def _refused(self, reason: Reason, identity: bytes | None, detail: str) -> None:
+        if identity is not None and identity in self.members:
+            self.streaks.refused(identity, reason, detail)
+
+    def _check_stuck(self) -> None:
+        """RunStuck when work keeps expiring and every member's answers are refused for one reason
+        (RefusalStreaks)."""
+        streak = self.streaks.stuck(self.members.members)  # looked at only once work has kept expiring
+        if streak is None:
+            return
+        hint = ("a unit's result does not fit a message: lower --batch-size or raise --shards"
+                if streak.reason is Reason.TOO_LARGE else "see the rejected-message lines above")
+        raise RunStuck(f"every result refused: {self.streaks.taken_back} units re-dispatched and every answer of "
+                       f"the {counted(len(self.members), 'worker')} refused ({streak.count}+ in a row, {streak.reason.value}: "
+                       f"{streak.detail[:120]}), none accepted; {hint}")
+
     def reload_keys(self) -> None:
         """Re-read the CURVE allow-list (SIGHUP): new keys may connect; revoked keys' workers are dropped."""
         if self.endpoint.auth is None:
@@ -173,7 +197,9 @@ class Coordinator:
         if self.step is None:
             return
         sched = self.step.scheduler
-        for unit, identity in sched.expire(now):
+        expired = sched.expire(now)
+        self.streaks.expired(len(expired))
+        for unit, identity in expired:
             lo, hi = sched.units[unit]
             self.metrics.redispatched.inc(hi - lo)
             log.warning("shards %d-%d of step %d missed their %.0f s deadline on %s: re-dispatched", lo, hi - 1,
@@ -330,6 +356,7 @@ class Coordinator:
         if since is not None:
             self.turnaround.record(time.monotonic() - since, sched.samples[unit])
         overtaken = sched.accept(result.first, result, by=identity)
+        self.streaks.accepted()
         if identity is not None:
             self.provenance.accepted(identity, step.number, self._snapshot)
         now = time.monotonic()
@@ -483,10 +510,11 @@ class Coordinator:
     def _train(self, stop: Callable[[], bool], tick: Callable[[], None], progress: StepObserver) -> RunOutcome:
         training = self.training
         self.metrics.epoch.set(training.epoch)
-        if not self.wait_for_workers(stop, tick):
+        if not training.done and not self.wait_for_workers(stop, tick):  # a finished run needs no workers
             return RunOutcome(training.params, training.state, finished=False)
-        log.info("training: %d steps of batch %d in %d shards, %s", training.total_steps - training.state.step,
-                 training.config.batch_size, training.num_shards, counted(len(self.members), "worker"))
+        if not training.done:
+            log.info("training: %d steps of batch %d in %d shards, %s", training.total_steps - training.state.step,
+                     training.config.batch_size, training.num_shards, counted(len(self.members), "worker"))
         self.epoch_started = time.monotonic()
         if training.epoch_unclosed:  # resumed from the checkpoint of an epoch's last step
             self._end_epoch(seconds=0.0)  # its time is not known: it ran before the restart
@@ -518,6 +546,7 @@ class Coordinator:
                 log.warning("no live workers%s: training paused until one registers",
                             f" ({len(self.members)} relays without workers)" if len(self.members) else "")
             paused = idle
+            self._check_stuck()
             if self.step is not None and self.step.scheduler.complete:
                 self._completed_at = time.perf_counter()
                 progress(self._finish_step(now), len(self.members))

@@ -16,10 +16,11 @@ from pathlib import Path
 import zmq
 
 from coordinator import checkpoint as ckpt
+from coordinator import protocol as P
 from coordinator.config import ServiceConfig
 from coordinator.local_workers import LocalWorkers
 from coordinator.metrics import Metrics
-from coordinator.server import Coordinator, RunOutcome, StepObserver
+from coordinator.server import Coordinator, RunOutcome, RunStuck, StepObserver
 from coordinator.training import Training, TrainingDiverged
 
 log = logging.getLogger("coordinator")
@@ -40,8 +41,9 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
     CURVE allow-list.
 
     Raises TrainingDiverged (after checkpointing) when the coordinator's own computation
-    confirms that the model diverged; user errors (an unusable address or checkpoint) as
-    lenet.status errors.
+    confirms that the model diverged; RunStuck (after checkpointing and telling the
+    workers to stop) when every member's results are refused again and again; user
+    errors (an unusable address or checkpoint) as lenet.status errors.
     """
     context = zmq.Context()
     coordinator = None
@@ -52,7 +54,7 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
         if resume_from is not None:
             coordinator.restore(resume_from)
         log.info("listening on %s", coordinator.endpoint.address)
-        if local_workers:
+        if local_workers and not training.done:  # a finished run (resumed at its end) needs none
             local = LocalWorkers(local_workers, coordinator.endpoint.local_address, list(local_worker_args))
 
         def tick() -> None:
@@ -66,6 +68,11 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
             log.info("%s", coordinator.breakdown())
         except TrainingDiverged:
             coordinator.save_checkpoint()
+            raise
+        except RunStuck as err:
+            coordinator.save_checkpoint()
+            coordinator.broadcast_shutdown(f"coordinator stopped: {err}"[: P.MAX_TEXT])
+            linger_ms = 1000
             raise
         checkpoint = None
         if not outcome.finished or training.state.step % training.steps_per_epoch:

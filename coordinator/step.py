@@ -1,7 +1,9 @@
 """One step of the run: what its workers are sent, and its state while they compute.  No sockets.
 
-`plan_step` cuts a step's batch into its fixed shards, groups them into units for
-the live members' capacities (`work_units`) and encodes each unit's Task: everything that does
+`limits_problem` says, before training, why a batch cannot be trained in its
+shards at all.  `plan_step` cuts a step's batch into its fixed shards, groups them into units for
+the live members' capacities (`work_units`), splits a unit too large for one
+message into several (`fit_units`), and encodes each unit's Task: everything that does
 not depend on the parameters, so the next step's plan is built while the workers
 compute.  `Step` then holds the state of the step under way: its plan, the
 scheduler that hands out units and keeps the first valid result of each, the
@@ -46,9 +48,52 @@ class StepPlan:
         return self.units[-1][1]
 
 
+def limits_problem(batch_size: int, train_images: int, num_shards: int,
+                   model: type[Model] | None = None) -> str | None:
+    """Why batches of `batch_size` from `train_images` images in `num_shards` shards cannot be trained with
+    `model` (default: the default model), or None.
+
+    A unit too large for a message is split (`fit_units`), but a unit is at least one
+    shard: a shard too large for a message is refused here, before training.
+    """
+    if batch_size > train_images:
+        return (f"--batch-size {batch_size} is larger than the {train_images} training images: "
+                f"use at most {train_images}")
+    if num_shards > P.MAX_SHARDS:
+        return f"--shards {num_shards} is more than {P.MAX_SHARDS}"
+    shards = min(num_shards, batch_size)
+    largest = -(-batch_size // shards)
+    if largest > P.max_unit_samples(shards, model):
+        enough = next((s for s in range(shards, P.MAX_SHARDS + 1)
+                       if -(-batch_size // s) <= P.max_unit_samples(s, model)), None)
+        fix = f"pass --shards {enough} or more" if enough else "lower --batch-size"
+        return (f"--batch-size {batch_size} in {shards} shard{'s' if shards > 1 else ''} makes shards of "
+                f"{largest} samples, more than one message holds ({P.max_unit_samples(shards, model)}): {fix}")
+    return None
+
+
+def fit_units(units: list[Node], weights: list[int], sizes: list[int], limit: int) -> tuple[list[Node], list[int]]:
+    """`units` with each one of more than `limit` samples split into runs of whole shards of at most `limit`
+    (every shard fits: `limits_problem`); a piece keeps its unit's capacity weight."""
+    out, out_weights = [], []
+    for (lo, hi), weight in zip(units, weights):
+        start, held = lo, 0
+        for shard in range(lo, hi):
+            if held and held + sizes[shard] > limit:
+                out.append((start, shard))
+                out_weights.append(weight)
+                start, held = shard, 0
+            held += sizes[shard]
+        out.append((start, hi))
+        out_weights.append(weight)
+    return out, out_weights
+
+
 def plan_step(step: int, batch: np.ndarray, num_shards: int, capacities: tuple[int, ...],
-              images: np.ndarray, labels: np.ndarray, wire: int | None = None) -> StepPlan:
-    """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`.
+              images: np.ndarray, labels: np.ndarray, wire: int | None = None,
+              model: type[Model] | None = None) -> StepPlan:
+    """Units and encoded tasks of `step`, whose batch holds the sample indices `batch`, for members of `capacities`
+    (units cut to fit a message of `model`'s results; default: the default model).
 
     `wire`: the step number the messages carry (default `step`).  After a rewind a replayed step is numbered
     above every step sent before, so an answer computed before the rewind is refused as stale.
@@ -56,7 +101,7 @@ def plan_step(step: int, batch: np.ndarray, num_shards: int, capacities: tuple[i
     wire = step if wire is None else wire
     sizes = shard_sizes(len(batch), num_shards)
     starts = [0, *accumulate(sizes)]  # the shards are consecutive runs of the batch
-    units, weights = work_units(len(sizes), capacities)
+    units, weights = fit_units(*work_units(len(sizes), capacities), sizes, P.max_unit_samples(len(sizes), model))
     tasks, samples = [], []
     for lo, hi in units:
         idx = batch[starts[lo] : starts[hi]]

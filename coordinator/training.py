@@ -144,7 +144,8 @@ class Training:
         if self._batches[0] != epoch:
             self._batches = (epoch, epoch_batches(self.config.seed, epoch, self.n_train, self.config.batch_size))
         return plan_step(step, self._batches[1][index], self.num_shards, capacities,
-                         self.data.train_images, self.data.train_labels, wire=step + self.wire_offset)
+                         self.data.train_images, self.data.train_labels, wire=step + self.wire_offset,
+                         model=type(self.model))
 
     def gradient(self, results: Mapping[Node, P.Result], units: list[Node]) -> Params:
         """A finished step's mean gradient: its units' results added up the rest of the tree."""

@@ -12,7 +12,9 @@ file can recompute it.  Only the HMAC, checked when a key is given, shows that
 the file was written by a holder of the key; with a key, an unsigned or wrongly
 signed file is refused.
 
-Reading never trusts the file's own size claims: the zip directory (names,
+Reading opens regular files only (a FIFO, a device such as /dev/zero or a
+directory under a file's name is refused without waiting or reading), takes the
+size from the opened file, and never trusts the file's own size claims: the zip directory (names,
 sizes, compression) and each `.npy` header (dtype, shape) are checked against
 the caller's expectations and a total size cap before any data is read, and
 decompression stops at the declared size.  A damaged or crafted file is one
@@ -31,6 +33,7 @@ import hmac
 import json
 import math
 import os
+import stat
 import tokenize
 import zipfile
 from collections.abc import Callable, Mapping
@@ -197,6 +200,61 @@ def _check_directory(zf: zipfile.ZipFile, path: Path, max_bytes: int) -> dict[st
     return entries
 
 
+def open_regular(path: Path) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (symlinks to one are followed); StorageError if not.
+
+    O_NONBLOCK: opening a FIFO must not wait for a writer; the type is then checked on
+    the opened descriptor, so nothing can be swapped in between.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else (
+                "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+            raise StorageError(f"{path}: {kind}, not a regular file: refused unread")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_entries(f: BinaryIO, path: Path, expect: Callable[[Layout], str | None] | None,
+                  max_bytes: int) -> dict[str, np.ndarray]:
+    """Every entry of the open archive `f`, checked as `read_npz` says, reserved ones included."""
+    with zipfile.ZipFile(f) as zf:
+        infos = _check_directory(zf, path, max_bytes)
+        layout: dict[str, tuple[tuple[int, ...], bool, np.dtype, int]] = {}
+        total = 0
+        for name, info in infos.items():
+            with zf.open(info) as fp:
+                layout[name] = _header(fp, name)
+                header_len = fp.tell()
+            total += layout[name][3]
+            if header_len + layout[name][3] != info.file_size:
+                raise StorageError(f"{path}: entry {name!r} claims {layout[name][3]} data bytes, "
+                                   f"the archive {info.file_size - header_len}")
+        if total > max_bytes:
+            raise StorageError(f"{path}: arrays total {total} bytes, more than {max_bytes}: refused before reading")
+        for reserved in (META_KEY, DIGEST_KEY):
+            if reserved not in layout:
+                raise StorageError(f"{path}: no {META_KEY}/{DIGEST_KEY} entries: not written by this program")
+        if expect is not None:
+            problem = expect({n: (s, d) for n, (s, _, d, _) in layout.items() if n not in RESERVED})
+            if problem:
+                raise StorageError(f"{path}: {problem}")
+        entries = {}
+        for name, (shape, fortran, dtype, nbytes) in layout.items():
+            with zf.open(infos[name]) as fp:
+                _header(fp, name)  # again, to stand at the data: a few hundred bytes
+                blob = fp.read(nbytes)
+            if len(blob) != nbytes:
+                raise StorageError(f"{path}: entry {name!r} is truncated")
+            entries[name] = np.frombuffer(blob, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+    return entries
+
+
 def read_npz(path: str | os.PathLike, key: bytes | None = None,
              expect: Callable[[Layout], str | None] | None = None,
              max_bytes: int = MAX_BYTES) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -208,38 +266,11 @@ def read_npz(path: str | os.PathLike, key: bytes | None = None,
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > max_bytes + MAX_ENTRIES * (MAX_HEADER_BYTES + 1024):
-            raise StorageError(f"{path}: {size} bytes, more than any file this program writes")
-        with zipfile.ZipFile(path) as zf:
-            infos = _check_directory(zf, path, max_bytes)
-            layout: dict[str, tuple[tuple[int, ...], bool, np.dtype, int]] = {}
-            total = 0
-            for name, info in infos.items():
-                with zf.open(info) as fp:
-                    layout[name] = _header(fp, name)
-                    header_len = fp.tell()
-                total += layout[name][3]
-                if header_len + layout[name][3] != info.file_size:
-                    raise StorageError(f"{path}: entry {name!r} claims {layout[name][3]} data bytes, "
-                                       f"the archive {info.file_size - header_len}")
-            if total > max_bytes:
-                raise StorageError(f"{path}: arrays total {total} bytes, more than {max_bytes}: refused before reading")
-            for reserved in (META_KEY, DIGEST_KEY):
-                if reserved not in layout:
-                    raise StorageError(f"{path}: no {META_KEY}/{DIGEST_KEY} entries: not written by this program")
-            if expect is not None:
-                problem = expect({n: (s, d) for n, (s, _, d, _) in layout.items() if n not in RESERVED})
-                if problem:
-                    raise StorageError(f"{path}: {problem}")
-            entries = {}
-            for name, (shape, fortran, dtype, nbytes) in layout.items():
-                with zf.open(infos[name]) as fp:
-                    _header(fp, name)  # again, to stand at the data: a few hundred bytes
-                    blob = fp.read(nbytes)
-                if len(blob) != nbytes:
-                    raise StorageError(f"{path}: entry {name!r} is truncated")
-                entries[name] = np.frombuffer(blob, dtype=dtype).reshape(shape, order="F" if fortran else "C").copy()
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_bytes + MAX_ENTRIES * (MAX_HEADER_BYTES + 1024):
+                raise StorageError(f"{path}: {size} bytes, more than any file this program writes")
+            entries = _read_entries(f, path, expect, max_bytes)
     except FileNotFoundError:
         raise StorageError(f"{path}: no such file") from None
     # What zipfile and numpy's header parser raise on malformed input (NotImplementedError:

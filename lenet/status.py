@@ -20,6 +20,7 @@ class ExitStatus(enum.IntEnum):
     DATA = 3  # MNIST files missing, corrupt or undownloadable
     STORAGE = 4  # checkpoint or output cannot be read or written
     NETWORK = 5  # address unusable, port in use, peer unreachable
+    REFUSED = 6  # every result refused again and again, nothing accepted: the run cannot progress
     INTERRUPTED = 130  # stopped by SIGINT or SIGTERM after saving state (128 + SIGINT)
 
 
@@ -43,6 +44,10 @@ class StorageError(UserError):
 
 class NetworkError(UserError):
     status = ExitStatus.NETWORK
+
+
+class RefusedError(UserError):
+    status = ExitStatus.REFUSED
 
 
 def finishing(status: int) -> int:

@@ -50,8 +50,9 @@ class ScriptedWorker(threading.Thread):
 
     def __init__(self, endpoint: str, name: str, answer: Answer, seconds: float = 120, probe: str | None = None,
                  identity: bytes | None = None, heartbeat: float = 0.5, capacity: int = 1,
-                 chatter: Answer | None = None, chatter_interval: float = 0.1):
+                 chatter: Answer | None = None, chatter_interval: float = 0.1, reregister: bool = False):
         super().__init__(daemon=True)
+        self.reregister = reregister  # register again when told "unregistered", as a real worker does
         self.capacity = capacity  # what it claims to serve: a relay's count of workers
         self.endpoint, self.name, self.answer, self.seconds = endpoint, name, answer, seconds
         self.probe = probe if probe is not None else this_machines_probe()
@@ -99,6 +100,9 @@ class ScriptedWorker(threading.Thread):
                     self.registered.set()
                 elif isinstance(msg, P.Error):
                     self.errors.append(msg.code)
+                    if self.reregister and msg.code == "unregistered":
+                        sock.send(P.encode(P.Register(name=self.name, pid=0, probe=self.probe,
+                                                      capacity=self.capacity)))
                 elif isinstance(msg, P.Shutdown):
                     return
                 elif isinstance(msg, P.Params):

@@ -22,8 +22,8 @@ def test_signed_checkpoints_resume_only_with_their_key(tmp_path, procs, mnist_di
                         str(ours), "--output", str(tmp_path / "a.npz"), log_name="first.log")
     procs.append(first)
     assert first.wait() == 0, first.log()
-    written = sorted(p.name for p in ckpt.glob("ckpt-*.npz"))
-    assert written == ["ckpt-000000005.npz", "ckpt-000000007.npz"]
+    written = sorted(p.name.rsplit("-", 1)[1] for p in ckpt.glob("ckpt-*.npz"))
+    assert written == ["000000005.npz", "000000007.npz"]
 
     wrong = coordinator(tmp_path, *CONFIG, "--max-steps", "8", "--checkpoint-dir", str(ckpt), "--resume",
                         "--checkpoint-key", str(theirs), "--output", str(tmp_path / "b.npz"), log_name="wrong.log")
@@ -33,7 +33,7 @@ def test_signed_checkpoints_resume_only_with_their_key(tmp_path, procs, mnist_di
 
     for p in ckpt.glob("*.damaged"):  # set aside by the refusal: put them back for the rightful key
         p.rename(p.with_name(p.name.removesuffix(".damaged")))
-    for p in ckpt.glob("ckpt-000000008.npz"):
+    for p in ckpt.glob("ckpt-*-000000008.npz"):
         p.unlink()
     right = coordinator(tmp_path, *CONFIG, "--max-steps", "8", "--checkpoint-dir", str(ckpt), "--resume",
                         "--checkpoint-key", str(ours), "--output", str(tmp_path / "c.npz"), log_name="right.log")

@@ -182,6 +182,7 @@ def test_failed_checkpoint_write_keeps_the_previous_and_training_goes_on(mnist, 
     from prometheus_client import CollectorRegistry
 
     from coordinator import checkpoint as ckpt
+    from coordinator import runs
     from coordinator.config import ServiceConfig
     from coordinator.metrics import Metrics
     from coordinator.service import run_service
@@ -204,9 +205,10 @@ def test_failed_checkpoint_write_keeps_the_previous_and_training_goes_on(mnist, 
     outcome = run_service(training, service, metrics, local_workers=1)
     assert outcome.finished and outcome.state.step == 15
     assert metrics.registry.get_sample_value("lenet_checkpoint_failures_total") == 1
+    run = runs.identity(training.config, training.num_shards, training.data.checksums).run_id
     names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert names == ["ckpt-000000005.npz", "ckpt-000000015.npz"]  # step 10 failed; nothing half-written left
-    assert ckpt.load(tmp_path / "ckpt" / "ckpt-000000005.npz").step == 5
+    assert names == [f"ckpt-{run}-000000005.npz", f"ckpt-{run}-000000015.npz"]  # step 10 failed; nothing half-written
+    assert ckpt.load(tmp_path / "ckpt" / f"ckpt-{run}-000000005.npz").step == 5
 
 
 def test_worker_sigterm_is_a_clean_leave(tmp_path, procs, mnist_dir):
@@ -255,5 +257,5 @@ def test_a_failed_checkpoint_is_retried_before_the_next_scheduled_one(mnist, tmp
     training = Training(TrainConfig(max_steps=15, train_subset=2560), 8, mnist)
     outcome = run_service(training, service, metrics, local_workers=1)
     assert outcome.finished and metrics.registry.get_sample_value("lenet_checkpoint_failures_total") == 1
-    names = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
-    assert names == ["ckpt-000000005.npz", "ckpt-000000011.npz", "ckpt-000000015.npz"]
+    names = sorted(p.name.rsplit("-", 1)[1] for p in (tmp_path / "ckpt").iterdir())
+    assert names == ["000000005.npz", "000000011.npz", "000000015.npz"]

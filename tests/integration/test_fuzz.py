@@ -143,7 +143,7 @@ def test_oversized_frame_is_cut_off_at_the_socket(run):
 
 
 def test_training_goes_on_as_if_nothing_happened(run, tmp_path):
-    from coordinator.checkpoint import load_latest
+    from coordinator.checkpoint import candidates
 
     coord = run["coordinator"]
     deadline = time.monotonic() + 60
@@ -168,6 +168,8 @@ def test_training_goes_on_as_if_nothing_happened(run, tmp_path):
         assert int(counts.get(reason, 0)) > 0, reason
     assert coord.log().count("rejected message from") < 200  # rate-limited, not one line per frame
 
-    stopped = load_latest(run["tmp"] / "ckpt")
-    assert stopped is not None and stopped.step > 0
+    found = candidates(run["tmp"] / "ckpt")
+    assert len(found) == 1  # one run, its newest intact checkpoint
+    stopped = found[0][1]
+    assert stopped.step > 0
     assert identical(stopped.params, trainer_params(tmp_path, *CONFIG, "--max-steps", str(stopped.step)))

@@ -37,7 +37,8 @@ def test_a_relay_of_two_workers_gives_the_same_bits(reference, tmp_path, procs):
     assert identical(params(tmp_path / "m.npz"), reference)
 
 
-def test_a_checkpoint_of_the_1998_model_is_refused_by_a_lenet5_run(tmp_path, procs):
+def test_a_checkpoint_of_the_1998_model_is_not_resumed_by_a_lenet5_run(tmp_path, procs):
+    """Another model is another run: `--resume` says in one line why none fits, starts afresh, deletes nothing."""
     ckpt = tmp_path / "ckpt"
     first = coordinator(tmp_path, "--workers", "1", "--checkpoint-dir", str(ckpt), "--checkpoint-every", "5",
                         "--output", str(tmp_path / "a.npz"), *MODEL)
@@ -45,9 +46,12 @@ def test_a_checkpoint_of_the_1998_model_is_refused_by_a_lenet5_run(tmp_path, pro
     assert first.wait() == 0, first.log()
     second = coordinator(tmp_path, "--workers", "1", "--checkpoint-dir", str(ckpt), "--resume", "--max-steps", "30",
                          "--output", str(tmp_path / "b.npz"), log_name="second.log")
+    kept = set(ckpt.glob("ckpt-*.npz"))
     procs.append(second)
-    assert second.wait() != 0
-    assert "lenet5-1998" in second.log() and "Traceback" not in second.log()
+    assert second.wait() == 0, second.log()
+    line = next(x for x in second.log().splitlines() if "starting from scratch" in x)
+    assert "no checkpoint of this run" in line and "lenet5-1998" in line and "Traceback" not in second.log()
+    assert kept <= set(ckpt.glob("ckpt-*.npz"))
 
 
 def test_a_run_stopped_and_resumed_gives_the_uninterrupted_bits(reference, tmp_path, procs):
@@ -56,7 +60,7 @@ def test_a_run_stopped_and_resumed_gives_the_uninterrupted_bits(reference, tmp_p
                         "--output", str(tmp_path / "a.npz"), *MODEL[:-1], "12")  # --max-steps 12
     procs.append(first)
     assert first.wait() == 0, first.log()
-    assert (ckpt / "ckpt-000000012.npz").is_file()
+    assert len(list(ckpt.glob("ckpt-*-000000012.npz"))) == 1
     second = coordinator(tmp_path, "--workers", "2", "--checkpoint-dir", str(ckpt), "--resume",
                          "--output", str(tmp_path / "b.npz"), *MODEL, log_name="second.log")
     procs.append(second)

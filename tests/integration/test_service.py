@@ -142,7 +142,7 @@ def test_resume_from_checkpoint_equals_uninterrupted(reference, tmp_path, procs)
                         "--output", str(tmp_path / "part.npz"), log_name="first.log")
     procs.append(first)
     assert first.wait() == 0, first.log()
-    assert (ckpt / "ckpt-000000060.npz").is_file()
+    assert len(list(ckpt.glob("ckpt-*-000000060.npz"))) == 1
     second = coordinator(tmp_path, "--workers", "2", "--max-steps", str(STEPS), "--checkpoint-dir", str(ckpt),
                          "--resume", "--output", str(tmp_path / "m.npz"), log_name="second.log")
     procs.append(second)
@@ -191,17 +191,20 @@ def test_an_old_run_resumes_with_its_own_shard_count(tmp_path, procs):
     assert "in 16 shards" in log and "made with --shards 8 with --shards 16, as asked" in log
 
 
-def test_resume_with_other_hyperparameters_is_refused(tmp_path, procs):
+def test_resume_with_other_hyperparameters_is_another_run_and_keeps_the_first(tmp_path, procs):
     ckpt = tmp_path / "ckpt"
     first = coordinator(tmp_path, "--workers", "1", "--max-steps", "5", "--checkpoint-dir", str(ckpt),
                         "--output", str(tmp_path / "m.npz"), log_name="first.log")
     procs.append(first)
     assert first.wait() == 0, first.log()
+    kept = sorted(ckpt.glob("ckpt-*.npz"))
     second = coordinator(tmp_path, "--workers", "1", "--max-steps", "10", "--batch-size", "64", "--checkpoint-dir",
-                         str(ckpt), "--resume", log_name="second.log")
+                         str(ckpt), "--resume", "--output", str(tmp_path / "m64.npz"), log_name="second.log")
     procs.append(second)
-    assert second.wait() == 2
-    assert "batch_size=128 (this run: 64)" in second.log() and "Traceback" not in second.log()
+    assert second.wait() == 0, second.log()
+    line = next(x for x in second.log().splitlines() if "starting from scratch" in x)
+    assert "no checkpoint of this run" in line and "batch_size=128 (this run: 64)" in line
+    assert set(kept) <= set(ckpt.glob("ckpt-*.npz")) and "Traceback" not in second.log()
 
 
 def test_parameters_travel_once_per_step_and_every_worker_has_a_unit(tmp_path, procs):

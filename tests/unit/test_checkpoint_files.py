@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from coordinator import checkpoint as ckpt
+from coordinator import runs
 from lenet import npzfile
 from lenet.config import TrainConfig
 from lenet.model import init_params
@@ -17,13 +18,15 @@ from lenet.status import StorageError, UsageError
 
 KEY = b"k" * 32
 BOUND = 16 << 20  # peak Python allocation allowed while refusing a file: far below every claim below
+RUN = runs.identity(TrainConfig(), 8, {"train": "ab"})
+EPOCH = {"epoch": 1, "samples": 4, "loss": 0.3, "train_accuracy": 0.5, "test_accuracy": 0.75}
 
 
 def good(step: int = 5) -> ckpt.Checkpoint:
     params = init_params(0)
     meta = {"config": TrainConfig().to_dict(), "num_shards": 8, "data_checksums": {"train": "ab"},
-            "run": {"epoch_loss_sum": 1.5, "epoch_correct": 3, "epoch_samples": 4,
-                    "history": [{"epoch": 1, "loss": 0.3}]}}
+            "lineage": RUN.to_meta(),
+            "run": {"epoch_loss_sum": 1.5, "epoch_correct": 3, "epoch_samples": 4, "history": [dict(EPOCH)]}}
     return ckpt.Checkpoint(step, params, SGD(params).state_dict(), meta)
 
 
@@ -60,12 +63,12 @@ def npy(array_header: dict, data: bytes = b"") -> bytes:
 def test_a_real_checkpoint_round_trips_with_and_without_a_key(tmp_path):
     c = good()
     ckpt.save(tmp_path, c)
-    back = ckpt.load(ckpt.path_for(tmp_path, 5))
+    back = ckpt.load(ckpt.path_for(tmp_path, RUN.run_id, 5))
     assert back.step == 5 and back.meta == c.meta
     assert all(np.array_equal(back.params[k], c.params[k]) for k in c.params)
     ckpt.save(tmp_path, good(6), key=KEY)
-    assert ckpt.load(ckpt.path_for(tmp_path, 6), KEY).step == 6
-    assert ckpt.load(ckpt.path_for(tmp_path, 6)).step == 6  # without a key the checksum alone is checked
+    assert ckpt.load(ckpt.path_for(tmp_path, RUN.run_id, 6), KEY).step == 6
+    assert ckpt.load(ckpt.path_for(tmp_path, RUN.run_id, 6)).step == 6  # without a key the checksum alone is checked
 
 
 def test_zip_bomb_is_refused_from_the_directory_before_inflating(tmp_path):
@@ -164,15 +167,15 @@ def test_non_finite_parameters_and_optimizer_state_are_refused(tmp_path, value):
 
 def test_hmac_missing_or_wrong_is_refused_with_a_key(tmp_path):
     ckpt.save(tmp_path / "unsigned", good())
-    refused(ckpt.path_for(tmp_path / "unsigned", 5), "not signed", key=KEY)
+    refused(ckpt.path_for(tmp_path / "unsigned", RUN.run_id, 5), "not signed", key=KEY)
     ckpt.save(tmp_path / "other", good(), key=b"o" * 32)
-    refused(ckpt.path_for(tmp_path / "other", 5), "signature mismatch", key=KEY)
+    refused(ckpt.path_for(tmp_path / "other", RUN.run_id, 5), "signature mismatch", key=KEY)
 
 
 def test_a_recomputed_checksum_passes_without_a_key_but_not_with_one(tmp_path):
     """What the plain checksum does not protect: an edit with a recomputed digest."""
     ckpt.save(tmp_path, good(), key=KEY)
-    path = ckpt.path_for(tmp_path, 5)
+    path = ckpt.path_for(tmp_path, RUN.run_id, 5)
     with np.load(path) as npz:
         entries = {k: npz[k] for k in npz.files}
     entries.pop("__sha256__")
@@ -185,25 +188,25 @@ def test_a_recomputed_checksum_passes_without_a_key_but_not_with_one(tmp_path):
     refused(path, "signature mismatch", key=KEY)
 
 
-def test_load_latest_skips_a_crafted_newest_to_the_older_intact_one(tmp_path, caplog):
+def test_candidates_skip_a_crafted_newest_to_the_older_intact_one(tmp_path, caplog):
     ckpt.save(tmp_path, good(5))
     c = good(9)
     meta = meta_of(c)
     meta["step"] = -1
-    npzfile.write_npz(ckpt.path_for(tmp_path, 9), arrays_of(c), meta)
+    npzfile.write_npz(ckpt.path_for(tmp_path, RUN.run_id, 9), arrays_of(c), meta)
     with caplog.at_level(logging.WARNING, logger="coordinator"):
-        back = ckpt.load_latest(tmp_path)
-    assert back is not None and back.step == 5
+        found = ckpt.candidates(tmp_path)
+    assert [c.step for _, c in found] == [5]
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
-    assert len(warnings) == 1 and "ckpt-000000009.npz" in warnings[0].getMessage()
-    assert (tmp_path / "ckpt-000000009.npz.damaged").exists()
+    assert len(warnings) == 1 and f"ckpt-{RUN.run_id}-000000009.npz" in warnings[0].getMessage()
+    assert (tmp_path / f"ckpt-{RUN.run_id}-000000009.npz.damaged").exists()
 
 
-def test_load_latest_with_a_key_skips_unsigned_checkpoints(tmp_path):
+def test_candidates_with_a_key_skip_unsigned_checkpoints(tmp_path):
     ckpt.save(tmp_path, good(5), key=KEY)
     ckpt.save(tmp_path, good(9))
-    back = ckpt.load_latest(tmp_path, KEY)
-    assert back is not None and back.step == 5
+    found = ckpt.candidates(tmp_path, KEY)
+    assert [c.step for _, c in found] == [5]
 
 
 def test_checkpoint_key_files(tmp_path):
@@ -221,7 +224,7 @@ def test_random_damage_is_always_one_storage_error(tmp_path):
     import random
 
     ckpt.save(tmp_path, good())
-    blob = ckpt.path_for(tmp_path, 5).read_bytes()
+    blob = ckpt.path_for(tmp_path, RUN.run_id, 5).read_bytes()
     rng = random.Random(0)
     target = tmp_path / "mutant.npz"
     for i in range(600):

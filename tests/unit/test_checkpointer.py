@@ -6,6 +6,7 @@ import logging
 from prometheus_client import CollectorRegistry
 
 from coordinator import checkpoint as ckpt
+from coordinator.runs import RunIdentity
 from coordinator.metrics import Metrics
 from coordinator.training import Training
 from lenet.status import StorageError
@@ -27,10 +28,11 @@ class Disk:
 def test_a_full_disk_is_logged_rate_limited_retried_and_recovered(tmp_path, monkeypatch, caplog):
     disk, now = Disk(), [0.0]
     monkeypatch.setattr(ckpt, "save", disk.save)
-    monkeypatch.setattr(ckpt, "snapshot", lambda run: ckpt.Checkpoint(run.state.step, {}, {}, {}))
+    monkeypatch.setattr(ckpt, "snapshot", lambda run, identity: ckpt.Checkpoint(run.state.step, {}, {}, {}))
     run = Training.__new__(Training)  # only its state is read here
     run.state = type("State", (), {"step": 0})()
-    checkpoints = ckpt.Checkpointer(tmp_path, Metrics(CollectorRegistry()), retry_every=30, log_every=60,
+    checkpoints = ckpt.Checkpointer(tmp_path, Metrics(CollectorRegistry()), RunIdentity("a" * 12), retry_every=30,
+                                    log_every=60,
                                     clock=lambda: now[0])
     caplog.set_level(logging.INFO, "coordinator")
 
@@ -61,5 +63,5 @@ def test_a_full_disk_is_logged_rate_limited_retried_and_recovered(tmp_path, monk
 
 
 def test_no_directory_means_no_checkpoint_and_nothing_to_retry():
-    checkpoints = ckpt.Checkpointer(None, Metrics(CollectorRegistry()))
+    checkpoints = ckpt.Checkpointer(None, Metrics(CollectorRegistry()), RunIdentity("a" * 12))
     assert checkpoints.save(None) is None and not checkpoints.retry_due()

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from coordinator import checkpoint as ckpt
+from coordinator import runs
 from coordinator import protocol as P
 from coordinator.membership import door_refusal
 from coordinator.refusals import Reason
@@ -176,7 +177,7 @@ def test_model_files_name_their_model(tmp_path, toy):
 def test_a_checkpoint_of_another_model_is_refused_in_one_line(tmp_path, mnist, toy):
     run = Training(TrainConfig(model="toy", epochs=1), 4, mnist)
     assert isinstance(run.model, toy)
-    path = ckpt.save(tmp_path, ckpt.snapshot(run))
+    path = ckpt.save(tmp_path, ckpt.snapshot(run, runs.identity(run.config, run.num_shards, run.data.checksums)))
     loaded = ckpt.load(path)
     assert loaded.meta["config"]["model"] == "toy" and set(loaded.params) == set(toy.PARAM_SHAPES)
     ckpt.restore(Training(TrainConfig(model="toy", epochs=1), 4, mnist), loaded)

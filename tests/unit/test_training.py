@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from coordinator import checkpoint as ckpt
+from coordinator import runs
 from coordinator import protocol as P
 from coordinator.training import Training
 from lenet.config import TrainConfig
@@ -58,7 +59,8 @@ def test_the_closed_epoch_keeps_its_own_parameters_while_training_goes_on(traini
 def test_a_checkpoint_of_an_unclosed_epoch_closes_to_the_same_record(training, mnist):
     """The epoch's checkpoint is written before it is closed; a run resumed from it closes it again."""
     run_steps(training, 2)
-    saved = copy.deepcopy(ckpt.snapshot(training))  # as written to disk: nothing shared with the run
+    identity = runs.identity(training.config, training.num_shards, training.data.checksums)
+    saved = copy.deepcopy(ckpt.snapshot(training, identity))  # as written to disk: nothing shared with the run
     closed = training.close_epoch(seconds=1.0)
     direct = training.record_epoch(closed, training.test_accuracy(closed.params))
 
