@@ -27,6 +27,7 @@ from procs import Proc, coordinator, free_port, identical, params, scrape, worke
 
 CONFIG = ("--train-subset", "2560", "--epochs", "2", "--task-timeout", "3", "--checkpoint-dir", "off")
 LONGER = ("--epochs", "3")  # 60 steps: for a liar that first answers 50 honestly
+LONGEST = ("--epochs", "6")  # 120 steps: time for ghosts to send stale answers while the run goes on
 DEFAULT_VERIFY_FRACTION = 0.02  # coordinator/__main__.py VERIFY_FRACTION
 TWO_MEMBERS = (0, 32)  # the first shards of the units of a step of 64 shards shared by two members
 
@@ -105,14 +106,18 @@ def run_training(tmp: Path, attackers: Callable[[str], list] = lambda endpoint: 
         Proc(["-c", _FIXED_SECRET, secret.hex(), *args], tmp / "coordinator.log")
     started: list = attackers(endpoint)
     honest = [worker(tmp, endpoint, f"w{i}") for i in range(honest_workers)]
-    peak, last = [0.0], {}
+    peak, last = [0.0], {}  # the coordinator's peak RSS and its latest metrics, sampled in a thread
 
-    def sample_peak() -> None:  # apart from the loop below, which `during` may hold up
+    def sample() -> None:  # apart from the loop below, which `during` may hold up past the run's end
         while coord.popen.poll() is None:
             peak[0] = max(peak[0], _peak_rss_mb(coord.pid) or 0.0)
+            try:
+                last.update(scrape(metrics_port))
+            except OSError:
+                pass  # not up yet, or already gone: the last complete scrape stands
             time.sleep(0.05)
 
-    sampler = threading.Thread(target=sample_peak, daemon=True)
+    sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
         while coord.popen.poll() is None and time.monotonic() - start < 600:
@@ -121,10 +126,6 @@ def run_training(tmp: Path, attackers: Callable[[str], list] = lambda endpoint: 
                 coord.wait_for("listening on", timeout=60)
                 during(endpoint, coord)
                 during = None
-            try:
-                last = scrape(metrics_port)
-            except OSError:
-                pass  # not up yet, or already gone: the last complete scrape stands
             time.sleep(0.1)
         status = coord.wait(timeout=30)
         seconds = time.monotonic() - start
@@ -261,7 +262,7 @@ def _stale_ghosts(tmp: Path, count: int) -> Run:
             peer.registered.wait(10)  # ahead of the honest workers for every unit handed out
         return peers
 
-    run, peers = run_training(tmp, start, *LONGER, min_workers=count + 2)
+    run, peers = run_training(tmp, start, *LONGEST, min_workers=count + 2)
     run.expect("the stale results refused", run.rejected("stale_step") >= 1, run.metrics)
     run.expect("each ghost given work a few times at most", all(p.tasks <= 4 for p in peers), [p.tasks for p in peers])
     return run
@@ -275,7 +276,7 @@ def six_stale_ghosts(tmp: Path) -> Run:
     return _stale_ghosts(tmp, 6)
 
 
-three_stale_ghosts.config = six_stale_ghosts.config = LONGER  # type: ignore[attr-defined]  # time to replay
+three_stale_ghosts.config = six_stale_ghosts.config = LONGEST  # type: ignore[attr-defined]
 
 
 def coordinator_stalled(tmp: Path) -> Run:
@@ -284,15 +285,18 @@ def coordinator_stalled(tmp: Path) -> Run:
     is stopped for 12 s (SIGSTOP) mid-run; the workers reconnect under new ids and are heard again."""
     def during(endpoint: str, coord: Proc) -> None:
         coord.wait_for("training:", timeout=60)
-        time.sleep(1.0)
+        time.sleep(0.2)  # a few steps in, many to go
         coord.signal(signal.SIGSTOP)
         time.sleep(12.0)
         coord.signal(signal.SIGCONT)
 
-    run, _ = run_training(tmp, during=during)
+    run, _ = run_training(tmp, lambda endpoint: [], *LONGEST, during=during)
     # (The old members may outlive the run: their heartbeats queued during the stall are read at SIGCONT.)
     run.expect("the workers joined again under new ids", run.log.count("joined") >= 4, run.log.count("joined"))
     return run
+
+
+coordinator_stalled.config = LONGEST  # type: ignore[attr-defined]
 
 
 def _nested(outer: int) -> bytes:
@@ -308,7 +312,7 @@ def costly_frames(tmp: Path) -> Run:
     def during(endpoint: str, coord: Proc) -> None:
         peers = RawPeers(endpoint, 3)
         peers.send_all(P.encode(P.Register(name="costly", pid=1, probe=H.this_machines_probe(), capacity=0)))
-        frame = _nested(560)  # 562 KB: under the coordinator's limit for this run's batch (567 KB)
+        frame = _nested(200)  # 201 KB, 200,000 elements: under the coordinator's frame limit for this run
         until = time.monotonic() + 10
         while time.monotonic() < until and coord.popen.poll() is None:
             peers.send_all(frame)

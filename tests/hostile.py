@@ -221,11 +221,11 @@ def one_ulp_liar(from_step: int = 0, until_step: int | None = None) -> Answer:
 
 def stale_zero_results(_: None, peer: ScriptedWorker) -> list[P.Message]:
     """All-zero Results shaped like true ones, for steps surely over: the one before each task it was given
-    (a step is cut alike for the same members), and a task's own step once 2 s have passed (backups took
+    (a step is cut alike for the same members), and a task's own step once 1 s has passed (backups took
     its unit long since)."""
     out: list[P.Message] = []
     for at, task in peer.given:
-        step = task.step - 1 if task.step > 0 else (task.step if time.monotonic() - at > 2.0 else None)
+        step = task.step - 1 if task.step > 0 else (task.step if time.monotonic() - at > 1.0 else None)
         if step is not None:
             nodes = len(cover(task.first, task.first + len(task.sizes), task.num_shards))
             out.append(P.Result(step=step, first=task.first, shards=len(task.sizes), count=len(task.labels),
