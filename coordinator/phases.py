@@ -1,4 +1,5 @@
-"""Where the coordinator's time goes: seconds per phase of its loop, for the per-step breakdown.
+"""Where the coordinator's time goes: seconds per phase of its loop (`Phases`), and a run's per-step
+breakdown built on them (`StepTimes`).
 
 The loop wraps each phase in `phases.timed(name)`.  Phases nest (a unit recomputed
 while checking a result): the inner phase's time is not counted again in the
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 PHASES = (
     "idle",        # polling with nothing to do: waiting for workers
@@ -58,3 +59,62 @@ class Phases:
     def busy(self) -> float:
         """Seconds in every phase but waiting."""
         return sum(v for k, v in self.totals.items() if k != "idle")
+
+
+class StepTimes:
+    """A run's per-step breakdown: the loop's phases, the steps' durations, the workers' computing, and how
+    long the workers wait between two steps (from a step's last result to the next step's work sent).
+
+    `publish(phase, seconds)` is told each phase's new seconds after every step (the metric); `line()` is
+    the end-of-run summary that bench/compare.py reads.
+    """
+
+    def __init__(self, publish: Callable[[str, float], None] = lambda phase, seconds: None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 cpu: Callable[[], float] = time.process_time) -> None:
+        self.phases = Phases(clock)
+        self.publish, self.clock, self.cpu = publish, clock, cpu
+        self.steps = 0
+        self.step_seconds = 0.0
+        self.worker_compute = 0.0  # seconds workers spent computing accepted units
+        self.between = 0.0
+        self._completed_at: float | None = None
+        self._cpu_started = cpu()
+        self._published = dict(self.phases.totals)
+
+    def timed(self, name: str) -> AbstractContextManager[None]:
+        return self.phases.timed(name)
+
+    def computed(self, seconds: float) -> None:
+        """A worker's unit was accepted; it says it computed for `seconds`."""
+        self.worker_compute += seconds
+
+    def completed(self) -> None:
+        """The step under way has its last result."""
+        self._completed_at = self.clock()
+
+    def dispatched(self) -> None:
+        """The next step's work is sent: the workers' wait between steps is over."""
+        if self._completed_at is not None:
+            self.between += self.clock() - self._completed_at
+            self._completed_at = None
+
+    def step_done(self, seconds: float) -> None:
+        """A step took `seconds` from its start to its end; the phases' new seconds are published."""
+        self.steps += 1
+        self.step_seconds += seconds
+        for phase, spent in self.phases.since(self._published).items():
+            if spent > 0:
+                self.publish(phase, spent)
+        self._published = dict(self.phases.totals)
+
+    def line(self) -> str:
+        """Milliseconds per step, on average over the run."""
+        def ms(seconds: float) -> str:
+            return f"{1000 * seconds / max(1, self.steps):.2f}"
+
+        phases = "  ".join(f"{k} {ms(v)}" for k, v in self.phases.totals.items() if k != "idle")
+        return (f"time per step (ms): step {ms(self.step_seconds)}  coordinator cpu "
+                f"{ms(self.cpu() - self._cpu_started)}  worker compute {ms(self.worker_compute)}  between steps "
+                f"{ms(self.between)}  coordinator busy {ms(self.phases.busy())}: {phases}  idle "
+                f"{ms(self.phases.totals['idle'])}  ({self.steps} steps)")

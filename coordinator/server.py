@@ -20,8 +20,8 @@ trains (the workers never wait for it); its epoch is recorded and logged when it
 is done, and before any other checkpoint or the end.  The epoch's own checkpoint is
 written before it is closed (its sums, not yet its record): resuming from it closes
 the epoch again, with the same result.
-`Phases` (coordinator/phases.py) times each part of the loop for the per-step
-breakdown (`breakdown`, and `lenet_coordinator_seconds_total` in /metrics).
+`StepTimes` (coordinator/phases.py) times each part of the loop for the per-step
+breakdown (its `line()` ends a run's log; `lenet_coordinator_seconds_total` in /metrics).
 Every node of the reduction tree is the same float32 addition wherever it is done,
 so the parameters are bit-identical whatever the number, order or failures of workers.
 """
@@ -46,7 +46,7 @@ from coordinator.endpoint import RouterEndpoint
 from coordinator.hub import Hub
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
-from coordinator.phases import Phases
+from coordinator.phases import PHASES, StepTimes
 from coordinator.provenance import Provenance, Rewind
 from coordinator.ratelimit import TokenBucket
 from coordinator.refusals import Reason, RefusalStreaks
@@ -116,16 +116,8 @@ class Coordinator:
                        registrations=TokenBucket(rate=service.registrations_per_second,
                                                  burst=service.registration_burst), on_reject=self._refused)
         self.members = self.hub.members
-        self.phases = Phases()  # where the loop's time goes: the per-step breakdown
-        self._published = dict(self.phases.totals)
-        self._phase_seconds = {p: metrics.coordinator_seconds.labels(p) for p in self.phases.totals}
-        self.worker_compute = 0.0  # seconds workers spent computing accepted units, over the run
-        self.steps_timed = 0
-        self.steps_seconds = 0.0  # from a step's start to its end, over the run
-        # From a step's last result to the next step's work sent: what the workers wait for the coordinator.
-        self.between_steps = 0.0
-        self._completed_at: float | None = None
-        self.cpu_started = time.process_time()
+        phase_seconds = {p: metrics.coordinator_seconds.labels(p) for p in PHASES}
+        self.times = StepTimes(publish=lambda phase, seconds: phase_seconds[phase].inc(seconds))
         # The test-set evaluation of an epoch runs here while the next epoch trains: it needs only the
         # epoch's parameters, and the workers need not wait for it.
         self.evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
@@ -213,7 +205,7 @@ class Coordinator:
 
     def _handle(self, identity: bytes, member: Member, msg: P.Message, now: float) -> None:
         if isinstance(msg, P.Result):
-            with self.phases.timed("checks"):
+            with self.times.timed("checks"):
                 self._on_result(identity, member, msg)
         elif isinstance(msg, P.Capacity):
             if msg.capacity != member.capacity:  # rate-limited: a peer may send these as fast as it likes
@@ -250,7 +242,7 @@ class Coordinator:
             self.deadlines.record(msg.compute_seconds, msg.count)
             self.metrics.worker_compute.labels(member.label).inc(msg.compute_seconds)
             self.metrics.worker_shards.labels(member.label).inc(msg.shards)
-            self.worker_compute += msg.compute_seconds
+            self.times.computed(msg.compute_seconds)
         others = any(i != identity for i in self.members.eligible(time.monotonic()))
         self._carry_out(step.verification.answer(identity, unit, msg, doubt, where, others))
 
@@ -286,7 +278,7 @@ class Coordinator:
         task = self.step.task(unit)
         self.local_model.params = self.step.params
         start = time.perf_counter()
-        with self.phases.timed("recompute"):
+        with self.times.timed("recompute"):
             sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
         self.metrics.units_recomputed_locally.inc()
         return P.result_of(task.step, sums, time.perf_counter() - start)
@@ -378,7 +370,7 @@ class Coordinator:
         """Hand out units (coordinator/dispatch.py); a unit under check that nobody else may take is computed here."""
         step = self.step
         assert step is not None
-        with self.phases.timed("send"):
+        with self.times.timed("send"):
             self.metrics.backup_tasks.inc(self.hub.dispatch([step.batch], now, self.deadlines, self.turnaround))
         sched = step.scheduler
         for unit in [u for u in sched.pending if u in step.verification.candidates]:
@@ -391,9 +383,9 @@ class Coordinator:
         step = self.step
         assert step is not None
         results = step.results()
-        with self.phases.timed("reduce"):
+        with self.times.timed("reduce"):
             grads = self.training.gradient(results, step.plan.units)
-        with self.phases.timed("optimizer"):
+        with self.times.timed("optimizer"):
             report = self.training.apply(results, step.plan.units, grads)
         m = self.metrics
         m.samples.inc(report.samples)
@@ -402,8 +394,6 @@ class Coordinator:
         m.learning_rate.set(report.lr)
         m.epoch_samples.set(self.training.state.epoch_samples)
         m.step_duration.observe(now - step.started)
-        self.steps_timed += 1
-        self.steps_seconds += now - step.started
         self.step = None
         self.provenance.retain(self.members.members)
         replay = self.replay
@@ -414,36 +404,19 @@ class Coordinator:
                         replay.steps, seconds, ", ".join(replay.convicted))
             self.replay = None
         if report.epoch_ended:
-            with self.phases.timed("checkpoint"):
+            with self.times.timed("checkpoint"):
                 self.save_checkpoint()  # before the epoch is closed: a resume from it closes it again
             self._end_epoch(seconds=time.monotonic() - self.epoch_started)
         elif self.service.checkpoint_every and report.step % self.service.checkpoint_every == 0:
             self._settle_evaluation(wait=True)  # a checkpoint holds every finished epoch's record
-            with self.phases.timed("checkpoint"):
+            with self.times.timed("checkpoint"):
                 self.save_checkpoint()
         elif self.checkpoints.retry_due():  # the last write failed: the newest checkpoint falls behind
             self._settle_evaluation(wait=True)
-            with self.phases.timed("checkpoint"):
+            with self.times.timed("checkpoint"):
                 self.save_checkpoint()
-        self._publish_phases()
+        self.times.step_done(now - step.started)
         return report
-
-    def _publish_phases(self) -> None:
-        for phase, seconds in self.phases.since(self._published).items():
-            if seconds > 0:
-                self._phase_seconds[phase].inc(seconds)
-        self._published = dict(self.phases.totals)
-
-    def breakdown(self) -> str:
-        """One line: where a step's time went, on average over the run (the benchmark reads it)."""
-        n = max(1, self.steps_timed)
-        parts = "  ".join(f"{k} {1000 * v / n:.2f}" for k, v in self.phases.totals.items() if k != "idle")
-        cpu = time.process_time() - self.cpu_started
-        return (f"time per step (ms): step {1000 * self.steps_seconds / n:.2f}  coordinator cpu {1000 * cpu / n:.2f}"
-                f"  worker compute "
-                f"{1000 * self.worker_compute / n:.2f}  between steps {1000 * self.between_steps / n:.2f}  "
-                f"coordinator busy {1000 * self.phases.busy() / n:.2f}: "
-                f"{parts}  idle {1000 * self.phases.totals['idle'] / n:.2f}  ({self.steps_timed} steps)")
 
     def _end_epoch(self, seconds: float) -> None:
         """Close the epoch and start its test-set evaluation; training goes on meanwhile."""
@@ -459,7 +432,7 @@ class Coordinator:
         if self.evaluating is None or not (wait or self.evaluating[1].done()):
             return
         closed, future = self.evaluating
-        with self.phases.timed("evaluation"):
+        with self.times.timed("evaluation"):
             accuracy = future.result()
         self.evaluating = None
         stats = self.training.record_epoch(closed, accuracy)
@@ -474,10 +447,10 @@ class Coordinator:
 
     def _turn(self, wait: float, tick: Callable[[], None]) -> float:
         """Wait up to `wait` s for messages, handle them, check liveness, run `tick`; returns the time after."""
-        with self.phases.timed("idle"):
+        with self.times.timed("idle"):
             ready = self.hub.poll(wait)
         if ready:
-            with self.phases.timed("receive"):
+            with self.times.timed("receive"):
                 self.hub.drain(self._handle, fatal=(TrainingDiverged,))
         now = time.monotonic()
         self._check_liveness(now)
@@ -524,19 +497,17 @@ class Coordinator:
                 return RunOutcome(training.params, training.state, finished=False)
             now = time.monotonic()
             if self.step is None:
-                with self.phases.timed("plan"):
+                with self.times.timed("plan"):
                     plan = training.plan(training.state.step, self._capacities(now))
-                with self.phases.timed("send"):  # encodes the parameters
+                with self.times.timed("send"):  # encodes the parameters
                     self.step = Step.start(plan, training.params, self.service.task_timeout, now,
                                            type(training.model), secret=self.secret,
                                            verify_fraction=self.service.verify_fraction)
             self._dispatch(now)
-            if self._completed_at is not None:
-                self.between_steps += time.perf_counter() - self._completed_at
-                self._completed_at = None
+            self.times.dispatched()
             if self.step is None:
                 continue  # rewound: the replay starts with a new step
-            with self.phases.timed("plan"):
+            with self.times.timed("plan"):
                 training.plan_ahead(self._capacities(now))
             deadline = self.step.scheduler.next_deadline()
             now = self._turn(0.1 if deadline is None else min(0.1, max(0.0, deadline - now)), tick)
@@ -548,7 +519,7 @@ class Coordinator:
             paused = idle
             self._check_stuck()
             if self.step is not None and self.step.scheduler.complete:
-                self._completed_at = time.perf_counter()
+                self.times.completed()
                 progress(self._finish_step(now), len(self.members))
             self._settle_evaluation(wait=False)
         return RunOutcome(training.params, training.state, finished=True)

@@ -65,7 +65,7 @@ def run_service(training: Training, service: ServiceConfig, metrics: Metrics, *,
 
         try:
             outcome = coordinator.run(stop=stop, tick=tick, progress=progress)
-            log.info("%s", coordinator.breakdown())
+            log.info("%s", coordinator.times.line())
         except TrainingDiverged:
             coordinator.save_checkpoint()
             raise

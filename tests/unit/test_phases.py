@@ -62,3 +62,26 @@ def test_an_unknown_phase_is_refused():
     with pytest.raises(KeyError):
         with Phases().timed("coffee"):
             pass
+
+
+def test_step_times_publish_each_phase_once_and_sum_a_run_per_step():
+    from coordinator.phases import StepTimes
+
+    clock, cpu = Clock(), Clock()
+    published: list[tuple[str, float]] = []
+    times = StepTimes(publish=lambda phase, seconds: published.append((phase, seconds)), clock=clock, cpu=cpu)
+    for _ in range(2):  # two steps of 10 ms: 2 ms reducing, the workers waiting 3 ms between steps
+        with times.timed("reduce"):
+            clock.now += 0.002
+        times.computed(0.006)
+        times.completed()
+        clock.now += 0.003
+        times.dispatched()
+        cpu.now += 0.004
+        times.step_done(0.010)
+    assert [p for p, _ in published] == ["reduce", "reduce"]  # each second published once, after its step
+    assert [s for _, s in published] == pytest.approx([0.002, 0.002])
+    line = times.line()
+    assert line.startswith("time per step (ms): step 10.00  coordinator cpu 4.00  worker compute 6.00  "
+                           "between steps 3.00  coordinator busy 2.00: ")
+    assert "reduce 2.00" in line and line.endswith("(2 steps)")
