@@ -19,6 +19,7 @@ from typing import Any, ClassVar, NamedTuple
 import numpy as np
 
 from lenet.params import Params
+from lenet.reduction import add
 
 Factors = dict[str, np.ndarray]  # FACTOR_WIDTHS name -> (N, width), one row per sample in batch order
 
@@ -84,6 +85,7 @@ class Model:
     FACTOR_WIDTHS: ClassVar[dict[str, int]]
     NONNEGATIVE_FACTORS: ClassVar[frozenset[str]] = frozenset()  # factors no honest pass makes negative
     INPUT_SHAPE: ClassVar[tuple[int, ...]]  # one sample of `prepare`'s output
+    CHUNK: ClassVar[int] = 64  # samples per `_pass` at most: its working set stays near the L2 cache
     ONNX_PROPS: ClassVar[dict[str, str]] = {}  # what a consumer of the ONNX graph must know (preprocessing)
     INPUT_DOC: ClassVar[str]  # the ONNX graph's input, in words
     OUTPUT_DOC: ClassVar[str] = "scores (N, 10) for digits 0-9, the highest the prediction"
@@ -113,10 +115,10 @@ class Model:
         """(N, 10) from `forward`'s outputs, higher meaning more likely (the predicted class is the argmax)."""
         return outputs
 
-    def stacked_shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
-        """Consecutive shards of x, `sizes[i]` samples each: per-sample losses and correctness, TREE_PARAMS
-        gradients per shard (S, *shape), factors per sample (N, width); each shard's rows bit for bit what
-        the shard alone gives, whatever it was computed with."""
+    def _pass(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
+        """Consecutive shards of x, `sizes[i]` samples each, at most CHUNK samples in all, in one pass: per-sample
+        losses and correctness, TREE_PARAMS gradients per shard (S, *shape), factors per sample (N, width);
+        each shard's rows bit for bit what the shard alone gives."""
         raise NotImplementedError
 
     @classmethod
@@ -131,6 +133,55 @@ class Model:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ shared by every model
+
+    def stacked_shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
+        """The sums of consecutive shards of x, `sizes[i]` samples each, as stacks.
+
+        Shard s's tree gradients are row s of every `grads` array, bit for bit what
+        the shard alone would give (the reduction tree adds them, and its result
+        must not depend on how shards were grouped into calls); sample i's factors
+        are row i of every `factors` array, likewise independent of the grouping.
+        Consecutive shards are computed together, up to CHUNK samples per pass (`_pass`):
+        the layers' products are per sample (see layers.py).  A shard larger than CHUNK
+        is computed alone, in CHUNK pieces whose sums are added in order: a pass's
+        working set then stays near the L2 cache, and memory stays bounded.
+        """
+        if any(s < 1 for s in sizes) or sum(sizes) != len(y) or len(x) != len(y):
+            raise ValueError(f"shard sizes {list(sizes)} do not split {len(x)} images and {len(y)} labels")
+        y = np.asarray(y, dtype=np.intp)
+        chunk = self.CHUNK
+        parts: list[StackedSums] = []
+        lo = 0
+        group: list[int] = []  # sizes of the shards of the pass being gathered, starting at sample lo
+        for size in [*sizes, None]:
+            if group and (size is None or size > chunk or sum(group) + size > chunk):
+                hi = lo + sum(group)
+                parts.append(self._pass(x[lo:hi], y[lo:hi], group))
+                lo, group = hi, []
+            if size is None:
+                break
+            if size > chunk:
+                parts.append(self._large_shard(x[lo : lo + size], y[lo : lo + size]))
+                lo += size
+            else:
+                group.append(size)
+        if len(parts) == 1:
+            return parts[0]
+        return StackedSums(np.concatenate([p.losses for p in parts]), np.concatenate([p.correct for p in parts]),
+                           {k: np.concatenate([p.grads[k] for p in parts]) for k in self.TREE_PARAMS},
+                           concat_factors([p.factors for p in parts]))
+
+    def _large_shard(self, x: np.ndarray, y: np.ndarray) -> StackedSums:
+        """One shard of more than CHUNK samples, CHUNK at a time: its sums added in order, its samples' results
+        joined."""
+        chunk = self.CHUNK
+        pieces = [self._pass(x[i : i + chunk], y[i : i + chunk], [len(y[i : i + chunk])])
+                  for i in range(0, len(y), chunk)]
+        grads = pieces[0].grads
+        for piece in pieces[1:]:
+            grads = add(grads, piece.grads)
+        return StackedSums(np.concatenate([p.losses for p in pieces]), np.concatenate([p.correct for p in pieces]),
+                           grads, concat_factors([p.factors for p in pieces]))
 
     def sum_loss_and_grads(self, x: np.ndarray, y: np.ndarray) -> SumLossGrads:
         """Loss and gradients summed (not averaged) over the batch, as one shard."""

@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from lenet import layers
-from lenet.architecture import Model, StackedSums, concat_factors
+from lenet.architecture import Model, StackedSums
 from lenet.params import Params
-from lenet.reduction import add, divide
+from lenet.reduction import divide
 
 Array = np.ndarray
 
@@ -265,6 +265,7 @@ class LeNet5_1998(Model):
     DESCRIPTION = ("LeNet-5 as in LeCun et al. 1998 (C1 6@5x5, S2 trainable 2x2, C3 16@5x5 by Table I, S4, "
                    "C5 120, F6 84, scaled tanh, RBF output with fixed 7x12 digit codes, eq. 9 loss)")
     INPUT_SHAPE = (1, 32, 32)
+    CHUNK = CHUNK
     ONNX_PROPS = {"pixel_background": str(PIXEL_BACKGROUND), "pixel_ink": str(PIXEL_INK), "padding": "2"}
     INPUT_DOC = (f"float32 (N, 1, 32, 32): the 28x28 digit padded by 2, pixels p scaled to "
                  f"{PIXEL_BACKGROUND} + p/255 * {PIXEL_INK - PIXEL_BACKGROUND:g} (background {PIXEL_BACKGROUND}, "
@@ -352,45 +353,6 @@ class LeNet5_1998(Model):
         d = squash_backward(d, t1)
         g["c1.weight"], g["c1.bias"] = conv_param_grads(d, c1, sizes)
         return {name: g[name] for name in TREE_PARAMS}
-
-    def stacked_shard_sums(self, x: Array, y: Array, sizes: Sequence[int]) -> StackedSums:
-        """The sums of consecutive shards of x (N, 1, 32, 32), `sizes[i]` samples each, as stacks.
-
-        As `lenet.model.LeNet5.stacked_shard_sums`: shard s's tree gradients (row s) and
-        sample i's factors (row i) are bit for bit those of the shard alone.
-        """
-        if any(s < 1 for s in sizes) or sum(sizes) != len(y) or len(x) != len(y):
-            raise ValueError(f"shard sizes {list(sizes)} do not split {len(x)} images and {len(y)} labels")
-        y = np.asarray(y, dtype=np.intp)
-        parts: list[StackedSums] = []
-        lo = 0
-        group: list[int] = []
-        for size in [*sizes, None]:
-            if group and (size is None or size > CHUNK or sum(group) + size > CHUNK):
-                hi = lo + sum(group)
-                parts.append(self._pass(x[lo:hi], y[lo:hi], group))
-                lo, group = hi, []
-            if size is None:
-                break
-            if size > CHUNK:
-                parts.append(self._large_shard(x[lo : lo + size], y[lo : lo + size]))
-                lo += size
-            else:
-                group.append(size)
-        if len(parts) == 1:
-            return parts[0]
-        return StackedSums(np.concatenate([p.losses for p in parts]), np.concatenate([p.correct for p in parts]),
-                           {k: np.concatenate([p.grads[k] for p in parts]) for k in TREE_PARAMS},
-                           concat_factors([p.factors for p in parts]))
-
-    def _large_shard(self, x: Array, y: Array) -> StackedSums:
-        pieces = [self._pass(x[i : i + CHUNK], y[i : i + CHUNK], [len(y[i : i + CHUNK])])
-                  for i in range(0, len(y), CHUNK)]
-        grads = pieces[0].grads
-        for piece in pieces[1:]:
-            grads = add(grads, piece.grads)
-        return StackedSums(np.concatenate([p.losses for p in pieces]), np.concatenate([p.correct for p in pieces]),
-                           grads, concat_factors([p.factors for p in pieces]))
 
     def loss_and_grads(self, x: Array, y: Array) -> tuple[float, Params]:
         """Mean eq. 9 loss over the batch and its gradients (same keys as params)."""

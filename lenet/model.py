@@ -30,7 +30,6 @@ from lenet.architecture import Factors, Model, StackedSums, SumLossGrads, concat
 from lenet.bounds import MAX_PIXEL, in_grad_bound, out_bound
 from lenet.data import MEAN, STD, standardize
 from lenet.params import Params
-from lenet.reduction import add
 
 __all__ = ["CHUNK", "FACTOR_WIDTHS", "Factors", "LINEAR_LAYERS", "LeNet5", "PARAM_SHAPES", "StackedSums",
            "SumLossGrads", "TREE_PARAMS", "check_params", "concat_factors", "init_params", "linear_grads"]
@@ -104,6 +103,7 @@ class LeNet5(Model):
     FACTOR_WIDTHS = FACTOR_WIDTHS
     NONNEGATIVE_FACTORS = frozenset(f"{layer}.input" for layer in LINEAR_LAYERS)  # ReLU outputs, or pooled ones
     INPUT_SHAPE = (1, 28, 28)
+    CHUNK = CHUNK
     ONNX_PROPS = {"standardize_mean": str(MEAN), "standardize_std": str(STD)}
     INPUT_DOC = f"float32 (N, 1, 28, 28), pixels standardised as (p/255 - {MEAN}) / {STD}, white digit on black"
     OUTPUT_DOC = "logits (N, 10) for digits 0-9"
@@ -141,54 +141,6 @@ class LeNet5(Model):
         """Logits (N, 10) for standardised images x: (N, 1, 28, 28)."""
         h = np.concatenate([self._conv_forward(x[i : i + CHUNK])[0] for i in range(0, max(1, len(x)), CHUNK)])
         return self._fc_forward(h)[0]
-
-    def stacked_shard_sums(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
-        """The sums of consecutive shards of x (N, 1, 28, 28), `sizes[i]` samples each, as stacks.
-
-        Shard s's tree gradients are row s of every `grads` array, bit for bit what
-        the shard alone would give (the reduction tree adds them, and its result
-        must not depend on how shards were grouped into calls); sample i's factors
-        are row i of every `factors` array, likewise independent of the grouping.
-        Consecutive shards are computed together, up to CHUNK samples per pass: the
-        layers' products are per sample (see layers.py).  A shard larger than CHUNK
-        is computed alone, in CHUNK pieces whose sums are added in order: a pass's
-        working set (conv1's im2col matrix alone is 80 KB per sample) then stays near
-        the L2 cache, and memory stays bounded.
-        """
-        if any(s < 1 for s in sizes) or sum(sizes) != len(y) or len(x) != len(y):
-            raise ValueError(f"shard sizes {list(sizes)} do not split {len(x)} images and {len(y)} labels")
-        y = np.asarray(y, dtype=np.intp)
-        parts: list[StackedSums] = []
-        lo = 0
-        group: list[int] = []  # sizes of the shards of the pass being gathered, starting at sample lo
-        for size in [*sizes, None]:
-            if group and (size is None or size > CHUNK or sum(group) + size > CHUNK):
-                hi = lo + sum(group)
-                parts.append(self._pass(x[lo:hi], y[lo:hi], group))
-                lo, group = hi, []
-            if size is None:
-                break
-            if size > CHUNK:
-                parts.append(self._large_shard(x[lo : lo + size], y[lo : lo + size]))
-                lo += size
-            else:
-                group.append(size)
-        if len(parts) == 1:
-            return parts[0]
-        return StackedSums(np.concatenate([p.losses for p in parts]), np.concatenate([p.correct for p in parts]),
-                           {k: np.concatenate([p.grads[k] for p in parts]) for k in TREE_PARAMS},
-                           concat_factors([p.factors for p in parts]))
-
-    def _large_shard(self, x: np.ndarray, y: np.ndarray) -> StackedSums:
-        """One shard of more than CHUNK samples, CHUNK at a time: its sums added in order, its samples' results
-        joined."""
-        pieces = [self._pass(x[i : i + CHUNK], y[i : i + CHUNK], [len(y[i : i + CHUNK])])
-                  for i in range(0, len(y), CHUNK)]
-        grads = pieces[0].grads
-        for piece in pieces[1:]:
-            grads = add(grads, piece.grads)
-        return StackedSums(np.concatenate([p.losses for p in pieces]), np.concatenate([p.correct for p in pieces]),
-                           grads, concat_factors([p.factors for p in pieces]))
 
     def _pass(self, x: np.ndarray, y: np.ndarray, sizes: Sequence[int]) -> StackedSums:
         """Sums of consecutive shards computed in one pass (at most CHUNK samples).
