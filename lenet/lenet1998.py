@@ -35,7 +35,6 @@ import numpy as np
 from lenet import layers
 from lenet.architecture import Model, StackedSums
 from lenet.params import Params
-from lenet.reduction import divide
 
 Array = np.ndarray
 
@@ -353,11 +352,6 @@ class LeNet5_1998(Model):
         d = squash_backward(d, t1)
         g["c1.weight"], g["c1.bias"] = conv_param_grads(d, c1, sizes)
         return {name: g[name] for name in TREE_PARAMS}
-
-    def loss_and_grads(self, x: Array, y: Array) -> tuple[float, Params]:
-        """Mean eq. 9 loss over the batch and its gradients (same keys as params)."""
-        result = self.sum_loss_and_grads(x, y)
-        return result.loss_sum / x.shape[0], divide(result.grads, x.shape[0])
 
     # ------------------------------------------------------------------ checks
 

@@ -209,7 +209,7 @@ class Worker:
                     self.model.params = dict(msg.params)
                     self.params_step = msg.step
                     if self.metrics is not None:
-                        self.metrics.params()
+                        self.metrics.params_received()
                 elif isinstance(msg, P.Task):
                     self._compute(msg)
                 elif isinstance(msg, P.Shutdown):

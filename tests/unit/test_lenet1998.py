@@ -13,11 +13,17 @@ from lenet.lenet1998 import (C3_TABLE, FACTOR_WIDTHS, LINEAR_LAYERS, PARAM_SHAPE
                              LeNet5_1998)
 from lenet.models import get_model
 from lenet.optim import SGD
-from lenet.reduction import stacked_tree_sum
+from lenet.reduction import divide, stacked_tree_sum
 from lenet.shards import gather, mean_gradient, shard_sizes, unit_sums
 
 rng = np.random.default_rng(0)
 
+
+
+def mean_loss_and_grads(model, x, y):
+    """Mean eq. 9 loss and its gradients, through the model's own per-batch sums (what the trainer uses)."""
+    result = model.sum_loss_and_grads(x, y)
+    return result.loss_sum / len(x), divide(result.grads, len(x))
 
 def check(forward, backward, inputs: dict, wrt: list[str], tol=1e-6):
     """backward's gradients of sum(out * dout) w.r.t. `wrt` against centred differences (float64)."""
@@ -172,7 +178,7 @@ def test_whole_model_gradient_check_every_parameter():
         model.params[name] = model.params[name] * 8
     x = LeNet5_1998.prepare(rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)).astype(np.float64)
     y = rng.integers(0, 10, 3)
-    _, grads = model.loss_and_grads(x, y)
+    _, grads = mean_loss_and_grads(model, x, y)
     h = 1e-6
     for name, p in model.params.items():
         flat = p.reshape(-1)
@@ -181,9 +187,9 @@ def test_whole_model_gradient_check_every_parameter():
         for n, i in enumerate(idx):
             old = flat[i]
             flat[i] = old + h
-            plus = model.loss_and_grads(x, y)[0]
+            plus = mean_loss_and_grads(model, x, y)[0]
             flat[i] = old - h
-            minus = model.loss_and_grads(x, y)[0]
+            minus = mean_loss_and_grads(model, x, y)[0]
             flat[i] = old
             num[n] = (plus - minus) / (2 * h)
         # Relative to 1e-5, or absolute 1e-7 for gradients that small (the differences' noise: the loss is ~80).
@@ -295,7 +301,7 @@ def trained_1998(mnist):
     for step in range(150):
         i = slice(32 * step, 32 * step + 32)
         x, y = LeNet5_1998.prepare(mnist.train_images[i]), mnist.train_labels[i]
-        opt.step(model.params, model.loss_and_grads(x, y)[1], 0.003)
+        opt.step(model.params, mean_loss_and_grads(model, x, y)[1], 0.003)
     return model.params
 
 
