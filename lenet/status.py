@@ -50,15 +50,31 @@ class RefusedError(UserError):
     status = ExitStatus.REFUSED
 
 
-def finishing(status: int) -> int:
-    """`status`, the process now deaf to SIGTERM and SIGINT: for `sys.exit` at an entry point.
+def stop_signals_raise_interrupt() -> None:
+    """SIGTERM, like SIGINT, raises `KeyboardInterrupt`: `run_main` then reports "interrupted" and exits 130.
 
-    The command has done its work and reported it: a supervisor's SIGTERM that
-    arrives while the process tears down (Python's finalisation puts the default
-    handlers back, and the default kills with -15) must not turn that into a failure.
+    For a command with no state of its own to save (the in-process trainer): without it a
+    supervisor's SIGTERM kills the process with -15 and no word.
+    """
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def ignore_stop_signals() -> None:
+    """From now on SIGTERM and SIGINT do nothing: the command has done its work and reported it.
+
+    A supervisor's SIGTERM that arrives while the process tears down (Python's finalisation
+    puts the default handlers back, and the default kills with -15) must not turn that into
+    a failure.
     """
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_IGN)
+
+
+def finishing(status: int) -> int:
+    """`status`, the process now deaf to SIGTERM and SIGINT (`ignore_stop_signals`): for `sys.exit`."""
+    ignore_stop_signals()
     return status
 
 

@@ -38,7 +38,8 @@ from lenet.runlog import RunLog, runlog_path  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS, mean_gradient, shard_sizes, summed_loss, unit_sums  # noqa: E402
 from lenet.npzfile import read_npz, user_file_mode, write_npz  # noqa: E402
 from lenet.output import check_output, save_final  # noqa: E402
-from lenet.status import ExitStatus, UsageError, finishing, run_main  # noqa: E402
+from lenet.status import (  # noqa: E402
+    ExitStatus, UsageError, finishing, ignore_stop_signals, run_main, stop_signals_raise_interrupt)
 
 
 @dataclass
@@ -194,6 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UsageError(str(err)) from None
     check_output(args.output)  # before the training, not after it
     tune_malloc()
+    stop_signals_raise_interrupt()
     data = load_mnist(args.data_dir)
     start = time.perf_counter()
     n_train = len(training_subset(data, config.train_subset).train_labels)
@@ -217,6 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runlog.end(result.steps, kept["test_accuracy"], time.perf_counter() - start)
     finally:
         runlog.close()
+    ignore_stop_signals()  # the model is saved: a stop from here on must not turn the run into a failure
     curves = write_curves(args.output, [h.record() for h in result.history], runlog.step_records(),
                           f"{get_model(config.model).TITLE} on MNIST")
     print(f"done: test accuracy {kept['test_accuracy']:.2%} after {last.epoch} epochs, {result.steps} steps, "

@@ -22,6 +22,19 @@ def test_sigterm_right_after_done_exits_0(command, mnist_dir, tmp_path, procs):
     assert (tmp_path / "m.npz").exists()
 
 
+def test_sigterm_during_training_interrupts_the_trainer_with_130_and_one_line(mnist_dir, tmp_path, procs):
+    """The trainer has no checkpoint to write: a SIGTERM mid-run is reported like Ctrl-C, not killed with -15."""
+    proc = Proc(["-m", "lenet.train", "--epochs", "3", "--train-subset", "3840", "--output", str(tmp_path / "m.npz")],
+                tmp_path / "train.log", PYTHONUNBUFFERED="1")
+    procs.append(proc)
+    proc.wait_for("epoch 1/", timeout=120)
+    proc.signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 130, proc.log()
+    assert "lenet.train: interrupted" in proc.log()
+    assert "Traceback" not in proc.log()
+    assert not (tmp_path / "m.npz").exists()
+
+
 @pytest.mark.parametrize("command", ["coordinator", "lenet.train"])
 def test_a_failed_final_write_keeps_the_trained_model_and_says_where(command, mnist_dir, tmp_path, procs):
     """The output's directory is replaced by a file during the run (as good as a full disk for the write):
