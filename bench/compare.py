@@ -38,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # this checkout's code, whatever the current directory
 
-from lenet.runtime import pin_blas_threads, single_thread_blas_env, tune_malloc  # noqa: E402
+from lenet.runtime import pin_blas_threads, single_thread_blas_env, tune_malloc, usable_cores  # noqa: E402
 
 pin_blas_threads()  # before NumPy (and torch) load their BLAS
 
@@ -406,7 +406,7 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
     if not services:
         return
     print("\nPer-step breakdown of the service, ms per step (medians over the rounds; worker figures are per "
-          "worker; between steps: from a step's last result to the next step's work sent, what the workers "
+          "computing worker, at most one per core; between steps: from a step's last result to the next step's work sent, what the workers "
           "wait for the coordinator; coordinator phases are wall time in its loop, cpu is its process's CPU time, evaluation "
           "thread included):")
     print(f"  {'':<28}" + "".join(f"{label.removeprefix('service '):>12}" for label in services))
@@ -418,8 +418,9 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
         v = results.get(f"{label} ms {key}")
         return statistics.median(v) if v else None
 
-    workers = [int(label.split()[1].rstrip("w")) for label in services]
-    compute = [med(label, "worker compute") / n for label, n in zip(services, workers)]
+    # Local workers beyond the cores stand by (coordinator/dispatch.py `sharing_cores`): per computing worker.
+    computing = [min(int(label.split()[1].rstrip("w")), usable_cores()) for label in services]
+    compute = [med(label, "worker compute") / n for label, n in zip(services, computing)]
     line("step", [med(label, "step") for label in services])
     line("worker computing", compute)
     line("worker waiting", [med(label, "step") - c for label, c in zip(services, compute)])

@@ -1,7 +1,13 @@
-"""Which member gets which unit now: first-time dispatch, prefetch and backups.  Pure; time is passed in.
+"""Which member gets which unit now: who computes at all, first-time dispatch, prefetch and backups.  Pure;
+time is passed in.
 
 The coordinator and a relay hand out work by the same rules, so they are written
 once here:
+  - on one machine at most as many members compute at once as it has cores
+    (`sharing_cores`): eight workers on two cores would only take turns on them,
+    each step paying eight parameter messages, eight results and the switching for
+    the work of two; the others stand by: they back up stragglers, and one takes
+    over when a computing one is suspect, lost or gone;
   - pending units go round-robin to the members that may get work, up to
     `prefetch` held at once each (a unit cut for a member's capacity first);
   - once every unit is out, an idle member backs up the oldest unit still out
@@ -32,6 +38,22 @@ PREFETCH = 2  # units the coordinator lets a worker hold at once: hides the roun
 STRAGGLER, BACKUP_AFTER = 4.0, 0.5
 
 
+def sharing_cores(members: Sequence[tuple[W, str, int]]) -> list[W]:
+    """Of `members` (identity, host, cores), in their order, those that compute: on each host the first
+    as many as its cores (the most any of its members says); every member of an unknown host ("")."""
+    limit: dict[str, int] = {}
+    for _, host, cores in members:
+        limit[host] = max(cores, limit.get(host, 0))
+    taken: dict[str, int] = {}
+    kept = []
+    for member, host, _ in members:
+        if host and taken.get(host, 0) >= limit[host]:
+            continue
+        taken[host] = taken.get(host, 0) + 1
+        kept.append(member)
+    return kept
+
+
 @dataclass(frozen=True)
 class Give(Generic[W]):
     """Send `unit` of `schedulers[batch]` to `member`; `backup`: it is a copy of a unit out elsewhere."""
@@ -53,14 +75,15 @@ def backup_after(samples: int, deadlines: DeadlinePolicy, turnaround: RecentRate
 
 def plan_gives(schedulers: Sequence[StepScheduler[W, object]], members: Sequence[tuple[W, int]], now: float,
                deadlines: DeadlinePolicy, turnaround: RecentRate | None = None,
-               prefetch: int = PREFETCH) -> list[Give[W]]:
+               prefetch: int = PREFETCH, standby: Sequence[tuple[W, int]] = ()) -> list[Give[W]]:
     """The units to hand out now, oldest batch first; the schedulers record each as given.
 
     `members`: (identity, capacity) of every member that may get work, in dispatch
-    order.  A member holds at most `prefetch` units across all `schedulers`.
+    order; `standby`: members that only back up stragglers (`sharing_cores` left them
+    out), after the others.  A member holds at most `prefetch` units across all `schedulers`.
     """
     gives: list[Give[W]] = []
-    held = {m: sum(s.holds(m) for s in schedulers) for m, _ in members}
+    held = {m: sum(s.holds(m) for s in schedulers) for m, _ in [*members, *standby]}
     for batch, sched in enumerate(schedulers):
         timeout = deadlines.timeout(max(sched.samples))
         progress = True
@@ -80,7 +103,7 @@ def plan_gives(schedulers: Sequence[StepScheduler[W, object]], members: Sequence
         if sched.pending or older_than is None or sched.oldest_age(now) <= older_than:
             continue  # no straggler: the common case, decided without a look at every member
         timeout = deadlines.timeout(largest)
-        for member, _ in members:
+        for member, _ in [*members, *standby]:
             if held[member]:
                 continue
             unit = sched.backup_unit(member, now, timeout, older_than=older_than)

@@ -36,13 +36,14 @@ from coordinator import protocol as P
 from coordinator.endpoint import RouterEndpoint
 from coordinator.membership import Member, Membership, door_refusal
 from coordinator.metrics import Metrics
-from coordinator.dispatch import PREFETCH, plan_gives
+from coordinator.dispatch import PREFETCH, plan_gives, sharing_cores
 from coordinator.ratelimit import RateLimitedLog, ReplyLimiter, TokenBucket
 from coordinator.refusals import Reason
 from coordinator.scheduler import DeadlinePolicy, RecentRate, StepScheduler, work_units
 from coordinator.step import Batch, same_result
 from coordinator.trust import Verification, Vouch
 from lenet.architecture import Model
+from lenet.cli import counted
 
 __all__ = ["Hub", "Batch", "cut", "DeadlinePolicy", "RecentRate", "Member", "Membership", "Reason", "RouterEndpoint",
            "Vouch"]
@@ -89,6 +90,7 @@ class Hub:
         self.replies = ReplyLimiter(interval=1.0)
         self.join_lines = TokenBucket(rate=1.0, burst=16)  # a line per join, unless they flood in
         self.joins_unlogged = 0
+        self.hosts_said: set[str] = set()  # machines with more members than cores, said once each
 
     # ------------------------------------------------------------------ sending and saying
 
@@ -121,16 +123,30 @@ class Hub:
         """Hand out the batches' units to the members that may get work (coordinator/dispatch.py); returns
         how many were backups."""
         members = self.workers_for_work(now)
-        gives = plan_gives([b.scheduler for b in batches], members, now, deadlines, turnaround, prefetch)
+        chosen = {i for i, _ in members}
+        standby = [(i, c) for i, c in self._able(now) if i not in chosen]
+        gives = plan_gives([b.scheduler for b in batches], members, now, deadlines, turnaround, prefetch, standby)
         for give in gives:
             batch = batches[give.batch]
             self.give(give.member, batch.step, batch.params_frame, batch.tasks[give.unit])
         return sum(g.backup for g in gives)
 
     def workers_for_work(self, now: float) -> list[tuple[bytes, int]]:
-        """(identity, capacity) of the members that may be given work now, in joining order."""
-        return [(i, self.members.members[i].capacity) for i in self.members.eligible(now)
-                if self.members.members[i].capacity > 0]
+        """(identity, capacity) of the members that may be given work now, in joining order: trusted, with
+        capacity, and on each machine no more than its cores (the others stand by)."""
+        members = self.members.members
+        return [(i, members[i].capacity) for i in sharing_cores([(i, members[i].host, members[i].cores)
+                                                                 for i, _ in self._able(now)])]
+
+    def _able(self, now: float) -> list[tuple[bytes, int]]:
+        """(identity, capacity) of the trusted members with capacity, in joining order."""
+        members = self.members.members
+        return [(i, members[i].capacity) for i in self.members.eligible(now) if members[i].capacity > 0]
+
+    def computing(self) -> int:
+        """How many members compute at once when none is suspect: a relay's capacity, and its pieces per task."""
+        members = self.members.members.values()
+        return len(sharing_cores([(i, m.host, m.cores) for i, m in enumerate(members) if m.capacity > 0]))
 
     def refuse_peer(self, identity: bytes, code: str, message: str, now: float) -> None:
         """Tell a peer why it is refused, at most once a second per peer."""
@@ -239,7 +255,7 @@ class Hub:
             self.reject(Reason.BAD_FIELD, identity, f"re-registration with capacity {msg.capacity}")
             return
         if self.members.join(identity, msg.name, msg.pid, now, tag=identity.hex()[:6], key=key,
-                             capacity=msg.capacity):
+                             capacity=msg.capacity, host=msg.host, cores=msg.cores):
             if self.join_lines.take(now):
                 more = f" (+{self.joins_unlogged} more joined since the last report)" if self.joins_unlogged else ""
                 self.log.info("worker %s joined (%d %s)%s", self.name(identity), len(self.members), self.count_word,
@@ -247,10 +263,21 @@ class Hub:
                 self.joins_unlogged = 0
             else:
                 self.joins_unlogged += 1
+            self._say_standing_by(msg.host)
         if self.metrics is not None:
             self.metrics.worker_seen(self.name(identity))
             self.metrics.workers_alive.set(len(self.members))
         self.send(identity, P.encode(P.Heartbeat()))
+
+    def _say_standing_by(self, host: str) -> None:
+        """Once per machine, when it first has more members than cores: some stand by."""
+        on_host = [m for m in self.members.members.values() if host and m.host == host]
+        cores = max((m.cores for m in on_host), default=0)
+        if len(on_host) > cores and host not in self.hosts_said and len(self.hosts_said) < self.members.max_members:
+            self.hosts_said.add(host)
+            self.log.info("host %s: %s on %s: %d at a time compute, the others stand by and take over from one "
+                          "that fails (a worker's --cores)", host[:8], counted(len(on_host), "worker"),
+                          counted(cores, "core"), cores)
 
     def _admission(self, msg: P.Register, now: float) -> tuple[Reason, str] | None:
         """Why a new peer may not join, or None."""

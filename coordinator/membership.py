@@ -69,6 +69,8 @@ class Member:
     label: str = ""  # its metric label: the name, made unique if another member has it
     key: bytes | None = None  # the CURVE public key it registered with (None without CURVE)
     capacity: int = 1  # units' worth of work it takes: 1 for a worker, its workers' count for a relay
+    host: str = ""  # the machine it runs on ("": unknown) and how many of that machine's members may compute
+    cores: int = 1  # at once (coordinator/dispatch.py `sharing_cores`)
 
 
 class Membership(Generic[W]):
@@ -95,7 +97,7 @@ class Membership(Generic[W]):
         return len(self.members) >= self.max_members
 
     def join(self, identity: W, name: str, pid: int, now: float, tag: str = "", key: bytes | None = None,
-             capacity: int = 1) -> bool:
+             capacity: int = 1, host: str = "", cores: int = 1) -> bool:
         """Register `identity` (again, perhaps with another capacity); returns True if it is new.
 
         The caller has checked the name (`valid_name`), the ban list and `full`.
@@ -106,9 +108,9 @@ class Membership(Generic[W]):
             taken = {m.label for m in self.members.values()}
             label = name if name not in taken else f"{name}~{tag}"
             self.members[identity] = Member(name=name, pid=pid, last_seen=now, label=label, key=key,
-                                            capacity=capacity)
+                                            capacity=capacity, host=host, cores=cores)
             return True
-        member.last_seen, member.capacity = now, capacity
+        member.last_seen, member.capacity, member.host, member.cores = now, capacity, host, cores
         return False
 
     def touch(self, identity: W, now: float) -> Member | None:

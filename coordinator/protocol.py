@@ -44,7 +44,7 @@ from lenet.reduction import cover
 from lenet.shards import UnitSums
 
 # 2: Register carries the conformance probe's digest; 3: units, factors, losses, capacity; 4: the model's name
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5  # 5: Register says the worker's host and cores
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
 MAX_SHARD_SAMPLES = 16384  # samples in one task
 MAX_SHARDS = 1024
@@ -85,7 +85,7 @@ def max_unit_samples(num_shards: int, model: type[Model] | None = None) -> int:
     return lo
 
 
-MAX_REGISTER_BYTES = 2 * MAX_TEXT + 256  # what an unregistered peer may send before it is decoded
+MAX_REGISTER_BYTES = 2 * MAX_TEXT + 320  # what an unregistered peer may send before it is decoded
 
 
 class ProtocolError(Exception):
@@ -115,6 +115,22 @@ def _float(value: Any, name: str) -> float:
 def _str(value: Any, name: str) -> str:
     if not isinstance(value, str) or len(value) > MAX_TEXT:
         raise ProtocolError(Reason.BAD_FIELD, f"{name} must be a string of at most {MAX_TEXT} characters")
+    return value
+
+
+HOST_ID_CHARS = 16  # lenet.runtime.host_id: hex digits of a hash
+
+
+def _host(value: Any, name: str) -> str:
+    if (not isinstance(value, str) or len(value) not in (0, HOST_ID_CHARS)
+            or value.strip("0123456789abcdef")):
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be empty or {HOST_ID_CHARS} lowercase hex digits")
+    return value
+
+
+def _cores(value: Any, name: str) -> int:
+    if _int(value, name) < 1 or value > MAX_CAPACITY:
+        raise ProtocolError(Reason.BAD_FIELD, f"{name} must be 1 to {MAX_CAPACITY}")
     return value
 
 
@@ -245,6 +261,9 @@ class Register:
     digest of the worker's answer to the fixed conformance probe (lenet.probe): the
     coordinator admits only workers whose arithmetic is bit for bit its own.  `model`:
     the model the worker computes (and its probe is of); another than the run's is refused.
+    `host` names the machine (`lenet.runtime.host_id`; "" for unknown, as a relay says) and
+    `cores` how many of its workers may compute at once there: more workers than cores on one
+    machine only take turns on the cores, so the others stand by (coordinator/dispatch.py).
     """
 
     TYPE: ClassVar[str] = "register"
@@ -253,6 +272,8 @@ class Register:
     probe: str = _f(_str)
     capacity: int = _f(_capacity)
     model: str = _model_field()
+    host: str = field(default="", metadata={"decode": _host})
+    cores: int = field(default=1, metadata={"decode": _cores})
 
 
 @dataclass(frozen=True)

@@ -363,8 +363,7 @@ class Coordinator:
 
     def _capacities(self, now: float) -> tuple[int, ...]:
         """What the next step's units are cut for: the capacity of every member that may get work."""
-        caps = [self.members.members[i].capacity for i in self.members.eligible(now)]
-        return tuple(sorted((c for c in caps if c > 0), reverse=True))
+        return tuple(sorted((c for _, c in self.hub.workers_for_work(now)), reverse=True))
 
     def _dispatch(self, now: float) -> None:
         """Hand out units (coordinator/dispatch.py); a unit under check that nobody else may take is computed here."""

@@ -1,4 +1,5 @@
-"""Process-level settings, called first thing by every entry point.
+"""Process-level settings, called first thing by every entry point; and what a worker says of its machine
+(`host_id`, `usable_cores`).
 
 BLAS threads: pinned to one, before NumPy is imported (this module imports no
 NumPy, and `lenet/__init__` is lazy, so `from lenet.runtime import ...` is safe
@@ -71,3 +72,36 @@ def pin_blas_threads() -> None:
 def single_thread_blas_env() -> dict[str, str]:
     """A copy of os.environ with BLAS pinned to one thread, for child processes."""
     return {**os.environ, **{var: "1" for var in BLAS_THREAD_VARIABLES}}
+
+
+def host_id(boot_id: str = "/proc/sys/kernel/random/boot_id") -> str:
+    """This machine's identity for the coordinator: 16 hex digits of a hash of the kernel's boot id, or "".
+
+    Containers and pods on one machine share its kernel, so they share the boot id: workers
+    that say the same host id take turns on the same cores.  Hashed, so the id itself is not
+    sent; "" (unknown: no sharing assumed) where there is no such file.
+    """
+    import hashlib
+
+    try:
+        with open(boot_id, "rb") as f:
+            raw = f.read(64).strip()
+    except OSError:
+        return ""
+    return hashlib.sha256(b"lenet5-host:" + raw).hexdigest()[:16] if raw else ""
+
+
+def usable_cores(cgroup_cpu_max: str = "/sys/fs/cgroup/cpu.max") -> int:
+    """How many cores this process may run on at once: its CPU affinity, capped by a cgroup v2 CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        with open(cgroup_cpu_max) as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, -(-int(quota) // int(period))))  # a quota of 1.5 cores keeps 2 busy
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_flag(parser, "--curve-authorized-dir", None, optional(Path),
              "relay: directory of the public .key files of the workers it admits (with --curve-secret-key)")
     add_flag(parser, "--insecure", False, parse_bool, "relay: listen beyond loopback without CURVE")
+    add_flag(parser, "--cores", None, optional(int), "how many workers of this machine compute at once: the "
+             "coordinator gives work to at most this many of the workers on one machine, the others stand by "
+             "and take over from one that fails (default: the cores this process may run on)")
     add_flag(parser, "--model", DEFAULT_MODEL, str, "the model the run trains (the coordinator's --model): the "
              "coordinator refuses a worker of another")
     parser.add_argument("--self-test", action="store_true", help="print this machine's conformance probe digest "
@@ -70,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         args = build_parser().parse_args(argv)
-        kwargs = {"name": args.name} if args.name else {}
+        kwargs: dict = {"name": args.name} if args.name else {}
+        if args.cores is not None:
+            kwargs["cores"] = args.cores
         if (args.curve_secret_key is None) != (args.curve_server_key is None):
             raise ValueError("CURVE needs both --curve-secret-key and --curve-server-key")
         if args.relay and args.give_up_after is not None:

@@ -23,6 +23,7 @@ from coordinator import protocol as P
 from coordinator.keys import CurveClient, secure_client
 from lenet.models import DEFAULT_MODEL, get_model
 from lenet.probe import probe_digest
+from lenet.runtime import host_id, usable_cores
 from lenet.shards import unit_sums
 
 log = logging.getLogger("worker")
@@ -40,6 +41,10 @@ class WorkerConfig:
     waiting_note_every: float = 60.0  # while no coordinator answers, a line this often says why it waits
     curve: CurveClient | None = None  # CURVE keys, when the coordinator requires them
     model: str = DEFAULT_MODEL  # the model it computes: the coordinator admits only the run's (lenet.models)
+    # How many workers of this machine compute at once (the coordinator lets the others stand by):
+    # by default the cores this process may run on (lenet.runtime.usable_cores).
+    cores: int = field(default_factory=usable_cores)
+    host: str = field(default_factory=host_id)  # this machine, as the coordinator tells machines apart
 
     def __post_init__(self) -> None:
         if not self.connect.startswith(("tcp://", "ipc://", "inproc://")):
@@ -51,6 +56,8 @@ class WorkerConfig:
             if not 0 < getattr(self, name) < float("inf"):
                 raise ValueError(f"{name.replace('_', ' ')} must be > 0, got {getattr(self, name)}")
         get_model(self.model)
+        if not 1 <= self.cores <= P.MAX_CAPACITY:
+            raise ValueError(f"--cores must be 1 to {P.MAX_CAPACITY}, got {self.cores}")
 
 
 def _resolution_problem(endpoint: str) -> str:
@@ -153,7 +160,7 @@ class Worker:
             self.sock = self._open()
         while not self.stopping:
             self._send(P.Register(name=self.config.name, pid=os.getpid(), probe=self.probe, capacity=1,
-                                  model=self.model.name))
+                                  model=self.model.name, host=self.config.host, cores=self.config.cores))
             deadline = time.monotonic() + wait
             while not self.stopping and time.monotonic() < deadline:
                 msg = self._recv(min(0.2, max(0.0, deadline - time.monotonic())))

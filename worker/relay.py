@@ -4,12 +4,13 @@
     python -m worker --connect tcp://127.0.0.1:5556          # each of the host's workers
 
 Upstream the relay is a worker: it registers once its first worker has joined it
-(with the conformance probe and a capacity, the number of its live workers,
-announced again with `Capacity` when it changes), heartbeats, receives the parameters and tasks, and answers each task
+(with the conformance probe and a capacity, the number of its workers that compute:
+at most as many as their machine's cores, `Hub.computing`; announced again with `Capacity`
+when it changes), heartbeats, receives the parameters and tasks, and answers each task
 with one Result.  Downstream it is a coordinator to its workers: they connect
 and register exactly as they would to the coordinator, and the same probe admits
 them (a relay does not serve other relays).  It forwards the parameters once per
-step, cuts each task into one piece per worker (`work_units`), hands the pieces
+step, cuts each task into one piece per computing worker (`work_units`), hands the pieces
 out with the coordinator's own scheduler (a dead, departed or late worker's piece
 goes to another), and gathers the pieces' results into the task's
 (`lenet.shards.gather`): bit for bit what one worker would have sent.  So the
@@ -121,15 +122,15 @@ class Relay:
                 now = time.monotonic()
                 self._check_workers(now)
                 if not self.registered and now >= next_register and len(self.workers):  # a member once it serves
+                    self.announced = self.down.computing()
                     self._send_up(P.Register(name=cfg.name, pid=os.getpid(), probe=self.probe,
-                                             capacity=len(self.workers), model=self.model.name))
-                    self.announced = len(self.workers)
+                                             capacity=self.announced, model=self.model.name))
                     next_register, wait = now + wait, min(2 * wait, cfg.max_backoff)
                 elif self.registered:
                     wait = 0.25
-                    if self.announced != len(self.workers):
-                        self._send_up(P.Capacity(capacity=len(self.workers)))
-                        self.announced = len(self.workers)
+                    if self.announced != self.down.computing():
+                        self.announced = self.down.computing()
+                        self._send_up(P.Capacity(capacity=self.announced))
                     if now - last_beat >= cfg.heartbeat_interval:
                         self._send_up(P.Heartbeat())
                         last_beat = now
@@ -214,13 +215,13 @@ class Relay:
         return "heard"
 
     def _plan(self, task: P.Task, now: float) -> None:
-        """Cut a task into one piece per live worker (at least one piece)."""
+        """Cut a task into one piece per worker that computes (at least one piece)."""
         if task.step != self.params[0]:
             log.warning("task for step %d without its parameters (have step %d): skipped", task.step, self.params[0])
             return
         if any(u.task.step == task.step and u.task.first == task.first for u in self.units):
             return  # given again after the coordinator's deadline: the pieces under way still answer it
-        self.units.append(Unit(task, now, hub.cut(task, len(self.workers), self.params[1], self.config.task_timeout)))
+        self.units.append(Unit(task, now, hub.cut(task, self.down.computing(), self.params[1], self.config.task_timeout)))
 
     # ------------------------------------------------------------------ downstream
 

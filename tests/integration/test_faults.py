@@ -90,7 +90,7 @@ def test_hung_worker_is_bypassed_then_put_back_to_work(tmp_path, procs):
                         "--task-timeout", "2", "--heartbeat-timeout", "60", "--checkpoint-dir", "off",
                         "--metrics-port", str(metrics_port), "--output", str(tmp_path / "m.npz"))
     procs.append(coord)
-    ws = [worker(tmp_path, endpoint, f"w{i}") for i in range(3)]
+    ws = [worker(tmp_path, endpoint, f"w{i}", "--cores", "3") for i in range(3)]  # all three compute
     procs.extend(ws)
     coord.wait_for("training:")
     time.sleep(0.5)

@@ -1,4 +1,5 @@
-"""64 local workers at the default shard count: every one of them gets work, and the result is a 1-worker run's."""
+"""64 local workers at the default shard count, each with a core of its own: every one of them gets work, and the
+result is a 1-worker run's."""
 
 import time
 
@@ -14,8 +15,10 @@ def test_64_workers_all_get_work_and_change_nothing(tmp_path, procs, mnist_dir):
     assert one.wait() == 0, one.log()[-3000:]
 
     port = free_port()
+    # LENET_CORES (the workers' --cores): each says its machine has room for 64, as 64 workers on as many
+    # machines would; on one machine the others would stand by (test_standing_by.py).
     many = coordinator(tmp_path, "--workers", "64", "--metrics-port", str(port), "--output", str(tmp_path / "m.npz"),
-                       *CONFIG, log_name="many.log")
+                       *CONFIG, log_name="many.log", LENET_CORES="64")
     procs.append(many)
     many.wait_for("training:", timeout=240)  # 64 processes start on however few cores there are
     accepted: dict[str, float] = {}  # per worker, at its largest: a worker's series goes when it leaves

@@ -208,13 +208,16 @@ def test_resume_with_other_hyperparameters_is_another_run_and_keeps_the_first(tm
 
 
 def test_parameters_travel_once_per_step_and_every_worker_has_a_unit(tmp_path, procs):
-    """3 workers share 64 shards a step: each gets a unit of 21 or 22 shards, and the parameters once."""
+    """3 workers share 64 shards a step: each gets a unit of 21 or 22 shards, and the parameters once.
+
+    Each says it has a core (--cores 3): on this machine's fewer cores one would otherwise stand by."""
     port, metrics_ports = free_port(), [free_port() for _ in range(3)]
     endpoint = f"tcp://127.0.0.1:{port}"
     coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--min-workers", "3", "--max-steps", "100",
                         "--checkpoint-dir", "off", "--output", str(tmp_path / "m.npz"))
     procs.append(coord)
-    ws = [worker(tmp_path, endpoint, f"w{i}", "--metrics-port", str(p)) for i, p in enumerate(metrics_ports)]
+    ws = [worker(tmp_path, endpoint, f"w{i}", "--metrics-port", str(p), "--cores", "3")
+          for i, p in enumerate(metrics_ports)]
     procs.extend(ws)
     coord.wait_for("training:")
     seen = {}

@@ -1,6 +1,6 @@
 """The dispatch rules (coordinator/dispatch.py): who gets which unit now, shared by coordinator and relay."""
 
-from coordinator.dispatch import BACKUP_AFTER, Give, backup_after, plan_gives
+from coordinator.dispatch import BACKUP_AFTER, Give, backup_after, plan_gives, sharing_cores
 from coordinator.scheduler import DeadlinePolicy, RecentRate, StepScheduler
 
 
@@ -50,3 +50,35 @@ def test_the_threshold_follows_the_larger_of_compute_time_and_turnaround():
     seen.record(2.0, 8)  # results waited in a busy coordinator's queue
     assert backup_after(8, d, seen) == 4 * 2.0
     assert backup_after(8, DeadlinePolicy(cap=30.0), seen) is None
+
+
+def test_on_one_machine_only_as_many_members_compute_as_it_has_cores_first_come_first():
+    members = [(f"w{i}", "aaaaaaaaaaaaaaaa", 2) for i in range(8)]
+    assert sharing_cores(members) == ["w0", "w1"]
+
+
+def test_machines_are_counted_apart_and_an_unknown_machine_limits_nobody():
+    members = [("a0", "aaaaaaaaaaaaaaaa", 1), ("b0", "bbbbbbbbbbbbbbbb", 2), ("a1", "aaaaaaaaaaaaaaaa", 1),
+               ("r0", "", 1), ("b1", "bbbbbbbbbbbbbbbb", 2), ("r1", "", 1), ("b2", "bbbbbbbbbbbbbbbb", 2)]
+    assert sharing_cores(members) == ["a0", "b0", "r0", "b1", "r1"]
+
+
+def test_a_machine_has_the_most_cores_any_of_its_members_says():
+    members = [("w0", "aaaaaaaaaaaaaaaa", 1), ("w1", "aaaaaaaaaaaaaaaa", 3), ("w2", "aaaaaaaaaaaaaaaa", 1),
+               ("w3", "aaaaaaaaaaaaaaaa", 1)]
+    assert sharing_cores(members) == ["w0", "w1", "w2"]
+
+
+def test_a_member_left_out_takes_over_when_one_that_computed_is_no_longer_offered():
+    """The caller passes only the members that may get work: a suspect or lost one is not among them."""
+    everyone = [(f"w{i}", "aaaaaaaaaaaaaaaa", 2) for i in range(4)]
+    assert sharing_cores([m for m in everyone if m[0] != "w0"]) == ["w1", "w2"]
+
+
+def test_members_standing_by_get_no_first_time_work_but_back_up_a_straggler():
+    s = scheduler(2)
+    d = measured(0.01)
+    assert [(g.member, g.unit) for g in plan_gives([s], [("a", 1)], 0.0, d, standby=[("spare", 1)])] == [
+        ("a", 0), ("a", 1)]
+    late = backup_after(8, d, None) + 0.01
+    assert plan_gives([s], [("a", 1)], late, d, standby=[("spare", 1)]) == [Give("spare", 0, 0, backup=True)]

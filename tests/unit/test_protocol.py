@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from coordinator import protocol as P
+from coordinator.refusals import Reason
 from lenet.model import FACTOR_WIDTHS, TREE_PARAMS, init_params
 
 
@@ -21,7 +22,7 @@ def factors(n: int):
 
 
 MESSAGES = [
-    P.Register(name="host:1", pid=1, probe="ab" * 32, capacity=1),
+    P.Register(name="host:1", pid=1, probe="ab" * 32, capacity=1, host="0123456789abcdef", cores=2),
     P.Capacity(capacity=4),
     P.Heartbeat(),
     P.Params(step=3, params=grads()),
@@ -138,5 +139,17 @@ def test_what_a_worker_sends_is_small_enough_to_decode_cheaply():
                            compute_seconds=0.1,
                            grads=tree_grads(), factors=factors(128))
     assert len(P.encode(whole_batch)) <= P.max_result_bytes(128, 64) < 1_000_000
-    register = P.Register(name="x" * P.MAX_TEXT, pid=2**52, probe="f" * 64, capacity=P.MAX_CAPACITY)
+    register = P.Register(name="x" * P.MAX_TEXT, pid=2**52, probe="f" * 64, capacity=P.MAX_CAPACITY,
+                          host="f" * P.HOST_ID_CHARS, cores=P.MAX_CAPACITY)
     assert len(P.encode(register)) <= P.MAX_REGISTER_BYTES
+
+
+@pytest.mark.parametrize("field, value", [("host", "0123"), ("host", "0123456789ABCDEF"), ("host", 7),
+                                          ("host", "0123456789abcdeg"), ("cores", 0), ("cores", -1),
+                                          ("cores", P.MAX_CAPACITY + 1), ("cores", True), ("cores", "2")])
+def test_a_registration_with_a_malformed_host_or_core_count_is_refused(field, value):
+    body = msgpack.unpackb(P.encode(MESSAGES[0]))
+    body[field] = value
+    with pytest.raises(P.ProtocolError) as err:
+        P.decode(msgpack.packb(body, use_bin_type=True))
+    assert err.value.reason is Reason.BAD_FIELD
