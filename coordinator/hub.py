@@ -91,6 +91,7 @@ class Hub:
         self.join_lines = TokenBucket(rate=1.0, burst=16)  # a line per join, unless they flood in
         self.joins_unlogged = 0
         self.hosts_said: set[str] = set()  # machines with more members than cores, said once each
+        self.host_lines = TokenBucket(rate=0.1, burst=8)
 
     # ------------------------------------------------------------------ sending and saying
 
@@ -263,18 +264,21 @@ class Hub:
                 self.joins_unlogged = 0
             else:
                 self.joins_unlogged += 1
-            self._say_standing_by(msg.host)
+            self._say_standing_by(msg.host, now)
         if self.metrics is not None:
             self.metrics.worker_seen(self.name(identity))
             self.metrics.workers_alive.set(len(self.members))
         self.send(identity, P.encode(P.Heartbeat()))
 
-    def _say_standing_by(self, host: str) -> None:
-        """Once per machine, when it first has more members than cores: some stand by."""
+    def _say_standing_by(self, host: str, now: float) -> None:
+        """Once per machine, when it first has more members than cores: some stand by.  Rate-limited as joins
+        are: peers that each claim a machine of their own cost a line per 10 s."""
         on_host = [m for m in self.members.members.values() if host and m.host == host]
         cores = max((m.cores for m in on_host), default=0)
         if len(on_host) > cores and host not in self.hosts_said and len(self.hosts_said) < self.members.max_members:
             self.hosts_said.add(host)
+            if not self.host_lines.take(now):
+                return
             self.log.info("host %s: %s on %s: %d at a time compute, the others stand by and take over from one "
                           "that fails (a worker's --cores)", host[:8], counted(len(on_host), "worker"),
                           counted(cores, "core"), cores)
