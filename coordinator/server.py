@@ -32,7 +32,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from coordinator import protocol as P
 from coordinator import runs, trust
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
+from coordinator.epochs import Epochs
 from coordinator.hub import Hub
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
@@ -52,7 +52,7 @@ from coordinator.ratelimit import TokenBucket
 from coordinator.refusals import Reason, RefusalStreaks
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
-from coordinator.training import ClosedEpoch, RunState, Snapshot, StepReport, Training, TrainingDiverged
+from coordinator.training import RunState, Snapshot, StepReport, Training, TrainingDiverged
 from lenet.bounds import implausible
 from lenet.cli import counted
 from lenet.params import Params
@@ -92,7 +92,6 @@ class Coordinator:
         identity = service.run or runs.identity(training.config, training.num_shards, training.data.checksums)
         self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, identity, key=service.checkpoint_key)
         self.step: Step | None = None
-        self.epoch_started = 0.0
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
@@ -118,10 +117,7 @@ class Coordinator:
         self.members = self.hub.members
         phase_seconds = {p: metrics.coordinator_seconds.labels(p) for p in PHASES}
         self.times = StepTimes(publish=lambda phase, seconds: phase_seconds[phase].inc(seconds))
-        # The test-set evaluation of an epoch runs here while the next epoch trains: it needs only the
-        # epoch's parameters, and the workers need not wait for it.
-        self.evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
-        self.evaluating: tuple[ClosedEpoch, Future[float]] | None = None
+        self.epochs = Epochs(training, metrics, self.times, workers=lambda: len(self.members))
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -138,7 +134,7 @@ class Coordinator:
         self.hub.broadcast(P.encode(P.Shutdown(reason=reason)))
 
     def close(self, linger_ms: int = 0) -> None:
-        self.evaluator.shutdown(wait=True)
+        self.epochs.close()
         self.endpoint.close(linger_ms)
 
     # ------------------------------------------------------------------ members
@@ -313,7 +309,7 @@ class Coordinator:
     def _snapshot(self) -> Snapshot:
         """The state a rewind may go back to, with the epoch under evaluation recorded first: a snapshot's
         history must hold every epoch closed before it."""
-        self._settle_evaluation(wait=True)
+        self.epochs.settle(wait=True)
         return self.training.snapshot()
 
     def _rewind(self, rewind: Rewind[Snapshot], name: str) -> None:
@@ -323,8 +319,7 @@ class Coordinator:
         at = self.step.number
         self.step = None
         self.training.rewind(rewind.state)  # numbering the steps anew: each member gets their parameters again
-        if self.evaluating is not None and self.evaluating[0].steps > rewind.to:
-            self.evaluating = None  # an epoch undone: it is closed and evaluated again when replayed
+        self.epochs.undo(rewind.to)  # an epoch undone is closed and evaluated again when replayed
         discarded = self.checkpoints.discard_after(rewind.to)
         m = self.metrics
         m.rewinds.inc()
@@ -405,42 +400,17 @@ class Coordinator:
         if report.epoch_ended:
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()  # before the epoch is closed: a resume from it closes it again
-            self._end_epoch(seconds=time.monotonic() - self.epoch_started)
+            self.epochs.end()
         elif self.service.checkpoint_every and report.step % self.service.checkpoint_every == 0:
-            self._settle_evaluation(wait=True)  # a checkpoint holds every finished epoch's record
+            self.epochs.settle(wait=True)  # a checkpoint holds every finished epoch's record
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()
         elif self.checkpoints.retry_due():  # the last write failed: the newest checkpoint falls behind
-            self._settle_evaluation(wait=True)
+            self.epochs.settle(wait=True)
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()
         self.times.step_done(now - step.started)
         return report
-
-    def _end_epoch(self, seconds: float) -> None:
-        """Close the epoch and start its test-set evaluation; training goes on meanwhile."""
-        self._settle_evaluation(wait=True)  # the previous epoch's, if epochs are shorter than an evaluation
-        closed = self.training.close_epoch(seconds)
-        self.epoch_started = time.monotonic()
-        self.metrics.epoch.set(self.training.epoch)
-        self.metrics.epoch_samples.set(0)
-        self.evaluating = (closed, self.evaluator.submit(self.training.test_accuracy, closed.params))
-
-    def _settle_evaluation(self, wait: bool) -> None:
-        """Record the evaluated epoch (log line, metrics) once its accuracy is known, or now if `wait`."""
-        if self.evaluating is None or not (wait or self.evaluating[1].done()):
-            return
-        closed, future = self.evaluating
-        with self.times.timed("evaluation"):
-            accuracy = future.result()
-        self.evaluating = None
-        stats = self.training.record_epoch(closed, accuracy)
-        self.metrics.train_accuracy.set(stats.train_accuracy)
-        self.metrics.test_accuracy.set(stats.test_accuracy)
-        log.info("epoch %d/%d: loss %.4f  train acc %.2f%%  test acc %.2f%%  %d samples  %.0f samples/s  %s",
-                 stats.epoch, self.training.config.epochs, stats.loss, 100 * stats.train_accuracy,
-                 100 * stats.test_accuracy, stats.samples, stats.samples_per_second,
-                 counted(len(self.members), "worker"))
 
     # ------------------------------------------------------------------ the loop
 
@@ -477,7 +447,7 @@ class Coordinator:
         try:
             return self._train(stop, tick, progress)
         finally:
-            self._settle_evaluation(wait=True)
+            self.epochs.settle(wait=True)
 
     def _train(self, stop: Callable[[], bool], tick: Callable[[], None], progress: StepObserver) -> RunOutcome:
         training = self.training
@@ -487,9 +457,9 @@ class Coordinator:
         if not training.done:
             log.info("training: %d steps of batch %d in %d shards, %s", training.total_steps - training.state.step,
                      training.config.batch_size, training.num_shards, counted(len(self.members), "worker"))
-        self.epoch_started = time.monotonic()
+        self.epochs.start()
         if training.epoch_unclosed:  # resumed from the checkpoint of an epoch's last step
-            self._end_epoch(seconds=0.0)  # its time is not known: it ran before the restart
+            self.epochs.end(resumed=True)
         paused = False  # no live worker: said once, until one registers
         while not training.done:
             if stop():
@@ -520,5 +490,5 @@ class Coordinator:
             if self.step is not None and self.step.scheduler.complete:
                 self.times.completed()
                 progress(self._finish_step(now), len(self.members))
-            self._settle_evaluation(wait=False)
+            self.epochs.settle(wait=False)
         return RunOutcome(training.params, training.state, finished=True)
