@@ -47,12 +47,12 @@ from coordinator.hub import Hub
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
 from coordinator.phases import PHASES, StepTimes
-from coordinator.provenance import Provenance, Rewind
 from coordinator.ratelimit import TokenBucket
 from coordinator.refusals import Reason, RefusalStreaks
+from coordinator.rewinds import Rewinds
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
-from coordinator.training import RunState, Snapshot, StepReport, Training, TrainingDiverged
+from coordinator.training import RunState, StepReport, Training, TrainingDiverged
 from lenet.bounds import implausible
 from lenet.cli import counted
 from lenet.params import Params
@@ -76,16 +76,6 @@ class RunOutcome:
     finished: bool  # False: stopped early by a signal
 
 
-@dataclass
-class Replay:
-    """Rewinds under way: steps are being done again up to `until` (the furthest step a rewind left)."""
-
-    until: int
-    steps: int  # steps undone, in all
-    started: float
-    convicted: list[str]
-
-
 class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
@@ -96,8 +86,6 @@ class Coordinator:
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
         self.streaks = RefusalStreaks(service.stuck_after)
-        self.provenance = Provenance[bytes, Snapshot]()
-        self.replay: Replay | None = None
         started = time.perf_counter()
         model = type(training.model)
         probe = probe_digest(model)
@@ -118,6 +106,7 @@ class Coordinator:
         phase_seconds = {p: metrics.coordinator_seconds.labels(p) for p in PHASES}
         self.times = StepTimes(publish=lambda phase, seconds: phase_seconds[phase].inc(seconds))
         self.epochs = Epochs(training, metrics, self.times, workers=lambda: len(self.members))
+        self.rewinds = Rewinds(training, self.epochs, self.checkpoints, metrics)
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -294,7 +283,7 @@ class Coordinator:
         self.metrics.workers_banned.inc()
         step = self.step
         name = member.label if member is not None else self.hub.name(ban.who)  # it may have left this step
-        rewind = self.provenance.convicted(ban.who, step.number) if step is not None else None
+        rewind = self.rewinds.convicted(ban.who, step.number) if step is not None else None
         if step is not None and rewind is None:
             mine = step.verification.convicted(ban.who)
             self.metrics.redispatched.inc(step.scheduler.discard(mine))
@@ -303,37 +292,9 @@ class Coordinator:
                     step.scheduler.readmit(unit)
         if member is not None:
             self.hub.forget(ban.who, member, f"banned for the run: {why}")
-        if rewind is not None:
-            self._rewind(rewind, name)
-
-    def _snapshot(self) -> Snapshot:
-        """The state a rewind may go back to, with the epoch under evaluation recorded first: a snapshot's
-        history must hold every epoch closed before it."""
-        self.epochs.settle(wait=True)
-        return self.training.snapshot()
-
-    def _rewind(self, rewind: Rewind[Snapshot], name: str) -> None:
-        """Back to before the convicted member's first accepted answer: the step under way is dropped (its
-        late answers are refused as stale) and the steps since are done again without it."""
-        assert self.step is not None
-        at = self.step.number
-        self.step = None
-        self.training.rewind(rewind.state)  # numbering the steps anew: each member gets their parameters again
-        self.epochs.undo(rewind.to)  # an epoch undone is closed and evaluated again when replayed
-        discarded = self.checkpoints.discard_after(rewind.to)
-        m = self.metrics
-        m.rewinds.inc()
-        m.steps_replayed.inc(at - rewind.to)
-        m.epoch.set(self.training.epoch)
-        m.epoch_samples.set(self.training.state.epoch_samples)
-        if self.replay is None:
-            self.replay = Replay(at, 0, time.monotonic(), [])
-        self.replay.until = max(self.replay.until, at)
-        self.replay.steps += at - rewind.to
-        self.replay.convicted.append(name)
-        log.warning("rewind: %s convicted at step %d; back to step %d, before its first accepted answer: %d steps "
-                    "to do again without it%s", name, at, rewind.to, at - rewind.to,
-                    f" ({discarded} checkpoints holding its answers deleted)" if discarded else "")
+        if step is not None and rewind is not None:
+            self.step = None  # dropped (its late answers are refused as stale) and done again without the liar
+            self.rewinds.rewind(rewind, step.number, name)
 
     def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
         step = self.step
@@ -345,7 +306,7 @@ class Coordinator:
         overtaken = sched.accept(result.first, result, by=identity)
         self.streaks.accepted()
         if identity is not None:
-            self.provenance.accepted(identity, step.number, self._snapshot)
+            self.rewinds.accepted(identity, step.number)
         now = time.monotonic()
         for other in overtaken:  # it had the unit and did not answer first: no new work until it answers
             lo, hi = sched.units[unit]
@@ -389,14 +350,7 @@ class Coordinator:
         m.epoch_samples.set(self.training.state.epoch_samples)
         m.step_duration.observe(now - step.started)
         self.step = None
-        self.provenance.retain(self.members.members)
-        replay = self.replay
-        if replay is not None and self.training.state.step >= replay.until:
-            seconds = time.monotonic() - replay.started
-            m.rewind_seconds.inc(seconds)
-            log.warning("rewind done: %d steps replayed in %.1f s without %s; the run is as if they never took part",
-                        replay.steps, seconds, ", ".join(replay.convicted))
-            self.replay = None
+        self.rewinds.step_done(self.members.members)
         if report.epoch_ended:
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()  # before the epoch is closed: a resume from it closes it again
