@@ -44,11 +44,12 @@ from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
 from coordinator.epochs import Epochs
 from coordinator.hub import Hub
+from coordinator.liveness import Liveness
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
 from coordinator.phases import PHASES, StepTimes
 from coordinator.ratelimit import TokenBucket
-from coordinator.refusals import Reason, RefusalStreaks
+from coordinator.refusals import Reason
 from coordinator.rewinds import Rewinds
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
@@ -85,7 +86,6 @@ class Coordinator:
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
-        self.streaks = RefusalStreaks(service.stuck_after)
         started = time.perf_counter()
         model = type(training.model)
         probe = probe_digest(model)
@@ -101,8 +101,10 @@ class Coordinator:
         self.hub = Hub(self.endpoint, Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers),
                        probe, "coordinator", log, self._release, model, metrics=metrics,
                        registrations=TokenBucket(rate=service.registrations_per_second,
-                                                 burst=service.registration_burst), on_reject=self._refused)
+                                                 burst=service.registration_burst),
+                       on_reject=lambda reason, identity, detail: self.liveness.refused(reason, identity, detail))
         self.members = self.hub.members
+        self.liveness = Liveness(self.hub, self.deadlines, metrics, service.stuck_after)
         phase_seconds = {p: metrics.coordinator_seconds.labels(p) for p in PHASES}
         self.times = StepTimes(publish=lambda phase, seconds: phase_seconds[phase].inc(seconds))
         self.epochs = Epochs(training, metrics, self.times, workers=lambda: len(self.members))
@@ -131,22 +133,6 @@ class Coordinator:
     def _release(self, identity: bytes) -> int:
         return self.step.scheduler.release_worker(identity) if self.step else 0
 
-    def _refused(self, reason: Reason, identity: bytes | None, detail: str) -> None:
-        if identity is not None and identity in self.members:
-            self.streaks.refused(identity, reason, detail)
-
-    def _check_stuck(self) -> None:
-        """RunStuck when work keeps expiring and every member's answers are refused for one reason
-        (RefusalStreaks)."""
-        streak = self.streaks.stuck(self.members.members)  # looked at only once work has kept expiring
-        if streak is None:
-            return
-        hint = ("a unit's result does not fit a message: lower --batch-size or raise --shards"
-                if streak.reason is Reason.TOO_LARGE else "see the rejected-message lines above")
-        raise RunStuck(f"every result refused: {self.streaks.taken_back} units re-dispatched and every answer of "
-                       f"the {counted(len(self.members), 'worker')} refused ({streak.count}+ in a row, {streak.reason.value}: "
-                       f"{streak.detail[:120]}), none accepted; {hint}")
-
     def reload_keys(self) -> None:
         """Re-read the CURVE allow-list (SIGHUP): new keys may connect; revoked keys' workers are dropped."""
         if self.endpoint.auth is None:
@@ -165,26 +151,7 @@ class Coordinator:
 
     def forget_exited(self, pids: list[int]) -> None:
         """Local worker processes seen to exit: drop them now rather than at the heartbeat timeout."""
-        for identity in self.members.with_pids(pids):
-            self.metrics.workers_lost.inc()
-            self.hub.remove(identity, "exited")
-
-    def _check_liveness(self, now: float) -> None:
-        self.hub.drop_silent(now)
-        if self.step is None:
-            return
-        sched = self.step.scheduler
-        expired = sched.expire(now)
-        self.streaks.expired(len(expired))
-        for unit, identity in expired:
-            lo, hi = sched.units[unit]
-            self.metrics.redispatched.inc(hi - lo)
-            log.warning("shards %d-%d of step %d missed their %.0f s deadline on %s: re-dispatched", lo, hi - 1,
-                        sched.step, self.deadlines.timeout(sched.samples[unit]), self.hub.name(identity))
-            if self.members.suspect(identity, now):
-                self.metrics.workers_removed.inc()
-                self.hub.remove(identity, f"removed: missed {self.members.max_misses} deadlines in a row "
-                                          "without answering")
+        self.liveness.exited(pids)
 
     # ------------------------------------------------------------------ results
 
@@ -304,7 +271,7 @@ class Coordinator:
         if since is not None:
             self.turnaround.record(time.monotonic() - since, sched.samples[unit])
         overtaken = sched.accept(result.first, result, by=identity)
-        self.streaks.accepted()
+        self.liveness.accepted()
         if identity is not None:
             self.rewinds.accepted(identity, step.number)
         now = time.monotonic()
@@ -376,7 +343,7 @@ class Coordinator:
             with self.times.timed("receive"):
                 self.hub.drain(self._handle, fatal=(TrainingDiverged,))
         now = time.monotonic()
-        self._check_liveness(now)
+        self.liveness.check(now, self.step.scheduler if self.step is not None else None)
         tick()
         return now
 
@@ -440,7 +407,9 @@ class Coordinator:
                 log.warning("no live workers%s: training paused until one registers",
                             f" ({len(self.members)} relays without workers)" if len(self.members) else "")
             paused = idle
-            self._check_stuck()
+            why = self.liveness.stuck()
+            if why is not None:
+                raise RunStuck(why)
             if self.step is not None and self.step.scheduler.complete:
                 self.times.completed()
                 progress(self._finish_step(now), len(self.members))
