@@ -32,7 +32,6 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,16 +42,18 @@ from coordinator import protocol as P
 from coordinator import runs, trust
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
+from coordinator.epochs import Epochs
 from coordinator.hub import Hub
+from coordinator.liveness import Liveness
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
 from coordinator.phases import PHASES, StepTimes
-from coordinator.provenance import Provenance, Rewind
 from coordinator.ratelimit import TokenBucket
-from coordinator.refusals import Reason, RefusalStreaks
+from coordinator.refusals import Reason
+from coordinator.rewinds import Rewinds
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
-from coordinator.training import ClosedEpoch, RunState, Snapshot, StepReport, Training, TrainingDiverged
+from coordinator.training import RunState, StepReport, Training, TrainingDiverged
 from lenet.bounds import implausible
 from lenet.cli import counted
 from lenet.params import Params
@@ -76,29 +77,15 @@ class RunOutcome:
     finished: bool  # False: stopped early by a signal
 
 
-@dataclass
-class Replay:
-    """Rewinds under way: steps are being done again up to `until` (the furthest step a rewind left)."""
-
-    until: int
-    steps: int  # steps undone, in all
-    started: float
-    convicted: list[str]
-
-
 class Coordinator:
     def __init__(self, training: Training, service: ServiceConfig, metrics: Metrics, context: zmq.Context):
         self.training, self.service, self.metrics = training, service, metrics
         identity = service.run or runs.identity(training.config, training.num_shards, training.data.checksums)
         self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, identity, key=service.checkpoint_key)
         self.step: Step | None = None
-        self.epoch_started = 0.0
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
-        self.streaks = RefusalStreaks(service.stuck_after)
-        self.provenance = Provenance[bytes, Snapshot]()
-        self.replay: Replay | None = None
         started = time.perf_counter()
         model = type(training.model)
         probe = probe_digest(model)
@@ -114,14 +101,14 @@ class Coordinator:
         self.hub = Hub(self.endpoint, Membership[bytes](service.heartbeat_timeout, max_members=service.max_workers),
                        probe, "coordinator", log, self._release, model, metrics=metrics,
                        registrations=TokenBucket(rate=service.registrations_per_second,
-                                                 burst=service.registration_burst), on_reject=self._refused)
+                                                 burst=service.registration_burst),
+                       on_reject=lambda reason, identity, detail: self.liveness.refused(reason, identity, detail))
         self.members = self.hub.members
+        self.liveness = Liveness(self.hub, self.deadlines, metrics, service.stuck_after)
         phase_seconds = {p: metrics.coordinator_seconds.labels(p) for p in PHASES}
         self.times = StepTimes(publish=lambda phase, seconds: phase_seconds[phase].inc(seconds))
-        # The test-set evaluation of an epoch runs here while the next epoch trains: it needs only the
-        # epoch's parameters, and the workers need not wait for it.
-        self.evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
-        self.evaluating: tuple[ClosedEpoch, Future[float]] | None = None
+        self.epochs = Epochs(training, metrics, self.times, workers=lambda: len(self.members))
+        self.rewinds = Rewinds(training, self.epochs, self.checkpoints, metrics)
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -138,29 +125,13 @@ class Coordinator:
         self.hub.broadcast(P.encode(P.Shutdown(reason=reason)))
 
     def close(self, linger_ms: int = 0) -> None:
-        self.evaluator.shutdown(wait=True)
+        self.epochs.close()
         self.endpoint.close(linger_ms)
 
     # ------------------------------------------------------------------ members
 
     def _release(self, identity: bytes) -> int:
         return self.step.scheduler.release_worker(identity) if self.step else 0
-
-    def _refused(self, reason: Reason, identity: bytes | None, detail: str) -> None:
-        if identity is not None and identity in self.members:
-            self.streaks.refused(identity, reason, detail)
-
-    def _check_stuck(self) -> None:
-        """RunStuck when work keeps expiring and every member's answers are refused for one reason
-        (RefusalStreaks)."""
-        streak = self.streaks.stuck(self.members.members)  # looked at only once work has kept expiring
-        if streak is None:
-            return
-        hint = ("a unit's result does not fit a message: lower --batch-size or raise --shards"
-                if streak.reason is Reason.TOO_LARGE else "see the rejected-message lines above")
-        raise RunStuck(f"every result refused: {self.streaks.taken_back} units re-dispatched and every answer of "
-                       f"the {counted(len(self.members), 'worker')} refused ({streak.count}+ in a row, {streak.reason.value}: "
-                       f"{streak.detail[:120]}), none accepted; {hint}")
 
     def reload_keys(self) -> None:
         """Re-read the CURVE allow-list (SIGHUP): new keys may connect; revoked keys' workers are dropped."""
@@ -180,26 +151,7 @@ class Coordinator:
 
     def forget_exited(self, pids: list[int]) -> None:
         """Local worker processes seen to exit: drop them now rather than at the heartbeat timeout."""
-        for identity in self.members.with_pids(pids):
-            self.metrics.workers_lost.inc()
-            self.hub.remove(identity, "exited")
-
-    def _check_liveness(self, now: float) -> None:
-        self.hub.drop_silent(now)
-        if self.step is None:
-            return
-        sched = self.step.scheduler
-        expired = sched.expire(now)
-        self.streaks.expired(len(expired))
-        for unit, identity in expired:
-            lo, hi = sched.units[unit]
-            self.metrics.redispatched.inc(hi - lo)
-            log.warning("shards %d-%d of step %d missed their %.0f s deadline on %s: re-dispatched", lo, hi - 1,
-                        sched.step, self.deadlines.timeout(sched.samples[unit]), self.hub.name(identity))
-            if self.members.suspect(identity, now):
-                self.metrics.workers_removed.inc()
-                self.hub.remove(identity, f"removed: missed {self.members.max_misses} deadlines in a row "
-                                          "without answering")
+        self.liveness.exited(pids)
 
     # ------------------------------------------------------------------ results
 
@@ -298,7 +250,7 @@ class Coordinator:
         self.metrics.workers_banned.inc()
         step = self.step
         name = member.label if member is not None else self.hub.name(ban.who)  # it may have left this step
-        rewind = self.provenance.convicted(ban.who, step.number) if step is not None else None
+        rewind = self.rewinds.convicted(ban.who, step.number) if step is not None else None
         if step is not None and rewind is None:
             mine = step.verification.convicted(ban.who)
             self.metrics.redispatched.inc(step.scheduler.discard(mine))
@@ -307,38 +259,9 @@ class Coordinator:
                     step.scheduler.readmit(unit)
         if member is not None:
             self.hub.forget(ban.who, member, f"banned for the run: {why}")
-        if rewind is not None:
-            self._rewind(rewind, name)
-
-    def _snapshot(self) -> Snapshot:
-        """The state a rewind may go back to, with the epoch under evaluation recorded first: a snapshot's
-        history must hold every epoch closed before it."""
-        self._settle_evaluation(wait=True)
-        return self.training.snapshot()
-
-    def _rewind(self, rewind: Rewind[Snapshot], name: str) -> None:
-        """Back to before the convicted member's first accepted answer: the step under way is dropped (its
-        late answers are refused as stale) and the steps since are done again without it."""
-        assert self.step is not None
-        at = self.step.number
-        self.step = None
-        self.training.rewind(rewind.state)  # numbering the steps anew: each member gets their parameters again
-        if self.evaluating is not None and self.evaluating[0].steps > rewind.to:
-            self.evaluating = None  # an epoch undone: it is closed and evaluated again when replayed
-        discarded = self.checkpoints.discard_after(rewind.to)
-        m = self.metrics
-        m.rewinds.inc()
-        m.steps_replayed.inc(at - rewind.to)
-        m.epoch.set(self.training.epoch)
-        m.epoch_samples.set(self.training.state.epoch_samples)
-        if self.replay is None:
-            self.replay = Replay(at, 0, time.monotonic(), [])
-        self.replay.until = max(self.replay.until, at)
-        self.replay.steps += at - rewind.to
-        self.replay.convicted.append(name)
-        log.warning("rewind: %s convicted at step %d; back to step %d, before its first accepted answer: %d steps "
-                    "to do again without it%s", name, at, rewind.to, at - rewind.to,
-                    f" ({discarded} checkpoints holding its answers deleted)" if discarded else "")
+        if step is not None and rewind is not None:
+            self.step = None  # dropped (its late answers are refused as stale) and done again without the liar
+            self.rewinds.rewind(rewind, step.number, name)
 
     def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
         step = self.step
@@ -348,9 +271,9 @@ class Coordinator:
         if since is not None:
             self.turnaround.record(time.monotonic() - since, sched.samples[unit])
         overtaken = sched.accept(result.first, result, by=identity)
-        self.streaks.accepted()
+        self.liveness.accepted()
         if identity is not None:
-            self.provenance.accepted(identity, step.number, self._snapshot)
+            self.rewinds.accepted(identity, step.number)
         now = time.monotonic()
         for other in overtaken:  # it had the unit and did not answer first: no new work until it answers
             lo, hi = sched.units[unit]
@@ -394,53 +317,21 @@ class Coordinator:
         m.epoch_samples.set(self.training.state.epoch_samples)
         m.step_duration.observe(now - step.started)
         self.step = None
-        self.provenance.retain(self.members.members)
-        replay = self.replay
-        if replay is not None and self.training.state.step >= replay.until:
-            seconds = time.monotonic() - replay.started
-            m.rewind_seconds.inc(seconds)
-            log.warning("rewind done: %d steps replayed in %.1f s without %s; the run is as if they never took part",
-                        replay.steps, seconds, ", ".join(replay.convicted))
-            self.replay = None
+        self.rewinds.step_done(self.members.members)
         if report.epoch_ended:
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()  # before the epoch is closed: a resume from it closes it again
-            self._end_epoch(seconds=time.monotonic() - self.epoch_started)
+            self.epochs.end()
         elif self.service.checkpoint_every and report.step % self.service.checkpoint_every == 0:
-            self._settle_evaluation(wait=True)  # a checkpoint holds every finished epoch's record
+            self.epochs.settle(wait=True)  # a checkpoint holds every finished epoch's record
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()
         elif self.checkpoints.retry_due():  # the last write failed: the newest checkpoint falls behind
-            self._settle_evaluation(wait=True)
+            self.epochs.settle(wait=True)
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()
         self.times.step_done(now - step.started)
         return report
-
-    def _end_epoch(self, seconds: float) -> None:
-        """Close the epoch and start its test-set evaluation; training goes on meanwhile."""
-        self._settle_evaluation(wait=True)  # the previous epoch's, if epochs are shorter than an evaluation
-        closed = self.training.close_epoch(seconds)
-        self.epoch_started = time.monotonic()
-        self.metrics.epoch.set(self.training.epoch)
-        self.metrics.epoch_samples.set(0)
-        self.evaluating = (closed, self.evaluator.submit(self.training.test_accuracy, closed.params))
-
-    def _settle_evaluation(self, wait: bool) -> None:
-        """Record the evaluated epoch (log line, metrics) once its accuracy is known, or now if `wait`."""
-        if self.evaluating is None or not (wait or self.evaluating[1].done()):
-            return
-        closed, future = self.evaluating
-        with self.times.timed("evaluation"):
-            accuracy = future.result()
-        self.evaluating = None
-        stats = self.training.record_epoch(closed, accuracy)
-        self.metrics.train_accuracy.set(stats.train_accuracy)
-        self.metrics.test_accuracy.set(stats.test_accuracy)
-        log.info("epoch %d/%d: loss %.4f  train acc %.2f%%  test acc %.2f%%  %d samples  %.0f samples/s  %s",
-                 stats.epoch, self.training.config.epochs, stats.loss, 100 * stats.train_accuracy,
-                 100 * stats.test_accuracy, stats.samples, stats.samples_per_second,
-                 counted(len(self.members), "worker"))
 
     # ------------------------------------------------------------------ the loop
 
@@ -452,7 +343,7 @@ class Coordinator:
             with self.times.timed("receive"):
                 self.hub.drain(self._handle, fatal=(TrainingDiverged,))
         now = time.monotonic()
-        self._check_liveness(now)
+        self.liveness.check(now, self.step.scheduler if self.step is not None else None)
         tick()
         return now
 
@@ -477,7 +368,7 @@ class Coordinator:
         try:
             return self._train(stop, tick, progress)
         finally:
-            self._settle_evaluation(wait=True)
+            self.epochs.settle(wait=True)
 
     def _train(self, stop: Callable[[], bool], tick: Callable[[], None], progress: StepObserver) -> RunOutcome:
         training = self.training
@@ -487,9 +378,9 @@ class Coordinator:
         if not training.done:
             log.info("training: %d steps of batch %d in %d shards, %s", training.total_steps - training.state.step,
                      training.config.batch_size, training.num_shards, counted(len(self.members), "worker"))
-        self.epoch_started = time.monotonic()
+        self.epochs.start()
         if training.epoch_unclosed:  # resumed from the checkpoint of an epoch's last step
-            self._end_epoch(seconds=0.0)  # its time is not known: it ran before the restart
+            self.epochs.end(resumed=True)
         paused = False  # no live worker: said once, until one registers
         while not training.done:
             if stop():
@@ -516,9 +407,11 @@ class Coordinator:
                 log.warning("no live workers%s: training paused until one registers",
                             f" ({len(self.members)} relays without workers)" if len(self.members) else "")
             paused = idle
-            self._check_stuck()
+            why = self.liveness.stuck()
+            if why is not None:
+                raise RunStuck(why)
             if self.step is not None and self.step.scheduler.complete:
                 self.times.completed()
                 progress(self._finish_step(now), len(self.members))
-            self._settle_evaluation(wait=False)
+            self.epochs.settle(wait=False)
         return RunOutcome(training.params, training.state, finished=True)
