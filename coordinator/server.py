@@ -54,11 +54,11 @@ from coordinator.rewinds import Rewinds
 from coordinator.scheduler import DeadlinePolicy, RecentRate
 from coordinator.step import Step
 from coordinator.training import RunState, StepReport, Training, TrainingDiverged
+from coordinator.verdicts import Verdicts
 from lenet.bounds import implausible
 from lenet.cli import counted
 from lenet.params import Params
 from lenet.probe import PROBE_SIZES, probe_digest
-from lenet.shards import unit_sums
 from lenet.status import UserError
 
 log = logging.getLogger("coordinator")
@@ -93,7 +93,6 @@ class Coordinator:
         # the first step, rather than starting at the --task-timeout cap (a flood of ghosts at step
         # 0 would hold it that long).
         self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
-        self.local_model = model()  # settles doubts by computing a unit here
         # Units are cut to fit a message (coordinator/step.py), so no honest frame is larger than this.
         largest = min(training.config.batch_size, P.max_unit_samples(training.num_shards, model))
         self.endpoint = RouterEndpoint(context, service.bind, service.curve,
@@ -109,6 +108,7 @@ class Coordinator:
         self.times = StepTimes(publish=lambda phase, seconds: phase_seconds[phase].inc(seconds))
         self.epochs = Epochs(training, metrics, self.times, workers=lambda: len(self.members))
         self.rewinds = Rewinds(training, self.epochs, self.checkpoints, metrics)
+        self.verdicts = Verdicts(self.hub, metrics, self.times, self.turnaround, self.liveness, self.rewinds, model)
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -199,88 +199,10 @@ class Coordinator:
         self._carry_out(step.verification.answer(identity, unit, msg, doubt, where, others))
 
     def _carry_out(self, decisions: list[trust.Decision]) -> None:
-        """Do what the trust rules decided, in order; a Recompute feeds its answer back to them."""
-        step = self.step
-        assert step is not None
-        queue = list(decisions)
-        while queue and self.step is step:  # a rewind drops the step: what was decided for it is moot
-            d = queue.pop(0)
-            if isinstance(d, trust.Accept):
-                if d.unit not in step.scheduler.results:
-                    self._accept(d.by, d.unit, d.result)
-                    if d.unit in step.verification.verify:
-                        self.metrics.units_verified.inc()
-            elif isinstance(d, trust.Vouch):
-                self.members.vouch(d.who)
-            elif isinstance(d, trust.SecondOpinion):
-                step.scheduler.second_opinion(step.plan.units[d.unit][0], d.exclude)  # another worker computes it
-            elif isinstance(d, trust.Recompute):
-                own = self._compute_locally(d.unit)
-                queue[:0] = step.verification.own(d.unit, own, P.finite(own))
-            elif isinstance(d, trust.Ban):
-                self._ban(d)
-            elif isinstance(d, trust.Diverged):
-                lo, hi = step.plan.units[d.unit]
-                raise TrainingDiverged(f"step {step.number}: the coordinator's own computation of shards "
-                                       f"{lo}-{hi - 1} is not finite either")
-
-    def _compute_locally(self, unit: int) -> P.Result:
-        """The unit computed here, with the step's parameters: the reference every doubt is settled by."""
+        """Do what the trust rules decided (coordinator/verdicts.py)."""
         assert self.step is not None
-        task = self.step.task(unit)
-        self.local_model.params = self.step.params
-        start = time.perf_counter()
-        with self.times.timed("recompute"):
-            sums = unit_sums(self.local_model, task.pixels, task.labels, task.sizes, task.first, task.num_shards)
-        self.metrics.units_recomputed_locally.inc()
-        return P.result_of(task.step, sums, time.perf_counter() - start)
-
-    def _ban(self, ban: trust.Ban) -> None:
-        """Out for the run; its answers of this step are discarded and computed again."""
-        if ban.reason is Reason.MISMATCH:
-            self.metrics.verify_mismatches.inc()
-            self.hub.reject(Reason.MISMATCH, ban.who, f"{ban.detail} differ from the coordinator's own computation")
-            why = "its result of a verified unit differs from the coordinator's own computation"
-        else:
-            why = f"{ban.reason.value} gradients for {ban.detail}"
-        already = ban.who in self.members.banned
-        member = self.members.ban(ban.who)
-        if already:
-            return
-        self.metrics.workers_banned.inc()
-        step = self.step
-        name = member.label if member is not None else self.hub.name(ban.who)  # it may have left this step
-        rewind = self.rewinds.convicted(ban.who, step.number) if step is not None else None
-        if step is not None and rewind is None:
-            mine = step.verification.convicted(ban.who)
-            self.metrics.redispatched.inc(step.scheduler.discard(mine))
-            for unit in step.scheduler.excluded.copy():
-                if step.scheduler.excluded[unit] == ban.who:
-                    step.scheduler.readmit(unit)
-        if member is not None:
-            self.hub.forget(ban.who, member, f"banned for the run: {why}")
-        if step is not None and rewind is not None:
-            self.step = None  # dropped (its late answers are refused as stale) and done again without the liar
-            self.rewinds.rewind(rewind, step.number, name)
-
-    def _accept(self, identity: bytes | None, unit: int, result: P.Result) -> None:
-        step = self.step
-        assert step is not None
-        sched = step.scheduler
-        since = sched.given_at(unit, identity)
-        if since is not None:
-            self.turnaround.record(time.monotonic() - since, sched.samples[unit])
-        overtaken = sched.accept(result.first, result, by=identity)
-        self.liveness.accepted()
-        if identity is not None:
-            self.rewinds.accepted(identity, step.number)
-        now = time.monotonic()
-        for other in overtaken:  # it had the unit and did not answer first: no new work until it answers
-            lo, hi = sched.units[unit]
-            self.hub.warn_limited(f"overtaken {self.hub.name(other)}",
-                                  f"shards {lo}-{hi - 1} of step {result.step}: {self.hub.name(other)} was "
-                                  "overtaken by a backup; no new work for it until it answers")
-            self.members.suspect(other, now, missed=False)
+        if not self.verdicts.carry_out(self.step, decisions):
+            self.step = None  # rewound: its late answers are refused as stale; it is done again without the liar
 
     # ------------------------------------------------------------------ steps
 
