@@ -1,25 +1,28 @@
 """The coordinator's event loop: receive and route messages, dispatch units, finish steps.
 
 One thread, one ROUTER socket, every wait bounded.  The loop only moves messages,
-times, metrics and logs; the rules live in pure rooms it calls:
+times, metrics and logs; the rules live in pure rooms, and rooms beside the loop
+carry out what they decide:
   - `Hub` (coordinator/hub.py, shared with the relay): the door, heartbeats,
     members lost, work given with its parameters once per step;
   - `Training.plan` / `Step` (a step's units and encoded tasks, and its state
-    while the members compute);
-  - `plan_gives` (coordinator/dispatch.py, shared with the relay): which member
-    gets which unit now, prefetch and backups;
+    while the members compute); `plan_gives` (coordinator/dispatch.py, shared
+    with the relay): which member gets which unit now, prefetch and backups;
   - `Verification` (coordinator/trust.py): which answers are believed, what the
-    coordinator computes itself, who is banned;
+    coordinator computes itself, who is banned; `Verdicts` (coordinator/verdicts.py)
+    does it (a ban may rewind the run: the loop then drops the step under way);
+  - `Liveness` (coordinator/liveness.py): units past their deadline taken back,
+    members silent, exited or missing deadlines taken out, a run stuck (RunStuck);
   - `Training.gradient` and `apply` (add the units up the fixed tree, step the
-    optimizer), `close_epoch` and `record_epoch`; `Checkpointer` (coordinator/checkpoint.py);
-  - `Provenance` (coordinator/provenance.py): who produced each accepted unit, and
-    the state to go back to when a member is convicted (a rewind: the steps since
-    its first accepted answer are replayed without it).
-The test-set evaluation of a finished epoch runs in a thread while the next epoch
-trains (the workers never wait for it); its epoch is recorded and logged when it
-is done, and before any other checkpoint or the end.  The epoch's own checkpoint is
-written before it is closed (its sums, not yet its record): resuming from it closes
-the epoch again, with the same result.
+    optimizer); `Checkpointer` (coordinator/checkpoint.py);
+  - `Epochs` (coordinator/epochs.py): an epoch's test-set evaluation runs in a
+    thread while the next epoch trains (the workers never wait for it); the epoch
+    is recorded and logged when it is done, and before any other checkpoint or the end;
+  - `Rewinds` (coordinator/rewinds.py) on `Provenance`'s rules (coordinator/provenance.py):
+    when a member is convicted, back to before its first accepted answer, and the
+    steps since replayed without it.
+The epoch's own checkpoint is written before it is closed (its sums, not yet its
+record): resuming from it closes the epoch again, with the same result.
 `StepTimes` (coordinator/phases.py) times each part of the loop for the per-step
 breakdown (its `line()` ends a run's log; `lenet_coordinator_seconds_total` in /metrics).
 Every node of the reduction tree is the same float32 addition wherever it is done,
