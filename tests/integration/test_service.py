@@ -93,7 +93,9 @@ def external(tmp_path, procs, *extra, workers=3, min_workers=3):
     coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--min-workers", str(min_workers),
                         "--max-steps", str(STEPS), "--output", str(tmp_path / "m.npz"), *FAST_FAILURE, *extra)
     procs.append(coord)
-    started = [worker(tmp_path, endpoint, f"w{i}") for i in range(workers)]
+    # Each says it has a core: on this machine's fewer cores one would stand by, and a worker the
+    # tests kill or watch must be one that computes (standing by: test_standing_by.py).
+    started = [worker(tmp_path, endpoint, f"w{i}", "--cores", str(workers)) for i in range(workers)]
     procs.extend(started)
     return coord, endpoint, started
 
