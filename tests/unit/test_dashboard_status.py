@@ -9,14 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from coordinator.dashboard import LIVE_WITHIN, RunHistory, status
 from coordinator.metrics import Metrics
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from fakes import Clock
 
 
 @pytest.fixture
@@ -74,7 +67,7 @@ def test_non_finite_values_become_null(metrics):
 
 
 def test_history_rate_is_samples_over_the_window():
-    clock = FakeClock()
+    clock = Clock()
     history = RunHistory(rate_window=5.0, clock=clock)
     for step in range(1, 12):
         history.record_step(step, 1.0 / step, 0.05, 100)
@@ -85,7 +78,7 @@ def test_history_rate_is_samples_over_the_window():
 
 
 def test_history_is_thinned_but_spans_the_whole_run():
-    history = RunHistory(max_points=10, clock=FakeClock())
+    history = RunHistory(max_points=10, clock=Clock())
     for step in range(1, 1001):
         history.record_step(step, 1.0, 0.05, 128)
     steps = history.snapshot()["steps"]["step"]

@@ -17,6 +17,7 @@ from coordinator.phases import StepTimes
 from coordinator.training import Training
 from lenet.config import TrainConfig
 from lenet.shards import unit_sums
+from fakes import Clock
 
 
 def run_steps(training: Training, steps: int) -> None:
@@ -38,14 +39,6 @@ class Gate:
     def __call__(self, params) -> float:
         assert self.opened.wait(10)
         return self.accuracy
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

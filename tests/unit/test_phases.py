@@ -3,18 +3,11 @@
 import pytest
 
 from coordinator.phases import PHASES, Phases
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
+from fakes import Clock
 
 
 def test_a_phase_counts_the_time_inside_it():
-    clock = Clock()
+    clock = Clock(0.0)
     phases = Phases(clock)
     with phases.timed("reduce"):
         clock.now += 2.0
@@ -24,7 +17,7 @@ def test_a_phase_counts_the_time_inside_it():
 
 
 def test_an_inner_phase_is_not_counted_again_in_the_outer_one():
-    clock = Clock()
+    clock = Clock(0.0)
     phases = Phases(clock)
     with phases.timed("checks"):
         clock.now += 1.0
@@ -37,7 +30,7 @@ def test_an_inner_phase_is_not_counted_again_in_the_outer_one():
 
 
 def test_idle_is_not_busy_and_since_gives_the_difference():
-    clock = Clock()
+    clock = Clock(0.0)
     phases = Phases(clock)
     with phases.timed("idle"):
         clock.now += 4.0
@@ -49,7 +42,7 @@ def test_idle_is_not_busy_and_since_gives_the_difference():
 
 
 def test_a_phase_ended_by_an_exception_still_counts():
-    clock = Clock()
+    clock = Clock(0.0)
     phases = Phases(clock)
     with pytest.raises(RuntimeError):
         with phases.timed("optimizer"):

@@ -19,14 +19,7 @@ from coordinator.rewinds import Replay, Rewinds
 from coordinator.training import Training
 from lenet.config import TrainConfig
 from lenet.shards import unit_sums
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from fakes import Clock
 
 
 class Run:

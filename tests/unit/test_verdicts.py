@@ -28,16 +28,9 @@ from coordinator.verdicts import Verdicts
 from lenet.config import TrainConfig
 from lenet.model import LeNet5
 from lenet.shards import unit_sums
+from fakes import Clock
 
 log = logging.getLogger("coordinator")
-
-
-class Clock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class Run:
