@@ -123,9 +123,10 @@ class Hub:
                  turnaround: RecentRate | None = None, prefetch: int = PREFETCH) -> int:
         """Hand out the batches' units to the members that may get work (coordinator/dispatch.py); returns
         how many were backups."""
-        members = self.workers_for_work(now)
+        able = self._able(now)
+        members = self._sharing(able)
         chosen = {i for i, _ in members}
-        standby = [(i, c) for i, c in self._able(now) if i not in chosen]
+        standby = [(i, c) for i, c in able if i not in chosen]
         gives = plan_gives([b.scheduler for b in batches], members, now, deadlines, turnaround, prefetch, standby)
         for give in gives:
             batch = batches[give.batch]
@@ -135,9 +136,13 @@ class Hub:
     def workers_for_work(self, now: float) -> list[tuple[bytes, int]]:
         """(identity, capacity) of the members that may be given work now, in joining order: trusted, with
         capacity, and on each machine no more than its cores (the others stand by)."""
+        return self._sharing(self._able(now))
+
+    def _sharing(self, able: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+        """Of `able`, those that compute: on each machine no more than its cores (`sharing_cores`)."""
         members = self.members.members
-        return [(i, members[i].capacity) for i in sharing_cores([(i, members[i].host, members[i].cores)
-                                                                 for i, _ in self._able(now)])]
+        kept = set(sharing_cores([(i, members[i].host, members[i].cores) for i, _ in able]))
+        return [(i, c) for i, c in able if i in kept]
 
     def _able(self, now: float) -> list[tuple[bytes, int]]:
         """(identity, capacity) of the trusted members with capacity, in joining order."""

@@ -128,9 +128,10 @@ class Relay:
                     next_register, wait = now + wait, min(2 * wait, cfg.max_backoff)
                 elif self.registered:
                     wait = 0.25
-                    if self.announced != self.down.computing():
-                        self.announced = self.down.computing()
-                        self._send_up(P.Capacity(capacity=self.announced))
+                    computing = self.down.computing()
+                    if self.announced != computing:
+                        self.announced = computing
+                        self._send_up(P.Capacity(capacity=computing))
                     if now - last_beat >= cfg.heartbeat_interval:
                         self._send_up(P.Heartbeat())
                         last_beat = now
