@@ -5,6 +5,7 @@
     python bench/compare.py --parts kernel,gemm # only some parts
     python bench/compare.py --parts train,service,torch --epochs 5   # end to end, 5 epochs
     python bench/compare.py --parts service --workers 2 --shards 8,64  # cost of a shard count
+    python bench/compare.py --parts train,service --gradient-delay 0,1  # the one-step gradient delay's gain
 
 Parts (`--parts`, comma-separated; default all):
   kernel   the kernel step: summed loss and gradients of one batch of real MNIST images
@@ -41,6 +42,8 @@ sys.path.insert(0, str(ROOT))  # this checkout's code, whatever the current dire
 from lenet.runtime import pin_blas_threads, single_thread_blas_env, tune_malloc, usable_cores  # noqa: E402
 
 pin_blas_threads()  # before NumPy (and torch) load their BLAS
+
+from lenet.config import DELAY_MOMENTUM  # noqa: E402
 
 import argparse  # noqa: E402
 import re  # noqa: E402
@@ -161,8 +164,10 @@ def run_training(cmd: list[str], label: str) -> dict[str, float]:
     return figures
 
 
-def ours(args: argparse.Namespace, workers: int | None, shards: int | None, out: str) -> list[str]:
+def ours(args: argparse.Namespace, workers: int | None, shards: int | None, out: str, delay: int = 0) -> list[str]:
     common = ["--epochs", str(args.epochs), "--data-dir", args.data_dir, "--output", out]
+    if delay:  # the recipe docs/measurements.md measures for it: momentum 0.9 diverges with the delay
+        common += ["--gradient-delay", str(delay), "--momentum", str(DELAY_MOMENTUM)]
     if args.train_subset:
         common += ["--train-subset", str(args.train_subset)]
     if workers is None:
@@ -337,6 +342,9 @@ def main() -> None:
                         "as `docker compose up --scale worker=8` on a small host)")
     parser.add_argument("--shards", default="", help="service shard counts, comma-separated "
                         "(default: the coordinator's own default)")
+    parser.add_argument("--gradient-delay", default="0", help="service runs with these --gradient-delay values, "
+                        "comma-separated (0,1: both, side by side; the delayed ones with --momentum "
+                        f"{DELAY_MOMENTUM}, labelled 'delay')")
     parser.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 0.3 s kernel timings, "
                         "a 6,400-image subset, 2048^3 -> 512^3 GEMM")
@@ -364,6 +372,7 @@ def main() -> None:
     data = load_mnist(args.data_dir)
     workers = [int(w) for w in args.workers.split(",") if w]
     shard_counts: list[int | None] = [int(s) for s in args.shards.split(",") if s] or [None]
+    delays = [int(d) for d in args.gradient_delay.split(",") if d]
     print(f"{os.cpu_count()} cores, BLAS 1 thread per process, {args.rounds} rounds, "
           f"torch {'installed' if have_torch else 'NOT installed: PyTorch rows skipped'}; "
           f"training runs: {args.epochs} epoch(s){f', {args.train_subset} images' if args.train_subset else ''}")
@@ -375,9 +384,11 @@ def main() -> None:
         if "train" in parts:
             runs["trainer"] = ours(args, None, None, f"{tmp}/t.npz")
         if "service" in parts:
-            for s in shard_counts:
-                for w in workers:
-                    runs[f"service {w}w" + (f" {s} shards" if s else "")] = ours(args, w, s, f"{tmp}/s.npz")
+            for d in delays:
+                for s in shard_counts:
+                    for w in workers:
+                        label = f"service {w}w" + (f" {s} shards" if s else "") + (" delay" if d else "")
+                        runs[label] = ours(args, w, s, f"{tmp}/s.npz", delay=d)
         if "torch" in parts and have_torch:
             runs["torch 1 thread"] = theirs(args, 1)
             runs["torch 2 threads"] = theirs(args, 2)
@@ -479,6 +490,8 @@ def report(results: dict[str, list[float]], steps: dict, runs: dict, args: argpa
             if label.startswith("service 8w"):
                 two = label.replace("service 8w", "service 2w")
                 pairs.append((label, two, "epoch", "(goal >= 0.85x)"))
+            if label.endswith(" delay"):
+                pairs.append((label, label.removesuffix(" delay"), "epoch", ""))
         pairs.append(("trainer", "torch 1 thread", "epoch", ""))
         for a, b, what, goal in pairs:
             if a in runs and b in runs:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING  # noqa: E402
 from coordinator.config import ServiceConfig  # noqa: E402
 from lenet import npzfile  # noqa: E402
 from lenet.cli import add_flag, counted, optional, parse_bool, serve_metrics  # noqa: E402
-from lenet.config import add_training_flags, config_from_args  # noqa: E402
+from lenet.config import add_training_flags, config_from_args, recipe_warning  # noqa: E402
 from lenet.shards import DEFAULT_SHARDS  # noqa: E402
 from lenet.status import ExitStatus, RefusedError, UsageError, finishing, run_main  # noqa: E402
 
@@ -317,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if start_params is not None and resume_from is None:
             training.model.params = dict(start_params)
             log.info("starting from the parameters of %s (run %s)", args.init_from, run.run_id)
+        if recipe_warning(train_config):
+            log.warning("%s", recipe_warning(train_config))
         if args.workers == 0 and args.bind is None:
             log.warning("--workers 0 without --bind: only a worker on this machine given the address below "
                         "can join; pass --bind tcp://0.0.0.0:5555 (with CURVE) for workers elsewhere, or --workers N")

@@ -4,7 +4,8 @@ A checkpoint is `ckpt-<run>-<step>.npz` in the checkpoint directory, `<run>` the
 run's identity (coordinator/runs.py), written through `lenet.npzfile` (temp file,
 fsync, rename, directory fsync, SHA-256 inside, and an HMAC when a checkpoint key
 is given).  It holds the parameters (`params/<name>`), the optimizer state
-(`optim/<key>`) and, as metadata, the step, the running epoch's sums, the
+(`optim/<key>`), with `--gradient-delay 1` the parameters the next step's gradient
+is computed with (`lagged/<name>`) and, as metadata, the step, the running epoch's sums, the
 history, the configuration (its `model` names the architecture: lenet.models),
 the shard count, the data checksums and the run's identity (`lineage`).  The
 shuffle needs no RNG state: each epoch's order is a pure function of (seed,
@@ -64,6 +65,7 @@ class Checkpoint:
     params: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
     meta: dict[str, Any] = field(default_factory=dict)
+    lagged: dict[str, np.ndarray] | None = None  # with a gradient delay: `Training.gradient_params`
 
 
 # --------------------------------------------------------------------------- the schema
@@ -76,7 +78,8 @@ def snapshot(run: Training, identity: runs.RunIdentity) -> Checkpoint:
             "lineage": identity.to_meta(),
             "run": {"epoch_loss_sum": st.epoch_loss_sum, "epoch_correct": st.epoch_correct,
                     "epoch_samples": st.epoch_samples, "history": st.history}}
-    return Checkpoint(st.step, run.params, run.optimizer.state_dict(), meta)
+    return Checkpoint(st.step, run.params, run.optimizer.state_dict(), meta,
+                      run.gradient_params if run.pipelined else None)
 
 
 def restore(run: Training, c: Checkpoint) -> None:
@@ -103,6 +106,7 @@ def restore(run: Training, c: Checkpoint) -> None:
     try:
         run.model.params = dict(run.model.check_params(c.params, "checkpoint"))
         run.optimizer.load_state_dict(c.optimizer)
+        run.lagged = dict(run.model.check_params(c.lagged, "checkpoint")) if c.lagged is not None else None
     except ValueError as err:
         raise StorageError(f"checkpoint does not fit this model: {err}") from None
     saved_run = c.meta.get("run", {})
@@ -209,6 +213,7 @@ def save(directory: Path, ckpt: Checkpoint, key: bytes | None = None) -> Path:
     run_id = ckpt.meta["lineage"]["run_id"]
     arrays = {f"params/{k}": v for k, v in ckpt.params.items()}
     arrays.update({f"optim/{k}": v for k, v in ckpt.optimizer.items()})
+    arrays.update({f"lagged/{k}": v for k, v in (ckpt.lagged or {}).items()})
     path = path_for(directory, run_id, ckpt.step)
     write_npz(path, arrays, {"kind": "lenet5-checkpoint", "step": ckpt.step, **ckpt.meta}, key=key)
     older = [f for f in list_checkpoints(directory, warn=False) if f.run_id == run_id and f.step < ckpt.step]
@@ -259,10 +264,13 @@ def model_layout_problem(layout: Layout, model: type[Model]) -> tuple[int, str] 
     (how many arrays are wrong, why), or None.
 
     Parameters are float32 in the model's PARAM_SHAPES; the optimizer state is SGD's
-    (`velocity/<name>`) or Adam's (`m/<name>`, `v/<name>`, int64 scalar `t`).
+    (`velocity/<name>`) or Adam's (`m/<name>`, `v/<name>`, int64 scalar `t`); with a gradient delay, a
+    second set of parameters (`lagged/<name>`).
     """
     shapes = model.PARAM_SHAPES
     expected = {f"params/{n}": (shape, _FLOAT32) for n, shape in shapes.items()}
+    if any(name.startswith("lagged/") for name in layout):
+        expected.update({f"lagged/{n}": (shape, _FLOAT32) for n, shape in shapes.items()})
     sgd = {f"optim/velocity/{n}": (shape, _FLOAT32) for n, shape in shapes.items()}
     adam = {f"optim/{m}/{n}": (shape, _FLOAT32) for m in ("m", "v") for n, shape in shapes.items()}
     adam["optim/t"] = ((), np.dtype(np.int64))
@@ -387,11 +395,16 @@ def run_problem(meta: dict[str, Any], train_images: int) -> str | None:
     return None
 
 
-def _arrays_problem(arrays: dict[str, np.ndarray], name: str) -> str | None:
+def _arrays_problem(arrays: dict[str, np.ndarray], name: str, delay: int) -> str | None:
     """Why the arrays are not those of the model the configuration names, or None."""
     layout = {k: (a.shape, a.dtype) for k, a in arrays.items()}
     problem = model_layout_problem(layout, get_model(name))  # a known name: meta_problem checked the config
-    return None if problem is None else f"the config names {name}, but {problem[1]}"
+    if problem is not None:
+        return f"the config names {name}, but {problem[1]}"
+    if any(k.startswith("lagged/") for k in arrays) != bool(delay):
+        return (f"the config says gradient delay {delay}, but the lagged parameters are "
+                f"{'missing' if delay else 'there'}")
+    return None
 
 
 def load(path: Path, key: bytes | None = None, train_images: int | None = None) -> Checkpoint:
@@ -403,7 +416,9 @@ def load(path: Path, key: bytes | None = None, train_images: int | None = None) 
     arrays, meta = read_npz(path, key=key, expect=layout_problem)
     if isinstance(meta.get("config"), dict):
         meta["config"].setdefault("model", DEFAULT_MODEL)  # written before models were named
-    problem = (meta_problem(meta) or _arrays_problem(arrays, meta["config"]["model"])
+        meta["config"].setdefault("gradient_delay", 0)  # written before the gradient delay existed
+    config = meta.get("config")
+    problem = (meta_problem(meta) or _arrays_problem(arrays, config["model"], config["gradient_delay"])
                or (run_problem(meta, train_images) if train_images is not None else None))
     if problem:
         raise StorageError(f"{path}: {problem}")
@@ -417,13 +432,14 @@ def load(path: Path, key: bytes | None = None, train_images: int | None = None) 
         raise StorageError(f"{path}: holds step {meta['step']} of run {stored_run}, not what its name says")
     params = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
     optimizer = {k[len("optim/"):]: v for k, v in arrays.items() if k.startswith("optim/")}
+    lagged = {k[len("lagged/"):]: v for k, v in arrays.items() if k.startswith("lagged/")} or None
     meta = dict(meta)
     step = meta.pop("step")
     meta.pop("kind")
     if "lineage" not in meta:
         meta["lineage"] = runs.identity(TrainConfig.from_dict(meta["config"]), meta["num_shards"],
                                         meta["data_checksums"]).to_meta()
-    return Checkpoint(step=step, params=params, optimizer=optimizer, meta=meta)
+    return Checkpoint(step=step, params=params, optimizer=optimizer, meta=meta, lagged=lagged)
 
 
 def set_aside(path: Path, err: StorageError) -> None:

@@ -20,7 +20,7 @@ first, once per step (`needs_params`).  The caller only moves the messages.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -75,15 +75,19 @@ def backup_after(samples: int, deadlines: DeadlinePolicy, turnaround: RecentRate
 
 def plan_gives(schedulers: Sequence[StepScheduler[W, object]], members: Sequence[tuple[W, int]], now: float,
                deadlines: DeadlinePolicy, turnaround: RecentRate | None = None,
-               prefetch: int = PREFETCH, standby: Sequence[tuple[W, int]] = ()) -> list[Give[W]]:
+               prefetch: int = PREFETCH, standby: Sequence[tuple[W, int]] = (),
+               answered: Mapping[W, int] | None = None) -> list[Give[W]]:
     """The units to hand out now, oldest batch first; the schedulers record each as given.
 
     `members`: (identity, capacity) of every member that may get work, in dispatch
     order; `standby`: members that only back up stragglers (`sharing_cores` left them
-    out), after the others.  A member holds at most `prefetch` units across all `schedulers`.
+    out), after the others.  A member holds at most `prefetch` units across all `schedulers`,
+    not counting the `answered` ones: units it has answered whose answers wait to be judged
+    (a step handed out early), which it is no longer busy with.
     """
     gives: list[Give[W]] = []
-    held = {m: sum(s.holds(m) for s in schedulers) for m, _ in [*members, *standby]}
+    answered = answered or {}
+    held = {m: sum(s.holds(m) for s in schedulers) - answered.get(m, 0) for m, _ in [*members, *standby]}
     for batch, sched in enumerate(schedulers):
         timeout = deadlines.timeout(max(sched.samples))
         progress = True

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import accumulate
 
 import zmq
@@ -120,14 +120,16 @@ class Hub:
         self.send(identity, task_frame)
 
     def dispatch(self, batches: Sequence[Batch], now: float, deadlines: DeadlinePolicy,
-                 turnaround: RecentRate | None = None, prefetch: int = PREFETCH) -> int:
+                 turnaround: RecentRate | None = None, prefetch: int = PREFETCH,
+                 answered: Mapping[bytes, int] | None = None) -> int:
         """Hand out the batches' units to the members that may get work (coordinator/dispatch.py); returns
-        how many were backups."""
+        how many were backups.  `answered`: per member, units answered whose answers wait to be judged."""
         able = self._able(now)
         members = self._sharing(able)
         chosen = {i for i, _ in members}
         standby = [(i, c) for i, c in able if i not in chosen]
-        gives = plan_gives([b.scheduler for b in batches], members, now, deadlines, turnaround, prefetch, standby)
+        gives = plan_gives([b.scheduler for b in batches], members, now, deadlines, turnaround, prefetch, standby,
+                           answered)
         for give in gives:
             batch = batches[give.batch]
             self.give(give.member, batch.step, batch.params_frame, batch.tasks[give.unit])

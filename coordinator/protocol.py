@@ -11,7 +11,8 @@ Conversation (W = worker, C = coordinator):
     W -> C  Register(capacity)  C -> W  Heartbeat (ack: registered; repeated as keep-alive)
     W -> C  Heartbeat           C -> W  Heartbeat
     W -> C  Capacity            a relay's count of workers changed
-    C -> W  Params(step)        once per step, before the worker's first task of that step
+    C -> W  Params(step, lag)   once per step, before the worker's first task of that step; tasks of
+                                steps before step - lag are no longer wanted (a relay drops them)
     C -> W  Task(step, first, sizes)      a unit: a run of consecutive shards
     W -> C  Result(step, first, shards)   its node sums (lenet.reduction.cover) and its samples' factors
 
@@ -43,8 +44,10 @@ from lenet.models import DEFAULT_MODEL, get_model
 from lenet.reduction import cover
 from lenet.shards import UnitSums
 
-# 2: Register carries the conformance probe's digest; 3: units, factors, losses, capacity; 4: the model's name
-PROTOCOL_VERSION = 5  # 5: Register says the worker's host and cores
+# 2: Register carries the conformance probe's digest; 3: units, factors, losses, capacity; 4: the model's name;
+# 5: Register says the worker's host and cores
+PROTOCOL_VERSION = 6  # 6: Params says how many steps before its own are still open (`lag`)
+MAX_LAG = 1  # steps open at once beyond the newest: --gradient-delay 1 hands out the next step early
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # coordinator -> worker (tasks); the workers' ZMQ_MAXMSGSIZE
 MAX_SHARD_SAMPLES = 16384  # samples in one task
 MAX_SHARDS = 1024
@@ -293,12 +296,22 @@ class Capacity:
 
 @dataclass(frozen=True)
 class Params:
-    """The parameters of `model` every task of `step` must be computed with."""
+    """The parameters of `model` every task of `step` must be computed with.
+
+    `lag`: how many steps before `step` are still open (their tasks still wanted): 0 when
+    each step waits for the one before, 1 when the next step is handed out early
+    (--gradient-delay 1).  A relay drops the tasks of steps before `step - lag`.
+    """
 
     TYPE: ClassVar[str] = "params"
     step: int = _f(_int)
     params: dict[str, np.ndarray] = _m(_params)
     model: str = _model_field()
+    lag: int = field(default=0, metadata={"decode": _int})
+
+    def __post_init__(self) -> None:
+        if self.lag > MAX_LAG or self.lag > self.step:
+            raise ProtocolError(Reason.BAD_FIELD, f"lag {self.lag} must be at most {min(MAX_LAG, self.step)}")
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from lenet.status import UsageError
 
 RUN_ID = re.compile(r"^[0-9a-f]{12}$")
 IGNORED = ("max_steps",)  # never part of a run's identity
+# Settings added after runs had identities: at these values they are left out, so an older run keeps its identity.
+ADDED_LATER = {"gradient_delay": 0}
 EXTENDABLE = ("epochs",)  # may differ between a run and the one that continues it
 
 
@@ -48,7 +50,8 @@ class RunIdentity:
 
 
 def _settings(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in IGNORED}
+    return {k: v for k, v in config.items()
+            if k not in IGNORED and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def identity(config: TrainConfig, num_shards: int, data_checksums: dict[str, str], init_from: str | None = None,

@@ -21,6 +21,12 @@ carry out what they decide:
   - `Rewinds` (coordinator/rewinds.py) on `Provenance`'s rules (coordinator/provenance.py):
     when a member is convicted, back to before its first accepted answer, and the
     steps since replayed without it.
+With `--gradient-delay 1` the next step's gradient is computed with the parameters
+the run has now, so that step (`ahead`) is handed out as soon as the step under way
+is: the workers compute it while the last results of this one travel and the
+coordinator applies them.  Results for `ahead` are only placed when they arrive
+(`early`) and judged once it is the step under way, so every rule above still sees
+one step at a time.
 The epoch's own checkpoint is written before it is closed (its sums, not yet its
 record): resuming from it closes the epoch again, with the same result.
 `StepTimes` (coordinator/phases.py) times each part of the loop for the per-step
@@ -34,6 +40,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +93,9 @@ class Coordinator:
         identity = service.run or runs.identity(training.config, training.num_shards, training.data.checksums)
         self.checkpoints = ckpt.Checkpointer(service.checkpoint_dir, metrics, identity, key=service.checkpoint_key)
         self.step: Step | None = None
+        self.ahead: Step | None = None  # with a gradient delay: the next step, out while `step` is open
+        self.early: list[tuple[bytes, P.Result]] = []  # results for `ahead`, judged once it is under way
+        self.early_due: list[tuple[bytes, P.Result]] = []  # those, now that it is
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
@@ -134,7 +144,7 @@ class Coordinator:
     # ------------------------------------------------------------------ members
 
     def _release(self, identity: bytes) -> int:
-        return self.step.scheduler.release_worker(identity) if self.step else 0
+        return sum(s.scheduler.release_worker(identity) for s in (self.step, self.ahead) if s is not None)
 
     def reload_keys(self) -> None:
         """Re-read the CURVE allow-list (SIGHUP): new keys may connect; revoked keys' workers are dropped."""
@@ -172,6 +182,9 @@ class Coordinator:
 
     def _on_result(self, identity: bytes, member: Member, msg: P.Result) -> None:
         where = f"step {msg.step} shards {msg.first}-{msg.first + msg.shards - 1}"
+        if self.ahead is not None and msg.step == self.ahead.plan.wire:
+            self._hold_early(identity, msg, where)
+            return
         if self.step is None:
             self.hub.reject(Reason.STALE_STEP, identity, f"result for {where} between steps")
             return
@@ -201,11 +214,35 @@ class Coordinator:
         others = any(i != identity for i in self.members.eligible(time.monotonic()))
         self._carry_out(step.verification.answer(identity, unit, msg, doubt, where, others))
 
+    def _hold_early(self, identity: bytes, msg: P.Result, where: str) -> None:
+        """A result for the step handed out early: kept if it is one that step expects from `identity`
+        (so at most one per unit given), judged when that step is under way (`_judge_early`)."""
+        assert self.ahead is not None
+        refusal = self.ahead.scheduler.check(identity, msg.step, msg.first, msg.shards, msg.count)
+        if refusal is None and any(i == identity and m.first == msg.first for i, m in self.early):
+            refusal = Reason.DUPLICATE
+        if refusal is not None:
+            self.hub.reject(refusal, identity, where)
+        else:
+            self.early.append((identity, msg))
+
+    def _judge_early(self) -> None:
+        """The results that came for the step now under way before it was, judged as if they came now."""
+        due, self.early_due = self.early_due, []
+        for identity, msg in due:
+            member = self.members.get(identity)
+            if member is None or self.step is None:
+                continue  # gone since (its units went back to the queue), or rewound
+            with self.times.timed("checks"):
+                self._on_result(identity, member, msg)
+
     def _carry_out(self, decisions: list[trust.Decision]) -> None:
         """Do what the trust rules decided (coordinator/verdicts.py)."""
         assert self.step is not None
         if not self.verdicts.carry_out(self.step, decisions):
-            self.step = None  # rewound: its late answers are refused as stale; it is done again without the liar
+            # Rewound: the late answers of the steps out are refused as stale; they are done again without the liar.
+            self.step = self.ahead = None
+            self.early, self.early_due = [], []
 
     # ------------------------------------------------------------------ steps
 
@@ -218,13 +255,30 @@ class Coordinator:
         step = self.step
         assert step is not None
         with self.times.timed("send"):
-            self.metrics.backup_tasks.inc(self.hub.dispatch([step.batch], now, self.deadlines, self.turnaround))
+            batches = [step.batch] if self.ahead is None else [step.batch, self.ahead.batch]
+            answered = Counter(identity for identity, _ in self.early)  # not busy with those any more
+            self.metrics.backup_tasks.inc(self.hub.dispatch(batches, now, self.deadlines, self.turnaround,
+                                                            answered=answered))
         sched = step.scheduler
         for unit in [u for u in sched.pending if u in step.verification.candidates]:
             if self.step is not step:
                 return  # rewound
             if not [i for i, _ in self.hub.workers_for_work(now) if i != sched.excluded.get(unit)]:  # nobody else
                 self._carry_out(step.verification.no_checker(unit))
+
+    def _start_ahead(self, now: float) -> None:
+        """With a gradient delay: the next step, handed out with the current parameters (its gradient's)
+        while the step under way is still open; none after the last step."""
+        training, step = self.training, self.step
+        assert step is not None and training.pipelined
+        if step.number + 1 >= training.total_steps:
+            return
+        with self.times.timed("plan"):
+            plan = training.plan(step.number + 1, self._capacities(now))
+        with self.times.timed("send"):  # a copy: the step under way's update changes them in place
+            params = {k: v.copy() for k, v in training.params.items()}
+            self.ahead = Step.start(plan, params, self.service.task_timeout, now, type(training.model),
+                                    secret=self.secret, verify_fraction=self.service.verify_fraction, lag=1)
 
     def _finish_step(self, now: float) -> StepReport:
         step = self.step
@@ -241,7 +295,10 @@ class Coordinator:
         m.learning_rate.set(report.lr)
         m.epoch_samples.set(self.training.state.epoch_samples)
         m.step_duration.observe(now - step.started)
-        self.step = None
+        self.step, self.ahead = self.ahead, None  # with a gradient delay, the next step is already out
+        if self.step is not None:
+            self.step.started = now  # a step's time runs from the end of the one before
+            self.early_due, self.early = self.early, []
         self.rewinds.step_done(self.members.members)
         if report.epoch_ended:
             with self.times.timed("checkpoint"):
@@ -315,9 +372,15 @@ class Coordinator:
                 with self.times.timed("plan"):
                     plan = training.plan(training.state.step, self._capacities(now))
                 with self.times.timed("send"):  # encodes the parameters
-                    self.step = Step.start(plan, training.params, self.service.task_timeout, now,
+                    self.step = Step.start(plan, training.gradient_params, self.service.task_timeout, now,
                                            type(training.model), secret=self.secret,
                                            verify_fraction=self.service.verify_fraction)
+            if self.ahead is None and training.pipelined:
+                self._start_ahead(now)
+            if self.early_due:
+                self._judge_early()
+                if self.step is None:
+                    continue  # rewound: the replay starts with a new step
             self._dispatch(now)
             self.times.dispatched()
             if self.step is None:
@@ -325,7 +388,10 @@ class Coordinator:
             with self.times.timed("plan"):
                 training.plan_ahead(self._capacities(now))
             deadline = self.step.scheduler.next_deadline()
-            now = self._turn(0.1 if deadline is None else min(0.1, max(0.0, deadline - now)), tick)
+            wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - now))
+            if self.step.scheduler.complete:  # its results all came early: only a look at what has come since
+                wait = 0.0
+            now = self._turn(wait, tick)
             # No member, or only relays that have no worker right now (stops at the first with capacity).
             idle = not any(m.capacity for m in self.members.members.values())
             if idle and not paused:
@@ -338,5 +404,7 @@ class Coordinator:
             if self.step is not None and self.step.scheduler.complete:
                 self.times.completed()
                 progress(self._finish_step(now), len(self.members))
+                if self.step is not None:
+                    self.times.dispatched()  # its work went out while the last one was open: nobody waited
             self.epochs.settle(wait=False)
         return RunOutcome(training.params, training.state, finished=True)

@@ -153,11 +153,12 @@ class Step:
 
     @classmethod
     def start(cls, plan: StepPlan, params: Params, task_timeout: float, now: float, model: type[Model],
-              secret: bytes = b"", verify_fraction: float = 0.0) -> "Step":
+              secret: bytes = b"", verify_fraction: float = 0.0, lag: int = 0) -> "Step":
+        """`lag`: 1 if it is handed out while the step before it is still open (P.Params)."""
         verify = {u for u, (first, _) in enumerate(plan.units)
                   if chosen_for_verification(secret, plan.step, first, verify_fraction)}
         scheduler = StepScheduler(plan.wire, plan.units, plan.samples, task_timeout, plan.weights)
-        params_frame = P.encode(P.Params(step=plan.wire, params=params, model=model.name))
+        params_frame = P.encode(P.Params(step=plan.wire, params=params, model=model.name, lag=lag))
         batch = Batch(plan.wire, params_frame, plan.tasks, scheduler, Verification(verify, same_result))
         return cls(plan=plan, batch=batch, params=params, started=now, model=model)
 

@@ -7,8 +7,9 @@ the fixed tree and the linear layers' factors multiplied out, divided by the
 batch size, one optimizer step at `schedule(step)`)
 and closes epochs (`close_epoch`, then `record_epoch` with the test accuracy of the
 epoch's parameters, which the coordinator computes while the next epoch trains).  What a
-checkpoint must restore is `state` plus the parameters and optimizer state
-(coordinator/checkpoint.py).
+checkpoint must restore is `state` plus the parameters and optimizer state, and with
+`--gradient-delay 1` the parameters before the last update, `lagged`, which the next
+step's gradient is computed with (coordinator/checkpoint.py).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ class Snapshot:
     params: Params
     optimizer: dict[str, np.ndarray]
     state: RunState
+    lagged: Params | None = None  # with a gradient delay: `Training.lagged`
 
 
 @dataclass(frozen=True)
@@ -105,10 +107,25 @@ class Training:
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])  # one epoch's batches, cached
         self._next_plan: StepPlan | None = None  # built while the workers compute the step under way
         self.wire_offset = 0  # added to step numbers on the wire: grows at each rewind (coordinator/step.py)
+        # --gradient-delay 1: the parameters the next step's gradient is computed with, those before the last
+        # update (None until the first update, and always without a delay: the parameters as they are).
+        self.lagged: Params | None = None
 
     @property
     def params(self) -> Params:
         return self.model.params
+
+    @property
+    def gradient_params(self) -> Params:
+        """The parameters the next step's gradient is computed with: the current ones, or with a gradient
+        delay those before the last update."""
+        return self.lagged if self.lagged is not None else self.model.params
+
+    @property
+    def pipelined(self) -> bool:
+        """True with a gradient delay: the step after next may be handed out before this one is applied (its
+        parameters, the current ones, are known)."""
+        return self.config.gradient_delay > 0
 
     @property
     def done(self) -> bool:
@@ -164,6 +181,8 @@ class Training:
             self.model.params = before[0]  # never keep (or checkpoint) non-finite parameters
             self.optimizer.load_state_dict(before[1])
             raise TrainingDiverged(f"step {self.state.step}: the update would make parameters non-finite")
+        if self.pipelined:
+            self.lagged = before[0]  # the next step's gradient is computed with the parameters before this update
         loss_sum = summed_loss(ordered)
         st = self.state
         st.step += 1
@@ -176,7 +195,8 @@ class Training:
     def snapshot(self) -> Snapshot:
         """A copy of everything the rest of the run depends on (taken only when a rewind may need it)."""
         return Snapshot({k: v.copy() for k, v in self.model.params.items()}, self.optimizer.state_dict(),
-                        replace(self.state, history=[dict(e) for e in self.state.history]))
+                        replace(self.state, history=[dict(e) for e in self.state.history]),
+                        None if self.lagged is None else {k: v.copy() for k, v in self.lagged.items()})
 
     def rewind(self, snapshot: Snapshot) -> None:
         """Back to `snapshot` from the step under way: the steps after it are done again (the snapshot stays
@@ -184,6 +204,7 @@ class Training:
         self.wire_offset += self.state.step - snapshot.state.step + 1
         self.model.params = {k: v.copy() for k, v in snapshot.params.items()}
         self.optimizer.load_state_dict(snapshot.optimizer)
+        self.lagged = None if snapshot.lagged is None else {k: v.copy() for k, v in snapshot.lagged.items()}
         self.state = replace(snapshot.state, history=[dict(e) for e in snapshot.state.history])
 
     def close_epoch(self, seconds: float) -> ClosedEpoch:

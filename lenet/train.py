@@ -8,6 +8,8 @@ scheduled learning rate.  With `shards=S` the batch is cut by `shard_sizes` and 
 shard sums are added in the fixed tree by `lenet.shards.unit_sums` and the linear
 layers' gradients multiplied out over the batch by `mean_gradient`: exactly the
 service's arithmetic, so the result is bit-identical to the coordinator run with `--shards S`.
+With `--gradient-delay 1` each step's gradient is computed with the parameters before
+the previous step's update (the first step's with its own), as the service does then.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 
 from lenet.best import BestEpoch  # noqa: E402
-from lenet.config import TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule  # noqa: E402
+from lenet.config import (  # noqa: E402
+    TrainConfig, add_training_flags, config_from_args, make_optimizer, make_schedule, recipe_warning)
 from lenet.curves import write_curves  # noqa: E402
 from lenet.data import (  # noqa: E402
     MNIST, epoch_batches, load_mnist, steps_per_epoch, training_subset)
@@ -130,6 +133,8 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
     n = len(data.train_labels)
     schedule = make_schedule(config, steps_per_epoch(n, config.batch_size))
     result = TrainResult(params=model.params)
+    # With a gradient delay, the parameters each step's gradient is computed with: the first step's own.
+    lagged = {k: v.copy() for k, v in model.params.items()} if config.gradient_delay else None
     for epoch in range(config.epochs):
         start = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
@@ -137,7 +142,13 @@ def train(config: TrainConfig, data: MNIST, log: Callable[[str], None] = print,
             if config.max_steps is not None and result.steps >= config.max_steps:
                 break
             sizes = shard_sizes(len(idx), shards)
+            current = model.params
+            if lagged is not None:  # --gradient-delay 1: the gradient of the previous step's parameters
+                model.params = lagged
             sums = unit_sums(model, data.train_images[idx], data.train_labels[idx], sizes)
+            model.params = current
+            if lagged is not None:
+                lagged = {k: v.copy() for k, v in current.items()}  # the next step's, before this update
             whole = (0, len(sizes))  # one unit: the whole batch
             lr = schedule(result.steps)
             optimizer.step(model.params, mean_gradient({whole: sums}, len(sizes), len(idx)), lr)
@@ -194,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     check_output(args.output)  # before the training, not after it
+    if recipe_warning(config):
+        print(f"warning: {recipe_warning(config)}", file=sys.stderr)
     tune_malloc()
     stop_signals_raise_interrupt()
     data = load_mnist(args.data_dir)

@@ -27,6 +27,7 @@ from procs import Proc, coordinator, free_port, identical, params, scrape, worke
 
 CONFIG = ("--train-subset", "2560", "--epochs", "2", "--task-timeout", "3", "--checkpoint-dir", "off")
 LONGER = ("--epochs", "3")  # 60 steps: for a liar that first answers 50 honestly
+DELAYED = ("--gradient-delay", "1")
 LONGEST = ("--epochs", "6")  # 120 steps: time for ghosts to send stale answers while the run goes on
 DEFAULT_VERIFY_FRACTION = 0.02  # coordinator/__main__.py VERIFY_FRACTION
 TWO_MEMBERS = (0, 32)  # the first shards of the units of a step of 64 shards shared by two members
@@ -561,6 +562,17 @@ def one_ulp_liar_behind_a_relay(tmp: Path) -> Run:
     return run
 
 
+def one_ulp_liar_with_the_gradient_delay(tmp: Path) -> Run:
+    """The same liar with --gradient-delay 1: its answers of the step handed out early are judged once that step
+    is under way, and its conviction undoes them too."""
+    run, _ = run_training(tmp, _scripted(H.one_ulp_liar()), *DELAYED, honest_workers=1, secret=secret_checking(5))
+    _rewound(run, "liar", 0)
+    return run
+
+
+one_ulp_liar_with_the_gradient_delay.config = DELAYED  # type: ignore[attr-defined]
+
+
 def late_liar(tmp: Path) -> Run:
     """A liar honest for 50 steps, then wrong in one bit; nothing of steps 0-52 is verified.  Its first
     accepted answer was at step 0, and honest answers since prove nothing of the unchecked ones: the whole
@@ -592,7 +604,7 @@ ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
     impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
     capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, coordinator_stalled, costly_frames,
     relay_door,
-    one_ulp_liar, one_ulp_liar_behind_a_relay, late_liar,
+    one_ulp_liar, one_ulp_liar_behind_a_relay, one_ulp_liar_with_the_gradient_delay, late_liar,
 )}
 
 

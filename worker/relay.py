@@ -198,7 +198,7 @@ class Relay:
             self.registered = True
         elif isinstance(msg, P.Params):
             self.params = (msg.step, frame)  # forwarded as it came: never re-encoded
-            self.units = [u for u in self.units if u.task.step >= msg.step]
+            self.units = [u for u in self.units if u.task.step >= msg.step - msg.lag]  # the others are over
         elif isinstance(msg, P.Task):
             self._plan(msg, now)
         elif isinstance(msg, P.Shutdown):
