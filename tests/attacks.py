@@ -28,6 +28,7 @@ from procs import Proc, coordinator, free_port, identical, params, scrape, worke
 CONFIG = ("--train-subset", "2560", "--epochs", "2", "--task-timeout", "3", "--checkpoint-dir", "off")
 LONGER = ("--epochs", "3")  # 60 steps: for a liar that first answers 50 honestly
 DELAYED = ("--gradient-delay", "1")
+DEFAULT_TIMEOUT = ("--task-timeout", "30")  # the coordinator's default: a stall is not cut short at CONFIG's 3 s
 LONGEST = ("--epochs", "6")  # 120 steps: time for ghosts to send stale answers while the run goes on
 DEFAULT_VERIFY_FRACTION = 0.02  # coordinator/__main__.py VERIFY_FRACTION
 TWO_MEMBERS = (0, 32)  # the first shards of the units of a step of 64 shards shared by two members
@@ -248,6 +249,29 @@ def ghosts(tmp: Path) -> Run:
     run.expect("each ghost given work at most once", all(p.tasks <= 2 for p in peers), [p.tasks for p in peers])
     run.expect("no honest worker lost", run.count("lenet_workers_lost_total") == 0, run.metrics)
     return run
+
+
+def ghosts_behind_a_relay(tmp: Path) -> Run:
+    """Ghosts that join a relay and never answer: the relay measures its own probe at start, so their pieces
+    are taken back after a deadline that follows that measurement, not after the --task-timeout cap (before,
+    step 0 stalled for minutes while the coordinator dropped and re-admitted the relay)."""
+    def start(endpoint: str) -> list:
+        listen = f"tcp://127.0.0.1:{free_port()}"
+        relay = Proc(["-m", "worker", "--relay", "--connect", endpoint, "--listen", listen, "--name", "relay"],
+                     tmp / "relay.log")
+        ghosts = [H.ScriptedWorker(listen, f"ghost{i}", H.silent_answer, seconds=300) for i in range(3)]
+        for ghost in ghosts:
+            ghost.start()
+        for ghost in ghosts:
+            ghost.registered.wait(20)  # ahead of the relay's honest worker for its first pieces
+        return [relay, *ghosts, worker(tmp, listen, "behind")]
+
+    run, _ = run_training(tmp, start, *DEFAULT_TIMEOUT, min_workers=1, honest_workers=0)
+    run.expect("the relay not dropped", "relay lost" not in run.log and "relay removed" not in run.log)
+    return run
+
+
+ghosts_behind_a_relay.config = DEFAULT_TIMEOUT  # type: ignore[attr-defined]
 
 
 def _stale_ghosts(tmp: Path, count: int) -> Run:
@@ -603,7 +627,7 @@ ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
     negative_compute_seconds, finite_poison, three_nan_liars, nested_arrays, ghosts, registration_flood,
     impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
     capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, coordinator_stalled, costly_frames,
-    relay_door,
+    relay_door, ghosts_behind_a_relay,
     one_ulp_liar, one_ulp_liar_behind_a_relay, one_ulp_liar_with_the_gradient_delay, late_liar,
 )}
 
