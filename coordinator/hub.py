@@ -230,6 +230,9 @@ class Hub:
             msg = P.decode(frame, self.model)
         except P.ProtocolError as err:
             self.reject(err.reason, identity, err.detail)
+            if err.reason is Reason.VERSION and identity not in self.members:  # another release: say so
+                self.refuse_peer(identity, "version", f"this {self.judge} speaks protocol {P.PROTOCOL_VERSION} "
+                                 f"({err.detail}): run the same release of lenet5 on both sides", now)
             return None
         if isinstance(msg, P.Register):
             self._register(identity, msg, now, key)

@@ -122,7 +122,11 @@ class Worker:
         try:
             return P.decode(frame, type(self.model))
         except P.ProtocolError as err:
-            log.warning("ignored a bad message from the coordinator: %s", err)
+            if err.reason is P.Reason.VERSION:  # its Error saying so is in its own version: this is all we can read
+                log.error("the coordinator speaks another protocol version (%s): run the same release of lenet5 "
+                          "on both sides", err.detail)
+            else:
+                log.warning("ignored a bad message from the coordinator: %s", err)
             return None
 
     # ------------------------------------------------------------------ life cycle
