@@ -43,7 +43,7 @@ from lenet.runtime import pin_blas_threads, single_thread_blas_env, tune_malloc,
 
 pin_blas_threads()  # before NumPy (and torch) load their BLAS
 
-from lenet.config import DELAY_MOMENTUM  # noqa: E402
+from lenet.config import DELAY_WARMUP  # noqa: E402
 
 import argparse  # noqa: E402
 import re  # noqa: E402
@@ -166,8 +166,8 @@ def run_training(cmd: list[str], label: str) -> dict[str, float]:
 
 def ours(args: argparse.Namespace, workers: int | None, shards: int | None, out: str, delay: int = 0) -> list[str]:
     common = ["--epochs", str(args.epochs), "--data-dir", args.data_dir, "--output", out]
-    if delay:  # the recipe docs/measurements.md measures for it: momentum 0.9 diverges with the delay
-        common += ["--gradient-delay", str(delay), "--momentum", str(DELAY_MOMENTUM)]
+    if delay:  # with the warm-up it needs (docs/operations.md): the default one diverges with the delay
+        common += ["--gradient-delay", str(delay), "--warmup-steps", str(DELAY_WARMUP)]
     if args.train_subset:
         common += ["--train-subset", str(args.train_subset)]
     if workers is None:
@@ -343,8 +343,8 @@ def main() -> None:
     parser.add_argument("--shards", default="", help="service shard counts, comma-separated "
                         "(default: the coordinator's own default)")
     parser.add_argument("--gradient-delay", default="0", help="service runs with these --gradient-delay values, "
-                        "comma-separated (0,1: both, side by side; the delayed ones with --momentum "
-                        f"{DELAY_MOMENTUM}, labelled 'delay')")
+                        "comma-separated (0,1: both, side by side; the delayed ones with --warmup-steps "
+                        f"{DELAY_WARMUP}, labelled 'delay')")
     parser.add_argument("--train-subset", type=int, default=None, help="train on the first N images only")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 round, 0.3 s kernel timings, "
                         "a 6,400-image subset, 2048^3 -> 512^3 GEMM")
