@@ -107,6 +107,7 @@ class Training:
         self._batches: tuple[int, list[np.ndarray]] = (-1, [])  # one epoch's batches, cached
         self._next_plan: StepPlan | None = None  # built while the workers compute the step under way
         self.wire_offset = 0  # added to step numbers on the wire: grows at each rewind (coordinator/step.py)
+        self._highest_wire = -1  # of every plan made: the steps done again after a rewind are numbered above it
         # --gradient-delay 1: the parameters the next step's gradient is computed with, those before the last
         # update (None until the first update, and always without a delay: the parameters as they are).
         self.lagged: Params | None = None
@@ -160,6 +161,7 @@ class Training:
         epoch, index = divmod(step, self.steps_per_epoch)
         if self._batches[0] != epoch:
             self._batches = (epoch, epoch_batches(self.config.seed, epoch, self.n_train, self.config.batch_size))
+        self._highest_wire = max(self._highest_wire, step + self.wire_offset)
         return plan_step(step, self._batches[1][index], self.num_shards, capacities,
                          self.data.train_images, self.data.train_labels, wire=step + self.wire_offset,
                          model=type(self.model))
@@ -201,7 +203,9 @@ class Training:
     def rewind(self, snapshot: Snapshot) -> None:
         """Back to `snapshot` from the step under way: the steps after it are done again (the snapshot stays
         as it was), numbered on the wire above every step sent so far."""
-        self.wire_offset += self.state.step - snapshot.state.step + 1
+        # Above every step planned, and so sent: the one under way and, with a gradient delay, the next one,
+        # already out.  A member holding a number again would not be sent its parameters again.
+        self.wire_offset = self._highest_wire + 1 - snapshot.state.step
         self.model.params = {k: v.copy() for k, v in snapshot.params.items()}
         self.optimizer.load_state_dict(snapshot.optimizer)
         self.lagged = None if snapshot.lagged is None else {k: v.copy() for k, v in snapshot.lagged.items()}

@@ -597,6 +597,19 @@ def one_ulp_liar_with_the_gradient_delay(tmp: Path) -> Run:
 one_ulp_liar_with_the_gradient_delay.config = DELAYED  # type: ignore[attr-defined]
 
 
+def poison_while_the_next_step_is_out(tmp: Path) -> Run:
+    """With --gradient-delay 1, a member honest until its answer for step 5, which is poison and late: it is
+    convicted while step 5 is under way and step 6 already out, and the run goes back to step 0.  The steps done
+    again must be numbered above step 6 too: a member that already holds that number's parameters would not be
+    sent the replay's, and would compute with the wrong ones (found by an adversary)."""
+    run, _ = run_training(tmp, _scripted(H.late_poison(5)), *DELAYED, honest_workers=1)
+    _rewound(run, "liar", 0)
+    return run
+
+
+poison_while_the_next_step_is_out.config = DELAYED  # type: ignore[attr-defined]
+
+
 def late_liar(tmp: Path) -> Run:
     """A liar honest for 50 steps, then wrong in one bit; nothing of steps 0-52 is verified.  Its first
     accepted answer was at step 0, and honest answers since prove nothing of the unchecked ones: the whole
@@ -628,7 +641,8 @@ ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
     impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
     capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, coordinator_stalled, costly_frames,
     relay_door, ghosts_behind_a_relay,
-    one_ulp_liar, one_ulp_liar_behind_a_relay, one_ulp_liar_with_the_gradient_delay, late_liar,
+    one_ulp_liar, one_ulp_liar_behind_a_relay, one_ulp_liar_with_the_gradient_delay,
+    poison_while_the_next_step_is_out, late_liar,
 )}
 
 

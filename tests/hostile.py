@@ -219,6 +219,18 @@ def one_ulp_liar(from_step: int = 0, until_step: int | None = None) -> Answer:
     return answer
 
 
+def late_poison(at_step: int, late: float = 0.3) -> Answer:
+    """Honest, except the answer for step `at_step`: gradients of 1e30, sent `late` seconds late (with
+    --gradient-delay 1 it lands while the next step is already out)."""
+    def answer(task: P.Task, peer: ScriptedWorker) -> list[P.Message]:
+        good = peer.honest(task)
+        if task.step != at_step:
+            return [good]
+        time.sleep(late)
+        return [P.Result(**{**vars(good), "grads": {k: np.full_like(v, 1e30) for k, v in good.grads.items()}})]
+    return answer
+
+
 def stale_zero_results(_: None, peer: ScriptedWorker) -> list[P.Message]:
     """All-zero Results shaped like true ones, for steps surely over: the one before each task it was given
     (a step is cut alike for the same members), and a task's own step once 1 s has passed (backups took

@@ -95,6 +95,17 @@ def test_a_snapshot_and_a_rewind_carry_the_lagged_parameters(mnist):
     assert same(training.gradient_params, lagged) and training.state.step == 1
 
 
+def test_steps_done_again_are_numbered_above_the_next_step_already_out(mnist):
+    """Rewound while step 2 is under way and step 3 is out: the replay's numbers are new to every member (one
+    that held a number again would not be sent that step's parameters)."""
+    training = Training(TrainConfig(epochs=1, batch_size=64, train_subset=512, seed=3, gradient_delay=1), 4, mnist)
+    snapshot = training.snapshot()
+    run_steps(training, 2)
+    out = [training.plan(step, (1,)).wire for step in (2, 3)]  # the step under way and the one out early
+    training.rewind(snapshot)
+    assert training.plan(0, (1,)).wire > max(out)
+
+
 def test_a_checkpoint_holds_the_lagged_parameters_and_restores_them(mnist, tmp_path):
     config = TrainConfig(epochs=1, batch_size=64, train_subset=256, seed=3, gradient_delay=1)
     training = Training(config, 4, mnist)
