@@ -385,8 +385,8 @@ class Coordinator:
             self.times.dispatched()
             if self.step is None:
                 continue  # rewound: the replay starts with a new step
-            with self.times.timed("plan"):
-                training.plan_ahead(self._capacities(now))
+            with self.times.timed("plan"):  # the step after the last one out
+                training.plan_ahead(self._capacities(now), (self.ahead or self.step).number + 1)
             deadline = self.step.scheduler.next_deadline()
             wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - now))
             if self.step.scheduler.complete:  # its results all came early: only a look at what has come since

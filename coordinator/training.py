@@ -150,10 +150,10 @@ class Training:
             return ahead
         return self._plan(step, capacities)
 
-    def plan_ahead(self, capacities: tuple[int, ...]) -> None:
-        """Build the next step's plan now, off the step's critical path (kept if members change meanwhile:
-        `plan` then builds it again)."""
-        nxt = self.state.step + 1
+    def plan_ahead(self, capacities: tuple[int, ...], step: int | None = None) -> None:
+        """Build `step`'s plan now (default: the step after the one under way), off the critical path (kept if
+        members change meanwhile: `plan` then builds it again)."""
+        nxt = self.state.step + 1 if step is None else step
         if nxt < self.total_steps and (self._next_plan is None or self._next_plan.step != nxt):
             self._next_plan = self._plan(nxt, capacities)
 
