@@ -55,11 +55,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated names (default: all)")
     parser.add_argument("--rounds", type=int, default=1, help="undisturbed + attack pairs per attack")
-    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"), help="MNIST directory ($MNIST_DIR)")
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR") or str(ROOT.parent / "shared" / "mnist"),
+                        help="MNIST directory (default: $MNIST_DIR, else ../shared/mnist, as bench/compare.py)")
     parser.add_argument("--verify-cost", action="store_true", help="measure --verify-fraction's cost instead")
     args = parser.parse_args()
-    if args.data_dir:
-        os.environ["MNIST_DIR"] = args.data_dir
+    os.environ["MNIST_DIR"] = args.data_dir  # the runs never download: a failed download is no attack
     if args.verify_cost:
         verify_cost(args.rounds)
         return
