@@ -358,8 +358,9 @@ class Coordinator:
         if not training.done and not self.wait_for_workers(stop, tick):  # a finished run needs no workers
             return RunOutcome(training.params, training.state, finished=False)
         if not training.done:
-            log.info("training: %d steps of batch %d in %d shards, %s", training.total_steps - training.state.step,
-                     training.config.batch_size, training.num_shards, counted(len(self.members), "worker"))
+            log.info("training: %d steps of batch %d in %d shards, %s%s", training.total_steps - training.state.step,
+                     training.config.batch_size, training.num_shards, counted(len(self.members), "worker"),
+                     ", each step's gradient one step behind (--gradient-delay 1)" if training.pipelined else "")
         self.epochs.start()
         if training.epoch_unclosed:  # resumed from the checkpoint of an epoch's last step
             self.epochs.end(resumed=True)

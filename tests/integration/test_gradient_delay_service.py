@@ -37,6 +37,7 @@ def service(tmp, procs, *args: str, log_name: str = "coordinator.log") -> Proc:
 def test_bit_identical_to_the_delayed_trainer_for_any_worker_count(workers, reference, tmp_path, procs):
     proc = service(tmp_path, procs, "--workers", str(workers), "--checkpoint-dir", "off")
     assert proc.wait() == 0, proc.log()
+    assert "one step behind (--gradient-delay 1)" in proc.log()
     assert identical(params(tmp_path / "m.npz"), reference)
 
 
