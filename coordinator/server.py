@@ -197,7 +197,8 @@ class Coordinator:
             return
         unit = sched.index[msg.first]
         doubt = None  # the bound check also fails on NaN and infinity: which of the two, is asked only then
-        if implausible(msg.grads, msg.factors, msg.count, step.bounds, step.model):
+        if implausible(msg.grads, msg.factors, msg.count, step.bounds, step.model) \
+                or step.model.outcome_problem(msg.losses, msg.correct):
             doubt = Reason.IMPLAUSIBLE if P.finite(msg) else Reason.NON_FINITE
         if refusal is not None:  # too late to use; it may still show that its sender computes
             self.hub.reject(refusal, identity, where)

@@ -127,6 +127,12 @@ class Model:
         raise NotImplementedError
 
     @classmethod
+    def outcome_problem(cls, losses: np.ndarray, correct: int) -> str | None:
+        """Why a unit's per-sample losses and its count of right answers cannot come from one honest pass, or
+        None.  A model whose loss says nothing about correctness (the default) checks nothing."""
+        return None
+
+    @classmethod
     def onnx_nodes(cls, helper: Any, input: str, output: str) -> list[Any]:
         """The ONNX graph's nodes from `input` (N, *INPUT_SHAPE) to `output` (N, 10), the parameters
         referred to by their PARAM_SHAPES names (onnx.helper is passed in: onnx is an optional extra)."""

@@ -20,6 +20,7 @@ interface every model offers is lenet/architecture.py's `Model`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -51,6 +52,7 @@ PARAM_SHAPES: dict[str, tuple[int, ...]] = {
 
 CHUNK = 64  # samples per pass: measured best of 16-256 here (the working set of a pass stays near L2)
 LINEAR_LAYERS = ("fc1", "fc2", "fc3")
+OUTCOME_MARGIN = 1e-3  # of a loss, in `outcome_problem`: float32 rounding of a loss is below 1e-6
 # Gradients summed per shard and added in lenet.reduction's tree: small, so a shard's
 # sum costs little however small the shard.
 TREE_PARAMS = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias")
@@ -205,6 +207,19 @@ class LeNet5(Model):
             "fc2.input": a3, "fc2.delta": d4,
             "fc3.input": a4, "fc3.delta": d5,
         }
+
+    @classmethod
+    def outcome_problem(cls, losses: np.ndarray, correct: int) -> str | None:
+        """Softmax cross-entropy ties the losses to the right answers: a sample with loss below ln 2 has
+        p(label) > 1/2, so its label is the argmax (right); a right one has p(label) >= 1/10, so a loss of at
+        most ln 10.  The margin (1e-3) is far above float32 rounding.  An answer of all-zero losses with no
+        right answer (what a lazy liar sends) fails it."""
+        sure = int(np.count_nonzero(losses < math.log(2) - OUTCOME_MARGIN))
+        possible = int(np.count_nonzero(losses <= math.log(10) + OUTCOME_MARGIN))
+        if not sure <= correct <= possible:
+            return (f"{correct} right answers, but {sure} losses below ln 2 (each a right answer) and "
+                    f"{possible} at most ln 10 (the most there can be)")
+        return None
 
     @classmethod
     def onnx_nodes(cls, helper: Any, input: str, output: str) -> list[Any]:

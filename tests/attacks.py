@@ -274,7 +274,7 @@ def ghosts_behind_a_relay(tmp: Path) -> Run:
 ghosts_behind_a_relay.config = DEFAULT_TIMEOUT  # type: ignore[attr-defined]
 
 
-def _stale_ghosts(tmp: Path, count: int) -> Run:
+def _stale_ghosts(tmp: Path, count: int, *extra: str) -> Run:
     """Outside review, finding 1: ghosts that registered before the honest workers and then only send stale
     all-zero Results every 0.1 s were vouched for by them, stayed trusted, and held the run for minutes.  Now
     only a valid answer to a unit held in the step under way earns trust: each ghost costs a deadline or two."""
@@ -287,8 +287,9 @@ def _stale_ghosts(tmp: Path, count: int) -> Run:
             peer.registered.wait(10)  # ahead of the honest workers for every unit handed out
         return peers
 
-    run, peers = run_training(tmp, start, *LONGEST, min_workers=count + 2)
-    run.expect("the stale results refused", run.rejected("stale_step") >= 1, run.metrics)
+    run, peers = run_training(tmp, start, *LONGEST, *extra, min_workers=count + 2)
+    run.expect("the stale results refused", run.rejected("stale_step") + run.rejected("implausible") >= 1,
+               run.metrics)
     run.expect("each ghost given work a few times at most", all(p.tasks <= 4 for p in peers), [p.tasks for p in peers])
     return run
 
@@ -301,7 +302,16 @@ def six_stale_ghosts(tmp: Path) -> Run:
     return _stale_ghosts(tmp, 6)
 
 
+def three_stale_ghosts_with_the_gradient_delay(tmp: Path) -> Run:
+    """With --gradient-delay 1 "the step before" a task is still open, and the ghosts' zeros answer units they
+    hold there: no longer stale.  All-zero losses with no right answer are no honest outcome (the model's
+    `outcome_problem`): refused as implausible, and the ghost banned on the coordinator's own computation
+    (found by an adversary: some zeros were accepted, and the run differed)."""
+    return _stale_ghosts(tmp, 3, *DELAYED)
+
+
 three_stale_ghosts.config = six_stale_ghosts.config = LONGEST  # type: ignore[attr-defined]
+three_stale_ghosts_with_the_gradient_delay.config = (*LONGEST, *DELAYED)  # type: ignore[attr-defined]
 
 
 def coordinator_stalled(tmp: Path) -> Run:
@@ -639,7 +649,8 @@ def liar_never_caught(tmp: Path) -> Run:
 ATTACKS: dict[str, Callable[[Path], Run]] = {f.__name__: f for f in (
     negative_compute_seconds, finite_poison, three_nan_liars, nested_arrays, ghosts, registration_flood,
     impossible_values, near_honest_liar, nonconforming_worker, replay, someone_elses_unit, result_flood, takeover,
-    capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts, coordinator_stalled, costly_frames,
+    capacity_liar, poison_behind_a_relay, three_stale_ghosts, six_stale_ghosts,
+    three_stale_ghosts_with_the_gradient_delay, coordinator_stalled, costly_frames,
     relay_door, ghosts_behind_a_relay,
     one_ulp_liar, one_ulp_liar_behind_a_relay, one_ulp_liar_with_the_gradient_delay,
     poison_while_the_next_step_is_out, late_liar,

@@ -20,6 +20,15 @@ def trained(mnist):
     return train(TrainConfig(epochs=1, batch_size=32, lr=0.2), small, log=lambda s: None).params
 
 
+@pytest.fixture(scope="module")
+def well_trained(mnist):
+    """Parameters that classify most samples with near certainty: losses near 0."""
+    import dataclasses
+
+    small = dataclasses.replace(mnist, train_images=mnist.train_images[:6000], train_labels=mnist.train_labels[:6000])
+    return train(TrainConfig(epochs=3, batch_size=64), small, log=lambda s: None).params
+
+
 @pytest.mark.parametrize("which", ["initial", "trained"])
 def test_every_honest_sample_is_within_the_bound(mnist, trained, which):
     model = LeNet5(seed=3)
@@ -54,3 +63,27 @@ def test_poison_is_refused(mnist):
     assert "conv1.bias" in implausible(nan, honest.factors, 16, bounds)
     negative = {**honest.factors, "fc2.input": -honest.factors["fc2.input"] - 1}
     assert "negative input" in implausible(honest.grads, negative, 16, bounds)
+
+
+@pytest.mark.parametrize("which", ["initial", "trained", "well trained"])
+def test_honest_losses_and_right_answers_always_agree(mnist, trained, well_trained, which):
+    """Per sample, a loss below ln 2 is a right answer and a right answer has a loss of at most ln 10: whatever
+    the parameters, an honest unit's losses and count of right answers pass `outcome_problem`."""
+    model = LeNet5(seed=3)
+    model.params = {"initial": model.params, "trained": trained, "well trained": well_trained}[which]
+    images, labels = mnist.train_images[:2000], mnist.train_labels[:2000]
+    for start in range(0, 1984, 64):
+        unit = unit_sums(model, images[start:start + 64], labels[start:start + 64], [32, 32])
+        assert LeNet5.outcome_problem(unit.losses, unit.correct) is None
+        # ... and exactly: each sample's own loss against its own answer
+        for i in range(start, start + 64, 16):
+            one = unit_sums(model, images[i:i + 1], labels[i:i + 1], [1])
+            assert LeNet5.outcome_problem(one.losses, one.correct) is None
+
+
+def test_losses_that_contradict_the_right_answers_are_refused():
+    zeros = np.zeros(64, np.float32)
+    assert "0 right answers, but 64 losses below ln 2" in LeNet5.outcome_problem(zeros, 0)  # the lazy liar
+    assert LeNet5.outcome_problem(zeros, 64) is None  # every sample certain and right: possible
+    assert "at most ln 10" in LeNet5.outcome_problem(np.full(64, 3.0, np.float32), 1)  # p(label) < 1/10: wrong
+    assert LeNet5.outcome_problem(np.full(64, 1.0, np.float32), 30) is None  # between: either
