@@ -317,8 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if start_params is not None and resume_from is None:
             training.model.params = dict(start_params)
             log.info("starting from the parameters of %s (run %s)", args.init_from, run.run_id)
-        if recipe_warning(train_config):
-            log.warning("%s", recipe_warning(train_config))
+        if (warning := recipe_warning(train_config)) is not None:
+            log.warning("%s", warning)
         if args.workers == 0 and args.bind is None:
             log.warning("--workers 0 without --bind: only a worker on this machine given the address below "
                         "can join; pass --bind tcp://0.0.0.0:5555 (with CURVE) for workers elsewhere, or --workers N")

@@ -44,6 +44,7 @@ from coordinator.step import Batch, same_result
 from coordinator.trust import Verification, Vouch
 from lenet.architecture import Model
 from lenet.cli import counted
+from lenet.probe import PROBE_SIZES, probe_digest
 
 __all__ = ["Hub", "Batch", "cut", "DeadlinePolicy", "RecentRate", "Member", "Membership", "Reason", "RouterEndpoint",
            "Vouch"]
@@ -53,6 +54,16 @@ LOSSES_LOGGED = 3  # members found silent at once and logged one by one; the res
 
 # A member's message, for the owner: (identity, member, message, now).
 Handler = Callable[[bytes, Member, P.Message, float], None]
+
+
+def timed_probe(model: type[Model], deadlines: DeadlinePolicy) -> str:
+    """`model`'s probe digest (what a member must match at the door), its computation timed as the first
+    measurement of the time per sample: deadlines follow it from the first step rather than starting at the
+    --task-timeout cap, so ghosts that never answer cost a short deadline even then."""
+    started = time.perf_counter()
+    digest = probe_digest(model)
+    deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
+    return digest
 
 
 def cut(task: P.Task, parts: int, params_frame: bytes, task_timeout: float) -> Batch:

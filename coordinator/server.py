@@ -53,7 +53,7 @@ from coordinator import runs, trust
 from coordinator.config import ServiceConfig
 from coordinator.endpoint import RouterEndpoint
 from coordinator.epochs import Epochs
-from coordinator.hub import Hub
+from coordinator.hub import Hub, timed_probe
 from coordinator.liveness import Liveness
 from coordinator.membership import Member, Membership
 from coordinator.metrics import Metrics
@@ -68,7 +68,6 @@ from coordinator.verdicts import Verdicts
 from lenet.bounds import implausible
 from lenet.cli import counted
 from lenet.params import Params
-from lenet.probe import PROBE_SIZES, probe_digest
 from lenet.status import UserError
 
 log = logging.getLogger("coordinator")
@@ -99,13 +98,8 @@ class Coordinator:
         self.deadlines = DeadlinePolicy(cap=service.task_timeout)
         self.turnaround = RecentRate()  # from giving a unit out to accepting it
         self.secret = secrets.token_bytes(16)  # picks the verified units; never leaves this process
-        started = time.perf_counter()
         model = type(training.model)
-        probe = probe_digest(model)
-        # Its own probe is the first measurement of the time per sample: deadlines follow it from
-        # the first step, rather than starting at the --task-timeout cap (a flood of ghosts at step
-        # 0 would hold it that long).
-        self.deadlines.record(time.perf_counter() - started, sum(PROBE_SIZES))
+        probe = timed_probe(model, self.deadlines)  # a flood of ghosts at step 0 would hold the cap
         # Units are cut to fit a message (coordinator/step.py), so no honest frame is larger than this.
         largest = min(training.config.batch_size, P.max_unit_samples(training.num_shards, model))
         self.endpoint = RouterEndpoint(context, service.bind, service.curve,

@@ -205,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from None
     check_output(args.output)  # before the training, not after it
-    if recipe_warning(config):
-        print(f"warning: {recipe_warning(config)}", file=sys.stderr)
+    if (warning := recipe_warning(config)) is not None:
+        print(f"warning: {warning}", file=sys.stderr)
     tune_malloc()
     stop_signals_raise_interrupt()
     data = load_mnist(args.data_dir)

@@ -39,7 +39,6 @@ from coordinator import protocol as P
 from coordinator.keys import CurveServer
 from lenet.cli import counted
 from lenet.models import get_model
-from lenet.probe import PROBE_SIZES, probe_digest
 from lenet.reduction import cover
 from lenet.shards import UnitSums, gather
 from worker.client import WorkerConfig, open_dealer
@@ -77,9 +76,10 @@ class Relay:
         self.context = context or zmq.Context.instance()
         self.identity = uuid.uuid4().bytes  # upstream; a new one per connection (worker/client.py `_register`)
         self.model = get_model(config.upstream.model)
-        started = time.perf_counter()
-        self.probe = probe_digest(self.model)
-        probe_seconds = time.perf_counter() - started
+        self.deadlines = hub.DeadlinePolicy(cap=config.task_timeout)
+        # As the coordinator's: ghosts' pieces are taken back after a deadline that follows this from the first
+        # step, not after the cap (by then the coordinator would have taken the relay's unit back too).
+        self.probe = hub.timed_probe(self.model, self.deadlines)
         self.down = hub.Hub(hub.RouterEndpoint(self.context, config.listen, config.curve),
                             hub.Membership(config.heartbeat_timeout, max_members=MAX_WORKERS), self.probe, "relay",
                             log, self._release, self.model, max_capacity=1, count_word="workers")
@@ -89,11 +89,6 @@ class Relay:
         self.announced = -1  # the capacity the coordinator was last told
         self.params: tuple[int, bytes] = (-1, b"")  # (step, encoded Params) as received
         self.units: list[Unit] = []
-        self.deadlines = hub.DeadlinePolicy(cap=config.task_timeout)
-        # Its own probe is the first measurement of the time per sample, as the coordinator's is: the pieces of
-        # workers that never answer (ghosts) are taken back after a deadline that follows it from the first
-        # step, not after the cap (by then the coordinator would have taken the relay's unit back too).
-        self.deadlines.record(probe_seconds, sum(PROBE_SIZES))
         self.stopping = False
 
     @property
