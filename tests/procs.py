@@ -91,6 +91,23 @@ def worker(tmp: Path, endpoint: str, name: str, *args: str) -> Proc:
     return Proc(["-m", "worker", "--connect", endpoint, "--name", name, *args], tmp / f"{name}.log")
 
 
+def external_workers(tmp: Path, running: list, *args: str, workers: int = 3,
+                     min_workers: int | None = None) -> tuple[Proc, str, list[Proc]]:
+    """A coordinator (`args`) on a loopback port and `workers` worker processes w0, w1, ... of its own, all
+    appended to `running`; returns the coordinator, its address and the workers.
+
+    Each worker says it has a core: on this machine's fewer cores one would stand by, and a worker the
+    tests kill or watch must be one that computes (standing by: test_standing_by.py).
+    """
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    coord = coordinator(tmp, "--workers", "0", "--bind", endpoint, "--min-workers", str(min_workers or workers),
+                        *args)
+    running.append(coord)
+    started = [worker(tmp, endpoint, f"w{i}", "--cores", str(workers)) for i in range(workers)]
+    running.extend(started)
+    return coord, endpoint, started
+
+
 def scrape(port: int) -> dict[str, float]:
     """A process's /metrics as {'name{label=value,...}': value} ('name' alone without labels)."""
     from prometheus_client.parser import text_string_to_metric_families

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from procs import Proc, coordinator, free_port, identical, params, trainer_params, worker
+from procs import Proc, coordinator, external_workers, free_port, identical, params, trainer_params, worker
 
 STEPS = 120
 DELAY = ("--gradient-delay", "1")
@@ -84,12 +84,9 @@ def test_a_checkpoint_of_the_delayed_run_is_another_runs_to_a_run_without_the_de
 
 
 def test_a_worker_killed_mid_run_changes_nothing(reference, tmp_path, procs):
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    coord = service(tmp_path, procs, "--workers", "0", "--bind", endpoint, "--min-workers", "3",
-                    "--checkpoint-dir", "off", *FAST_FAILURE)
-    # Each says it has a core, so all three compute (and the one killed holds work of two steps).
-    workers = [worker(tmp_path, endpoint, f"w{i}", "--cores", "3") for i in range(3)]
-    procs.extend(workers)
+    # All three compute, so the one killed holds work of two steps.
+    coord, _, workers = external_workers(tmp_path, procs, "--max-steps", str(STEPS), "--output",
+                                         str(tmp_path / "m.npz"), *DELAY, "--checkpoint-dir", "off", *FAST_FAILURE)
     coord.wait_for("training:")
     time.sleep(0.5)
     workers[1].signal(signal.SIGKILL)

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from procs import coordinator, free_port, identical, params, scrape, trainer_params, worker
+from procs import coordinator, external_workers, free_port, identical, params, scrape, trainer_params, worker
 
 STEPS = 150  # 19,200 samples at the default batch of 128: a few seconds per run
 FAST_FAILURE = ("--heartbeat-timeout", "2", "--task-timeout", "5")
@@ -88,16 +88,8 @@ def test_agrees_with_whole_batch_trainer_to_float32_rounding(mnist, tmp_path, pr
 
 
 def external(tmp_path, procs, *extra, workers=3, min_workers=3):
-    port = free_port()
-    endpoint = f"tcp://127.0.0.1:{port}"
-    coord = coordinator(tmp_path, "--workers", "0", "--bind", endpoint, "--min-workers", str(min_workers),
-                        "--max-steps", str(STEPS), "--output", str(tmp_path / "m.npz"), *FAST_FAILURE, *extra)
-    procs.append(coord)
-    # Each says it has a core: on this machine's fewer cores one would stand by, and a worker the
-    # tests kill or watch must be one that computes (standing by: test_standing_by.py).
-    started = [worker(tmp_path, endpoint, f"w{i}", "--cores", str(workers)) for i in range(workers)]
-    procs.extend(started)
-    return coord, endpoint, started
+    return external_workers(tmp_path, procs, "--max-steps", str(STEPS), "--output", str(tmp_path / "m.npz"),
+                            *FAST_FAILURE, *extra, workers=workers, min_workers=min_workers)
 
 
 def test_worker_killed_mid_run_changes_nothing(reference, tmp_path, procs):
