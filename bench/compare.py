@@ -66,8 +66,9 @@ BACKWARD_MACS = 2 * FORWARD_MACS - 28 * 28 * 6 * 25  # 715,440
 FLOP_PER_SAMPLE = 2 * (FORWARD_MACS + BACKWARD_MACS)  # 2,263,920: products only (pooling, ReLU, loss are < 1 %)
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+):.*?([\d,]+) samples/s")
-# The coordinator's last line about its loop (coordinator/server.py `breakdown`): "time per step (ms): step 10.85
-# coordinator cpu 3.84  worker compute 14.66  coordinator busy 4.46: receive 0.68  checks 0.52 ... idle 8.17".
+# The coordinator's last line about its loop (coordinator/phases.py `StepTimes.line`): "time per step (ms): step 10.85
+# coordinator cpu 3.84  worker compute 14.66  coordinator busy 4.46: receive 0.68  checks 0.52 ... idle 8.17
+# critical path 1.34: receive 0.16  checks 0.11 ...": the phases after "critical path" are read as "critical <phase>".
 BREAKDOWN_LINE = re.compile(r"time per step \(ms\): (.*) \(\d+ steps\)")
 BREAKDOWN_ITEM = re.compile(r"([a-z][a-z ]*?) (\d+\.\d+)")
 
@@ -160,7 +161,10 @@ def run_training(cmd: list[str], label: str) -> dict[str, float]:
     figures = {"epoch": statistics.median(rates), "e2e": wall, "rss": own_mb, "child_rss": child_mb}
     line = BREAKDOWN_LINE.search(output)
     if line:  # the service: where a step's time went
-        figures.update({f"ms {name.strip()}": float(v) for name, v in BREAKDOWN_ITEM.findall(line.group(1))})
+        loop, _, critical = line.group(1).partition("critical path ")
+        figures.update({f"ms {name.strip()}": float(v) for name, v in BREAKDOWN_ITEM.findall(loop)})
+        figures.update({f"ms critical {name.strip()}".rstrip(":"): float(v)
+                        for name, v in BREAKDOWN_ITEM.findall("path " + critical)})
     return figures
 
 
@@ -419,7 +423,8 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
     print("\nPer-step breakdown of the service, ms per step (medians over the rounds; worker figures are per "
           "computing worker, at most one per core; between steps: from a step's last result to the next step's work sent, what the workers "
           "wait for the coordinator; coordinator phases are wall time in its loop, cpu is its process's CPU time, evaluation "
-          "thread included):")
+          "thread included; the critical path: the loop's phases from reading a step's last result to the next step's "
+          "work sent):")
     print(f"  {'':<28}" + "".join(f"{label.removeprefix('service '):>12}" for label in services))
 
     def line(name: str, values: list[float | None]) -> None:
@@ -441,6 +446,9 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
     for phase in ("receive", "checks", "recompute", "reduce", "optimizer", "plan", "send", "evaluation", "checkpoint"):
         line(f"  {phase}", [med(label, phase) for label in services])
     line("coordinator idle", [med(label, "idle") for label in services])
+    line("critical path (workers wait)", [med(label, "critical path") for label in services])
+    for phase in ("receive", "checks", "recompute", "reduce", "optimizer", "plan", "send", "checkpoint"):
+        line(f"  {phase}", [med(label, f"critical {phase}") for label in services])
     print("  (goal: coordinator cpu <= 1 ms per step at 2 workers, batch 128)")
 
 

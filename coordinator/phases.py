@@ -62,8 +62,10 @@ class Phases:
 
 
 class StepTimes:
-    """A run's per-step breakdown: the loop's phases, the steps' durations, the workers' computing, and how
-    long the workers wait between two steps (from a step's last result to the next step's work sent).
+    """A run's per-step breakdown: the loop's phases, the steps' durations, the workers' computing, how
+    long the workers wait between two steps (from a step's last result to the next step's work sent), and
+    the critical path: the phases from reading the messages that brought a step's last result to the next
+    step's work sent, while the workers wait (its decoding and checks included).
 
     `publish(phase, seconds)` is told each phase's new seconds after every step (the metric); `line()` is
     the end-of-run summary that bench/compare.py reads.
@@ -78,7 +80,11 @@ class StepTimes:
         self.step_seconds = 0.0
         self.worker_compute = 0.0  # seconds workers spent computing accepted units
         self.between = 0.0
+        self.critical = 0.0
+        self.critical_phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)
         self._completed_at: float | None = None
+        self._turn: tuple[float, dict[str, float]] | None = None  # when the last read began; the totals then
+        self._critical_from: tuple[float, dict[str, float]] | None = None
         self._cpu_started = cpu()
         self._published = dict(self.phases.totals)
 
@@ -89,15 +95,25 @@ class StepTimes:
         """A worker's unit was accepted; it says it computed for `seconds`."""
         self.worker_compute += seconds
 
+    def receiving(self) -> None:
+        """The loop starts reading what came: if that holds the step's last result, the critical path starts here."""
+        self._turn = (self.clock(), dict(self.phases.totals))
+
     def completed(self) -> None:
         """The step under way has its last result."""
         self._completed_at = self.clock()
+        self._critical_from = self._turn or (self._completed_at, dict(self.phases.totals))
 
     def dispatched(self) -> None:
         """The next step's work is sent: the workers' wait between steps is over."""
-        if self._completed_at is not None:
-            self.between += self.clock() - self._completed_at
-            self._completed_at = None
+        if self._completed_at is not None and self._critical_from is not None:
+            now = self.clock()
+            self.between += now - self._completed_at
+            started, totals = self._critical_from
+            self.critical += now - started
+            for phase, spent in self.phases.since(totals).items():
+                self.critical_phases[phase] += spent
+            self._completed_at = self._critical_from = None
 
     def step_done(self, seconds: float) -> None:
         """A step took `seconds` from its start to its end; the phases' new seconds are published."""
@@ -113,8 +129,11 @@ class StepTimes:
         def ms(seconds: float) -> str:
             return f"{1000 * seconds / max(1, self.steps):.2f}"
 
-        phases = "  ".join(f"{k} {ms(v)}" for k, v in self.phases.totals.items() if k != "idle")
+        def busy(totals: dict[str, float]) -> str:
+            return "  ".join(f"{k} {ms(v)}" for k, v in totals.items() if k != "idle")
+
         return (f"time per step (ms): step {ms(self.step_seconds)}  coordinator cpu "
                 f"{ms(self.cpu() - self._cpu_started)}  worker compute {ms(self.worker_compute)}  between steps "
-                f"{ms(self.between)}  coordinator busy {ms(self.phases.busy())}: {phases}  idle "
-                f"{ms(self.phases.totals['idle'])}  ({self.steps} steps)")
+                f"{ms(self.between)}  coordinator busy {ms(self.phases.busy())}: {busy(self.phases.totals)}  idle "
+                f"{ms(self.phases.totals['idle'])}  critical path {ms(self.critical)}: "
+                f"{busy(self.critical_phases)}  ({self.steps} steps)")

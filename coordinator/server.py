@@ -316,6 +316,7 @@ class Coordinator:
         """Wait up to `wait` s for messages, handle them, check liveness, run `tick`; returns the time after."""
         with self.times.timed("idle"):
             ready = self.hub.poll(wait)
+        self.times.receiving()
         if ready:
             with self.times.timed("receive"):
                 self.hub.drain(self._handle, fatal=(TrainingDiverged,))

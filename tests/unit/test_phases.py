@@ -78,3 +78,46 @@ def test_step_times_publish_each_phase_once_and_sum_a_run_per_step():
     assert line.startswith("time per step (ms): step 10.00  coordinator cpu 4.00  worker compute 6.00  "
                            "between steps 3.00  coordinator busy 2.00: ")
     assert "reduce 2.00" in line and line.endswith("(2 steps)")
+
+
+def test_the_critical_path_runs_from_reading_the_last_result_to_the_next_work_sent():
+    from coordinator.phases import StepTimes
+
+    clock = Clock()
+    times = StepTimes(clock=clock, cpu=Clock())
+    times.receiving()  # a turn that brings a result, not the last: not on the path
+    with times.timed("checks"):
+        clock.now += 0.004
+    clock.now += 0.001  # the loop waits for the other worker
+    times.receiving()
+    with times.timed("receive"):
+        clock.now += 0.001
+    with times.timed("checks"):
+        clock.now += 0.002
+    times.completed()
+    with times.timed("reduce"):
+        clock.now += 0.003
+    with times.timed("send"):
+        clock.now += 0.001
+    times.dispatched()
+    times.step_done(0.012)
+    assert times.critical == pytest.approx(0.007)
+    assert times.between == pytest.approx(0.004)  # from the step's completion: decoding and checks come before
+    assert {k: v for k, v in times.critical_phases.items() if v} == pytest.approx(
+        {"receive": 0.001, "checks": 0.002, "reduce": 0.003, "send": 0.001})
+    assert "critical path 7.00: receive 1.00  checks 2.00  recompute 0.00  reduce 3.00" in times.line()
+
+
+
+def test_a_step_completed_by_answers_judged_early_starts_its_critical_path_at_completion():
+    from coordinator.phases import StepTimes
+
+    clock = Clock()
+    times = StepTimes(clock=clock, cpu=Clock())
+    clock.now += 0.005
+    times.completed()  # no read brought it: its results were all in before it was under way
+    with times.timed("optimizer"):
+        clock.now += 0.002
+    times.dispatched()
+    times.dispatched()  # again, with nothing completed since: nobody waits
+    assert times.critical == pytest.approx(0.002) and times.between == pytest.approx(0.002)
