@@ -6,6 +6,7 @@
     python bench/compare.py --parts train,service,torch --epochs 5   # end to end, 5 epochs
     python bench/compare.py --parts service --workers 2 --shards 8,64  # cost of a shard count
     python bench/compare.py --parts train,service --gradient-delay 0,1  # the one-step gradient delay's gain
+    python bench/compare.py --parts train,pair,service --workers 2  # 2 workers against the machine's ceiling
 
 Parts (`--parts`, comma-separated; default all):
   kernel   the kernel step: summed loss and gradients of one batch of real MNIST images
@@ -14,6 +15,9 @@ Parts (`--parts`, comma-separated; default all):
   gemm     NumPy sgemm peak (1 thread, 2048^3) and the fraction of the hardware limit the
            kernel step reaches (limit = peak / FLOP per training sample, derived below).
   train    `python -m lenet.train` (the in-process reference trainer) as a subprocess.
+  pair     two trainers at once (seeds 1 and 2), one per core: their samples/s added is what two
+           cores give two independent processes, the ceiling of any 2-worker service here (shared
+           caches, memory bandwidth and clocks can make it less than 2x one trainer).
   service  `python -m coordinator --workers N` (N in --workers, default 1, 2, 8) as subprocesses;
            end to end, start-up and evaluation included, the per-epoch figure its log prints, and
            the per-step breakdown its last line gives (step, worker computing and waiting,
@@ -144,6 +148,14 @@ class PeakRss:
 # --------------------------------------------------------------------------- runs as subprocesses
 
 
+def epoch_rate(output: str, label: str) -> float:
+    """The median of the samples/s a training command's epoch lines print."""
+    rates = [float(m.group(3).replace(",", "")) for m in EPOCH_LINE.finditer(output)]
+    if not rates:
+        raise RuntimeError(f"{label}: no epoch line in its output:\n{output[-3000:]}")
+    return statistics.median(rates)
+
+
 def run_training(cmd: list[str], label: str) -> dict[str, float]:
     """Run a training command; its epoch lines give samples/s, the clock gives end to end."""
     start = time.perf_counter()
@@ -155,10 +167,7 @@ def run_training(cmd: list[str], label: str) -> dict[str, float]:
     own_mb, child_mb = rss.stop()
     if proc.returncode != 0:
         raise RuntimeError(f"{label} failed with status {proc.returncode}:\n{output[-3000:]}")
-    rates = [float(m.group(3).replace(",", "")) for m in EPOCH_LINE.finditer(output)]
-    if not rates:
-        raise RuntimeError(f"{label}: no epoch line in its output:\n{output[-3000:]}")
-    figures = {"epoch": statistics.median(rates), "e2e": wall, "rss": own_mb, "child_rss": child_mb}
+    figures = {"epoch": epoch_rate(output, label), "e2e": wall, "rss": own_mb, "child_rss": child_mb}
     line = BREAKDOWN_LINE.search(output)
     if line:  # the service: where a step's time went
         loop, _, critical = line.group(1).partition("critical path ")
@@ -166,6 +175,19 @@ def run_training(cmd: list[str], label: str) -> dict[str, float]:
         figures.update({f"ms critical {name.strip()}".rstrip(":"): float(v)
                         for name, v in BREAKDOWN_ITEM.findall("path " + critical)})
     return figures
+
+
+def run_pair(cmds: list[list[str]], label: str) -> dict[str, float]:
+    """Run training commands at once; their samples/s added, the clock until the last ends."""
+    start = time.perf_counter()
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=single_thread_blas_env(), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) for cmd in cmds]
+    outputs = [proc.communicate()[0] for proc in procs]
+    wall = time.perf_counter() - start
+    for proc, output in zip(procs, outputs):
+        if proc.returncode != 0:
+            raise RuntimeError(f"{label} failed with status {proc.returncode}:\n{output[-3000:]}")
+    return {"epoch": sum(epoch_rate(output, label) for output in outputs), "e2e": wall}
 
 
 def ours(args: argparse.Namespace, workers: int | None, shards: int | None, out: str, delay: int = 0) -> list[str]:
@@ -383,10 +405,13 @@ def main() -> None:
 
     kernel_batches = [16, 64, 256, 1000]
     steps = {b: kernel_steps(data, b, have_torch) for b in kernel_batches} if "kernel" in parts else {}
-    runs: dict[str, list[str]] = {}
+    runs: dict[str, list] = {}  # label -> its command (two commands for the pair)
     with tempfile.TemporaryDirectory() as tmp:
         if "train" in parts:
             runs["trainer"] = ours(args, None, None, f"{tmp}/t.npz")
+        if "pair" in parts:  # different seeds: two independent runs, not one computed twice
+            runs["2 trainers at once"] = [ours(args, None, None, f"{tmp}/p{i}.npz") + ["--seed", str(i + 1)]
+                                          for i in range(2)]
         if "service" in parts:
             for d in delays:
                 for s in shard_counts:
@@ -408,7 +433,7 @@ def main() -> None:
             if "gemm" in parts:
                 results["gemm"].append(gemm_gflops(512 if args.quick else 2048))
             for label, cmd in runs.items():
-                res = run_training(cmd, label)
+                res = run_pair(cmd, label) if label == "2 trainers at once" else run_training(cmd, label)
                 for key, value in res.items():
                     results[f"{label} {key}"].append(value)
             print(f"round {r + 1}/{args.rounds} done", flush=True)
@@ -495,11 +520,13 @@ def report(results: dict[str, list[float]], steps: dict, runs: dict, args: argpa
                 for other in ("torch 2 threads", "torch DDP 2x1"):
                     goal = "(goal >= 1.3x)" if other == "torch 2 threads" else ""
                     pairs += [(label, other, "epoch", goal), (label, other, "e2e", "")]
+                pairs.append((label, "2 trainers at once", "epoch", ""))
             if label.startswith("service 8w"):
                 two = label.replace("service 8w", "service 2w")
                 pairs.append((label, two, "epoch", "(goal >= 0.85x)"))
             if label.endswith(" delay"):
                 pairs.append((label, label.removesuffix(" delay"), "epoch", ""))
+        pairs.append(("2 trainers at once", "trainer", "epoch", "(the machine's ceiling for 2 workers)"))
         pairs.append(("trainer", "torch 1 thread", "epoch", ""))
         for a, b, what, goal in pairs:
             if a in runs and b in runs:
@@ -513,6 +540,8 @@ def report(results: dict[str, list[float]], steps: dict, runs: dict, args: argpa
             print(ratio_row(f"{label} / {services[0]} (per epoch)", values))
         print("\nPeak RSS (VmHWM), MB:")
         for label in runs:
+            if not results.get(f"{label} rss"):
+                continue  # the pair: two trainers, each the trainer's size
             print(row(f"{label}", results[f"{label} rss"], "MB"))
             if label.startswith("service"):
                 print(row(f"{label}: largest worker", results[f"{label} child_rss"], "MB"))
