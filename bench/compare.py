@@ -360,7 +360,7 @@ def timed(f: Callable[[], object]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--parts", default="kernel,gemm,train,service,torch", help="comma-separated parts")
+    parser.add_argument("--parts", default="kernel,gemm,train,pair,service,torch", help="comma-separated parts")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     parser.add_argument("--seconds", type=float, default=2.0, help="timing of one kernel measurement")
     parser.add_argument("--epochs", type=int, default=1, help="epochs of every training run (5: end to end)")
