@@ -116,6 +116,7 @@ class Coordinator:
         self.epochs = Epochs(training, metrics, self.times, workers=lambda: len(self.members))
         self.rewinds = Rewinds(training, self.epochs, self.checkpoints, metrics)
         self.verdicts = Verdicts(self.hub, metrics, self.times, self.turnaround, self.liveness, self.rewinds, model)
+        self.last_step_end: float | None = None  # when the last step ended: the next one's time runs from then
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -291,8 +292,9 @@ class Coordinator:
         m.epoch_samples.set(self.training.state.epoch_samples)
         m.step_duration.observe(now - step.started)
         self.step, self.ahead = self.ahead, None  # with a gradient delay, the next step is already out
+        self.last_step_end = now  # a step's time runs from the end of the one before: its update included
         if self.step is not None:
-            self.step.started = now  # a step's time runs from the end of the one before
+            self.step.started = now
             self.early_due, self.early = self.early, []
         self.rewinds.step_done(self.members.members)
         if report.epoch_ended:
@@ -369,7 +371,8 @@ class Coordinator:
                 with self.times.timed("plan"):
                     plan = training.plan(training.state.step, self._capacities(now))
                 with self.times.timed("send"):  # encodes the parameters
-                    self.step = Step.start(plan, training.gradient_params, self.service.task_timeout, now,
+                    started = now if self.last_step_end is None else self.last_step_end
+                    self.step = Step.start(plan, training.gradient_params, self.service.task_timeout, started,
                                            type(training.model), secret=self.secret,
                                            verify_fraction=self.service.verify_fraction)
             if self.ahead is None and training.pipelined:
