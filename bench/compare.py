@@ -20,9 +20,10 @@ Parts (`--parts`, comma-separated; default all):
            caches, memory bandwidth and clocks can make it less than 2x one trainer).
   service  `python -m coordinator --workers N` (N in --workers, default 1, 2, 8) as subprocesses;
            end to end, start-up and evaluation included, the per-epoch figure its log prints, and
-           the per-step breakdown its last line gives (step, worker computing and waiting,
-           coordinator CPU and its loop's time by phase: receive, checks, reduce, optimizer,
-           plan, send, evaluation, checkpoint).
+           the per-step breakdown its last line gives (step, worker computing and waiting, the
+           waiting split into the critical path, the round trip beyond computing (transfer) and
+           the wait for the slowest unit, coordinator CPU and its loop's time by phase: receive,
+           checks, reduce, optimizer, plan, send, evaluation, checkpoint).
   torch    PyTorch 1 and 2 threads, and DDP 2x1 (gloo on loopback, 2 processes x 1 thread),
            same data, order, initial weights and recipe (SGD Nesterov 0.9, weight decay 5e-4,
            batch 128, lr 0.05 with 100 warm-up steps then cosine).  Skipped when torch is absent.
@@ -449,7 +450,9 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
           "computing worker, at most one per core; between steps: from a step's last result to the next step's work sent, what the workers "
           "wait for the coordinator; coordinator phases are wall time in its loop, cpu is its process's CPU time, evaluation "
           "thread included; the critical path: the loop's phases from reading a step's last result to the next step's "
-          "work sent):")
+          "work sent; a synchronous step is its critical path + a unit's computing + the unit's round trip beyond it "
+          "(transfer both ways, the worker decoding and encoding, the result waiting to be read) + the wait for the "
+          "slowest unit; with the delay no round trip is timed):")
     print(f"  {'':<28}" + "".join(f"{label.removeprefix('service '):>12}" for label in services))
 
     def line(name: str, values: list[float | None]) -> None:
@@ -465,13 +468,16 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
     line("step", [med(label, "step") for label in services])
     line("worker computing", compute)
     line("worker waiting", [med(label, "step") - c for label, c in zip(services, compute)])
+    line("  critical path", [med(label, "critical path") for label in services])
+    line("  round trip beyond compute", [med(label, "round trip beyond compute") for label in services])
+    line("  waiting for the slowest", [med(label, "waiting for the slowest") for label in services])
     line("between steps", [med(label, "between steps") for label in services])
     line("coordinator cpu", [med(label, "coordinator cpu") for label in services])
     line("coordinator busy (wall)", [med(label, "coordinator busy") for label in services])
     for phase in ("receive", "checks", "recompute", "reduce", "optimizer", "plan", "send", "evaluation", "checkpoint"):
         line(f"  {phase}", [med(label, phase) for label in services])
     line("coordinator idle", [med(label, "idle") for label in services])
-    line("critical path (workers wait)", [med(label, "critical path") for label in services])
+    line("critical path, by phase", [med(label, "critical path") for label in services])
     for phase in ("receive", "checks", "recompute", "reduce", "optimizer", "plan", "send", "checkpoint"):
         line(f"  {phase}", [med(label, f"critical {phase}") for label in services])
     print("  (goal: coordinator cpu <= 1 ms per step at 2 workers, batch 128)")

@@ -67,6 +67,13 @@ class StepTimes:
     the critical path: the phases from reading the messages that brought a step's last result to the next
     step's work sent, while the workers wait (its decoding and checks included).
 
+    The rest of a synchronous step is its units' round trips, from its work sent to the read that brought
+    each result: per step, the average unit's round trip beyond its computing (the transfer both ways,
+    the worker decoding and encoding, the result waiting for this loop to read it) and how much longer
+    the slowest unit's took than the average (what the step waits for its slowest worker).  So such a
+    step is its critical path + a unit's computing + the round trip beyond it + the wait for the slowest.
+    With a gradient delay a step's work goes out before the step before ends, and no round trip is timed.
+
     `publish(phase, seconds)` is told each phase's new seconds after every step (the metric); `line()` is
     the end-of-run summary that bench/compare.py reads.
     """
@@ -79,6 +86,11 @@ class StepTimes:
         self.steps = 0
         self.step_seconds = 0.0
         self.worker_compute = 0.0  # seconds workers spent computing accepted units
+        self.beyond_compute = 0.0  # per step with timed units: the average unit's round trip beyond its computing
+        self.slowest_lead = 0.0  # per step with timed units: the slowest unit's round trip beyond the average
+        self.timed_steps = 0
+        self._round_trips: list[tuple[float, float]] = []  # this step's (round trip, computing) per timed unit
+        self._sent_at: float | None = None  # when the step under way's work was sent, if its round trips are timed
         self.between = 0.0
         self.critical = 0.0
         self.critical_phases: dict[str, float] = dict.fromkeys(PHASES, 0.0)
@@ -92,8 +104,10 @@ class StepTimes:
         return self.phases.timed(name)
 
     def computed(self, seconds: float) -> None:
-        """A worker's unit was accepted; it says it computed for `seconds`."""
+        """A worker's unit was accepted (in the turn `receiving` began); it says it computed for `seconds`."""
         self.worker_compute += seconds
+        if self._sent_at is not None and self._turn is not None and self._turn[0] >= self._sent_at:
+            self._round_trips.append((self._turn[0] - self._sent_at, seconds))
 
     def receiving(self) -> None:
         """The loop starts reading what came: if that holds the step's last result, the critical path starts here."""
@@ -104,10 +118,12 @@ class StepTimes:
         self._completed_at = self.clock()
         self._critical_from = self._turn or (self._completed_at, dict(self.phases.totals))
 
-    def dispatched(self) -> None:
-        """The next step's work is sent: the workers' wait between steps is over."""
+    def dispatched(self, early: bool = False) -> None:
+        """The next step's work is sent: the workers' wait between steps is over.  `early`: it went out before
+        the step before ended (a gradient delay), so its units' round trips are not timed."""
         if self._completed_at is not None and self._critical_from is not None:
             now = self.clock()
+            self._sent_at = None if early else now
             self.between += now - self._completed_at
             started, totals = self._critical_from
             self.critical += now - started
@@ -119,6 +135,13 @@ class StepTimes:
         """A step took `seconds` from its start to its end; the phases' new seconds are published."""
         self.steps += 1
         self.step_seconds += seconds
+        if self._round_trips:
+            trips = [trip for trip, _ in self._round_trips]
+            average = sum(trips) / len(trips)
+            self.beyond_compute += average - sum(c for _, c in self._round_trips) / len(trips)
+            self.slowest_lead += max(trips) - average
+            self.timed_steps += 1
+            self._round_trips = []
         for phase, spent in self.phases.since(self._published).items():
             if spent > 0:
                 self.publish(phase, spent)
@@ -132,8 +155,13 @@ class StepTimes:
         def busy(totals: dict[str, float]) -> str:
             return "  ".join(f"{k} {ms(v)}" for k, v in totals.items() if k != "idle")
 
+        def per_timed_step(seconds: float) -> str:
+            return f"{1000 * seconds / max(1, self.timed_steps):.2f}"
+
+        trips = (f"  round trip beyond compute {per_timed_step(self.beyond_compute)}  waiting for the slowest "
+                 f"{per_timed_step(self.slowest_lead)}") if self.timed_steps else ""
         return (f"time per step (ms): step {ms(self.step_seconds)}  coordinator cpu "
-                f"{ms(self.cpu() - self._cpu_started)}  worker compute {ms(self.worker_compute)}  between steps "
+                f"{ms(self.cpu() - self._cpu_started)}  worker compute {ms(self.worker_compute)}{trips}  between steps "
                 f"{ms(self.between)}  coordinator busy {ms(self.phases.busy())}: {busy(self.phases.totals)}  idle "
                 f"{ms(self.phases.totals['idle'])}  critical path {ms(self.critical)}: "
                 f"{busy(self.critical_phases)}  ({self.steps} steps)")

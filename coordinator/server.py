@@ -404,7 +404,7 @@ class Coordinator:
             if self.step is not None and self.step.scheduler.complete:
                 self.times.completed()
                 progress(self._finish_step(now), len(self.members))
-                if self.step is not None:
-                    self.times.dispatched()  # its work went out while the last one was open: nobody waited
+                if self.step is not None:  # its work went out while the last one was open: nobody waited
+                    self.times.dispatched(early=True)
             self.epochs.settle(wait=False)
         return RunOutcome(training.params, training.state, finished=True)

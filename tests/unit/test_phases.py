@@ -121,3 +121,47 @@ def test_a_step_completed_by_answers_judged_early_starts_its_critical_path_at_co
     times.dispatched()
     times.dispatched()  # again, with nothing completed since: nobody waits
     assert times.critical == pytest.approx(0.002) and times.between == pytest.approx(0.002)
+
+
+def test_a_synchronous_step_is_its_critical_path_a_unit_computing_its_round_trip_beyond_and_the_slowest():
+    from coordinator.phases import StepTimes
+
+    clock = Clock()
+    times = StepTimes(clock=clock, cpu=Clock())
+    times.receiving()  # the step before ends: its last result read at 0, this step's work sent at 2 ms
+    times.completed()
+    clock.now += 0.002
+    times.dispatched()
+    times.step_done(0.010)  # its own units went out before anything was timed: no round trip
+    assert times.timed_steps == 0
+    clock.now += 0.008  # a unit back after 8 ms of which 6 computing, the other after 10 ms, 7 computing
+    times.receiving()
+    times.computed(0.006)
+    clock.now += 0.002
+    times.receiving()
+    times.computed(0.007)
+    times.completed()
+    clock.now += 0.002  # its critical path: 2 ms
+    times.dispatched()
+    times.step_done(0.012)
+    assert times.timed_steps == 1
+    assert times.beyond_compute == pytest.approx(0.0025)  # average round trip 9 ms, average computing 6.5 ms
+    assert times.slowest_lead == pytest.approx(0.001)  # the slowest: 10 ms, 1 ms over the average
+    assert 0.002 + 0.0065 + times.beyond_compute + times.slowest_lead == pytest.approx(0.012)  # the step, in parts
+    assert "worker compute 6.50  round trip beyond compute 2.50  waiting for the slowest 1.00  between" in times.line()
+
+
+def test_no_round_trip_is_timed_when_a_step_s_work_went_out_before_the_step_before_ended():
+    from coordinator.phases import StepTimes
+
+    clock = Clock()
+    times = StepTimes(clock=clock, cpu=Clock())
+    for _ in range(2):  # with a gradient delay: each step's work is out while the one before is open
+        clock.now += 0.005
+        times.receiving()
+        times.computed(0.004)
+        times.completed()
+        times.dispatched(early=True)
+        times.step_done(0.005)
+    assert times.timed_steps == 0
+    assert "round trip" not in times.line()
