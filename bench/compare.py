@@ -179,12 +179,20 @@ def run_training(cmd: list[str], label: str) -> dict[str, float]:
 
 
 def run_pair(cmds: list[list[str]], label: str) -> dict[str, float]:
-    """Run training commands at once; their samples/s added, the clock until the last ends."""
+    """Run training commands at once; their samples/s added, the clock until the last ends.  (They start
+    together; the one that ends last trains its last moments alone, which flatters the sum a little.)"""
     start = time.perf_counter()
-    procs = [subprocess.Popen(cmd, cwd=ROOT, env=single_thread_blas_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL) for cmd in cmds]
-    outputs = [proc.communicate()[0] for proc in procs]
+    logs = [tempfile.TemporaryFile(mode="w+") for _ in cmds]  # files, not pipes: none can block on a full one
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=single_thread_blas_env(), stdout=log, stderr=subprocess.STDOUT,
+                              text=True, stdin=subprocess.DEVNULL) for cmd, log in zip(cmds, logs)]
+    for proc in procs:
+        proc.wait()
     wall = time.perf_counter() - start
+    outputs = []
+    for log in logs:
+        log.seek(0)
+        outputs.append(log.read())
+        log.close()
     for proc, output in zip(procs, outputs):
         if proc.returncode != 0:
             raise RuntimeError(f"{label} failed with status {proc.returncode}:\n{output[-3000:]}")
@@ -450,9 +458,10 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
           "computing worker, at most one per core; between steps: from a step's last result to the next step's work sent, what the workers "
           "wait for the coordinator; coordinator phases are wall time in its loop, cpu is its process's CPU time, evaluation "
           "thread included; the critical path: the loop's phases from reading a step's last result to the next step's "
-          "work sent; a synchronous step is its critical path + a unit's computing + the unit's round trip beyond it "
-          "(transfer both ways, the worker decoding and encoding, the result waiting to be read) + the wait for the "
-          "slowest unit; with the delay no round trip is timed):")
+          "work sent; a synchronous step is about its critical path + a unit's computing + the unit's round trip beyond "
+          "it (transfer both ways, the worker decoding and encoding, the result waiting to be read) + the wait for the "
+          "slowest unit, those two over the steps whose units each went out once; with the delay no round trip is "
+          "timed):")
     print(f"  {'':<28}" + "".join(f"{label.removeprefix('service '):>12}" for label in services))
 
     def line(name: str, values: list[float | None]) -> None:
