@@ -68,11 +68,12 @@ class StepTimes:
     step's work sent, while the workers wait (its decoding and checks included).
 
     The rest of a synchronous step is its units' round trips, from its work sent to the read that brought
-    each result: per step, the average unit's round trip beyond its computing (the transfer both ways,
-    the worker decoding and encoding, the result waiting for this loop to read it) and how much longer
-    the slowest unit's took than the average (what the step waits for its slowest worker).  So such a
-    step is its critical path + a unit's computing + the round trip beyond it + the wait for the slowest.
-    With a gradient delay a step's work goes out before the step before ends, and no round trip is timed.
+    each unit's first answer: per step, the average unit's round trip beyond its computing (the transfer
+    both ways, the worker decoding and encoding, the result waiting for this loop to read it) and how much
+    longer the slowest unit's took than the average (what the step waits for its slowest worker).  So on
+    average such a step is about its critical path + a unit's computing + the round trip beyond it + the
+    wait for the slowest.  Only steps whose units were each handed out once count (`step_done`); with a
+    gradient delay a step's work goes out before the step before ends, and no round trip is timed.
 
     `publish(phase, seconds)` is told each phase's new seconds after every step (the metric); `line()` is
     the end-of-run summary that bench/compare.py reads.
@@ -89,7 +90,7 @@ class StepTimes:
         self.beyond_compute = 0.0  # per step with timed units: the average unit's round trip beyond its computing
         self.slowest_lead = 0.0  # per step with timed units: the slowest unit's round trip beyond the average
         self.timed_steps = 0
-        self._round_trips: list[tuple[float, float]] = []  # this step's (round trip, computing) per timed unit
+        self._round_trips: dict[int, tuple[float, float]] = {}  # this step's timed units: (round trip, computing)
         self._sent_at: float | None = None  # when the step under way's work was sent, if its round trips are timed
         self.between = 0.0
         self.critical = 0.0
@@ -103,11 +104,19 @@ class StepTimes:
     def timed(self, name: str) -> AbstractContextManager[None]:
         return self.phases.timed(name)
 
-    def computed(self, seconds: float) -> None:
-        """A worker's unit was accepted (in the turn `receiving` began); it says it computed for `seconds`."""
+    def computed(self, seconds: float, unit: int) -> None:
+        """An answer for `unit` (its first shard) was accepted in the turn `receiving` began; its worker says it
+        computed for `seconds`.  A unit's first answer in a step is its round trip."""
         self.worker_compute += seconds
-        if self._sent_at is not None and self._turn is not None and self._turn[0] >= self._sent_at:
-            self._round_trips.append((self._turn[0] - self._sent_at, seconds))
+        if (self._sent_at is not None and self._turn is not None and self._turn[0] >= self._sent_at
+                and unit not in self._round_trips):
+            trip = self._turn[0] - self._sent_at
+            self._round_trips[unit] = (trip, min(seconds, trip))  # no worker's word makes it negative
+
+    def dropped(self) -> None:
+        """The step under way was given up (a rewind): the replay's units are not timed from its work sent."""
+        self._sent_at = None
+        self._round_trips = {}
 
     def receiving(self) -> None:
         """The loop starts reading what came: if that holds the step's last result, the critical path starts here."""
@@ -131,17 +140,19 @@ class StepTimes:
                 self.critical_phases[phase] += spent
             self._completed_at = self._critical_from = None
 
-    def step_done(self, seconds: float) -> None:
-        """A step took `seconds` from its start to its end; the phases' new seconds are published."""
+    def step_done(self, seconds: float, regular: bool = True) -> None:
+        """A step took `seconds` from its start to its end; the phases' new seconds are published.  `regular`:
+        each of its units was handed out once (no backup, second opinion or unit taken back): only then are
+        its round trips what its work cost, and counted."""
         self.steps += 1
         self.step_seconds += seconds
-        if self._round_trips:
-            trips = [trip for trip, _ in self._round_trips]
+        if self._round_trips and regular:
+            trips = [trip for trip, _ in self._round_trips.values()]
             average = sum(trips) / len(trips)
-            self.beyond_compute += average - sum(c for _, c in self._round_trips) / len(trips)
+            self.beyond_compute += average - sum(c for _, c in self._round_trips.values()) / len(trips)
             self.slowest_lead += max(trips) - average
             self.timed_steps += 1
-            self._round_trips = []
+        self._round_trips = {}
         for phase, spent in self.phases.since(self._published).items():
             if spent > 0:
                 self.publish(phase, spent)

@@ -117,9 +117,11 @@ class StepScheduler(Generic[W, R]):
         self.results: dict[int, R] = {}
         self.holding: dict[W, int] = {}  # units each worker holds now: asked of every worker at every turn
         self.given: dict[int, set[W]] = {}  # unit -> every worker it was given to in this step
+        self.handed_out = 0  # assignments made, primaries and backups: one per unit when nothing went wrong
 
     def _hold(self, table: dict[int, Assignment[W]], unit: int, assignment: Assignment[W]) -> None:
         table[unit] = assignment
+        self.handed_out += 1
         self.given.setdefault(unit, set()).add(assignment.worker)
         self.holding[assignment.worker] = self.holding.get(assignment.worker, 0) + 1
 

@@ -116,7 +116,7 @@ class Coordinator:
         self.epochs = Epochs(training, metrics, self.times, workers=lambda: len(self.members))
         self.rewinds = Rewinds(training, self.epochs, self.checkpoints, metrics)
         self.verdicts = Verdicts(self.hub, metrics, self.times, self.turnaround, self.liveness, self.rewinds, model)
-        self.last_step_end: float | None = None  # when the last step ended: the next one's time runs from then
+        self.last_step_end: float | None = None  # when the last step's update ended: the next one's time runs from then
 
     def restore(self, c: ckpt.Checkpoint) -> None:
         """Continue from a checkpoint of the same configuration and data."""
@@ -206,7 +206,7 @@ class Coordinator:
             self.deadlines.record(msg.compute_seconds, msg.count)
             self.metrics.worker_compute.labels(member.label).inc(msg.compute_seconds)
             self.metrics.worker_shards.labels(member.label).inc(msg.shards)
-            self.times.computed(msg.compute_seconds)
+            self.times.computed(msg.compute_seconds, msg.first)
         others = any(i != identity for i in self.members.eligible(time.monotonic()))
         self._carry_out(step.verification.answer(identity, unit, msg, doubt, where, others))
 
@@ -238,6 +238,7 @@ class Coordinator:
         if not self.verdicts.carry_out(self.step, decisions):
             # Rewound: the late answers of the steps out are refused as stale; they are done again without the liar.
             self.step = self.ahead = None
+            self.times.dropped()
             self.early, self.early_due = [], []
 
     # ------------------------------------------------------------------ steps
@@ -276,7 +277,7 @@ class Coordinator:
             self.ahead = Step.start(plan, params, self.service.task_timeout, now, type(training.model),
                                     secret=self.secret, verify_fraction=self.service.verify_fraction, lag=1)
 
-    def _finish_step(self, now: float) -> StepReport:
+    def _finish_step(self) -> StepReport:
         step = self.step
         assert step is not None
         results = step.results()
@@ -284,17 +285,18 @@ class Coordinator:
             grads = self.training.gradient(results, step.plan.units)
         with self.times.timed("optimizer"):
             report = self.training.apply(results, step.plan.units, grads)
+        end = time.monotonic()  # a step's time runs from the end of the update before to the end of its own
         m = self.metrics
         m.samples.inc(report.samples)
         m.steps.inc()
         m.train_loss.set(report.loss)
         m.learning_rate.set(report.lr)
         m.epoch_samples.set(self.training.state.epoch_samples)
-        m.step_duration.observe(now - step.started)
+        m.step_duration.observe(end - step.started)
         self.step, self.ahead = self.ahead, None  # with a gradient delay, the next step is already out
-        self.last_step_end = now  # a step's time runs from the end of the one before: its update included
+        self.last_step_end = end
         if self.step is not None:
-            self.step.started = now
+            self.step.started = end
             self.early_due, self.early = self.early, []
         self.rewinds.step_done(self.members.members)
         if report.epoch_ended:
@@ -309,7 +311,7 @@ class Coordinator:
             self.epochs.settle(wait=True)
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()
-        self.times.step_done(now - step.started)
+        self.times.step_done(end - step.started, regular=step.scheduler.handed_out == len(step.scheduler.units))
         return report
 
     # ------------------------------------------------------------------ the loop
@@ -403,7 +405,7 @@ class Coordinator:
                 raise RunStuck(why)
             if self.step is not None and self.step.scheduler.complete:
                 self.times.completed()
-                progress(self._finish_step(now), len(self.members))
+                progress(self._finish_step(), len(self.members))
                 if self.step is not None:  # its work went out while the last one was open: nobody waited
                     self.times.dispatched(early=True)
             self.epochs.settle(wait=False)

@@ -25,6 +25,19 @@ def test_each_unit_is_accepted_once_from_its_holder():
     assert s.complete and s.results_by_node() == {(0, 2): "ra", (2, 4): "rb"}
 
 
+def test_a_step_hands_out_each_unit_once_unless_something_goes_wrong():
+    s = make()
+    s.next_unit("a", 0)
+    s.next_unit("b", 0)
+    assert s.handed_out == 2  # one assignment per unit: its round trips measure its work
+    s.second_opinion(0, "a")  # a's answer is to be checked: unit 0 goes out again
+    s.next_unit("b", 1)
+    assert s.handed_out == 3
+    s.accept(2, "rb", by="b")
+    assert s.backup_unit("c", 20) == 0  # every unit out: a backup is one more
+    assert s.handed_out == 4
+
+
 def test_dead_worker_units_return_to_the_front():
     s = make(((0, 1), (1, 2), (2, 3), (3, 4)))
     for w in "aabb":
