@@ -28,7 +28,8 @@ class Metrics:
                                    registry=registry)
         self.workers_alive = Gauge("lenet_workers_alive", "Registered, live workers", registry=registry)
         self.step_duration = Histogram(
-            "lenet_step_duration_seconds", "Wall time of one step, from the end of the update before to the end of its own", registry=registry,
+            "lenet_step_duration_seconds",
+            "Wall time of one step, from the end of the update before to the end of its own", registry=registry,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.worker_compute = Counter("lenet_worker_compute_seconds", "Seconds a worker spent computing accepted "

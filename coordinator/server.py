@@ -285,18 +285,19 @@ class Coordinator:
             grads = self.training.gradient(results, step.plan.units)
         with self.times.timed("optimizer"):
             report = self.training.apply(results, step.plan.units, grads)
-        end = time.monotonic()  # a step's time runs from the end of the update before to the end of its own
+        end = time.monotonic()
+        # A step's time runs from the end of the update before (the first: from its start) to the end of its own.
+        seconds = end - (step.started if self.last_step_end is None else self.last_step_end)
+        self.last_step_end = end
         m = self.metrics
         m.samples.inc(report.samples)
         m.steps.inc()
         m.train_loss.set(report.loss)
         m.learning_rate.set(report.lr)
         m.epoch_samples.set(self.training.state.epoch_samples)
-        m.step_duration.observe(end - step.started)
+        m.step_duration.observe(seconds)
         self.step, self.ahead = self.ahead, None  # with a gradient delay, the next step is already out
-        self.last_step_end = end
         if self.step is not None:
-            self.step.started = end
             self.early_due, self.early = self.early, []
         self.rewinds.step_done(self.members.members)
         if report.epoch_ended:
@@ -311,7 +312,7 @@ class Coordinator:
             self.epochs.settle(wait=True)
             with self.times.timed("checkpoint"):
                 self.save_checkpoint()
-        self.times.step_done(end - step.started, regular=step.scheduler.handed_out == len(step.scheduler.units))
+        self.times.step_done(seconds, regular=step.scheduler.handed_out == len(step.scheduler.units))
         return report
 
     # ------------------------------------------------------------------ the loop
@@ -373,8 +374,7 @@ class Coordinator:
                 with self.times.timed("plan"):
                     plan = training.plan(training.state.step, self._capacities(now))
                 with self.times.timed("send"):  # encodes the parameters
-                    started = now if self.last_step_end is None else self.last_step_end
-                    self.step = Step.start(plan, training.gradient_params, self.service.task_timeout, started,
+                    self.step = Step.start(plan, training.gradient_params, self.service.task_timeout, now,
                                            type(training.model), secret=self.secret,
                                            verify_fraction=self.service.verify_fraction)
             if self.ahead is None and training.pipelined:
