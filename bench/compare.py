@@ -76,6 +76,7 @@ EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+):.*?([\d,]+) samples/s")
 # critical path 1.34: receive 0.16  checks 0.11 ...": the phases after "critical path" are read as "critical <phase>".
 BREAKDOWN_LINE = re.compile(r"time per step \(ms\): (.*) \(\d+ steps\)")
 BREAKDOWN_ITEM = re.compile(r"([a-z][a-z ]*?) (\d+\.\d+)")
+PAIR = "2 trainers at once"  # the label of the pair part's runs
 
 
 # --------------------------------------------------------------------------- statistics and table
@@ -419,8 +420,7 @@ def main() -> None:
         if "train" in parts:
             runs["trainer"] = ours(args, None, None, f"{tmp}/t.npz")
         if "pair" in parts:  # different seeds: two independent runs, not one computed twice
-            runs["2 trainers at once"] = [ours(args, None, None, f"{tmp}/p{i}.npz") + ["--seed", str(i + 1)]
-                                          for i in range(2)]
+            runs[PAIR] = [ours(args, None, None, f"{tmp}/p{i}.npz") + ["--seed", str(i + 1)] for i in range(2)]
         if "service" in parts:
             for d in delays:
                 for s in shard_counts:
@@ -442,7 +442,7 @@ def main() -> None:
             if "gemm" in parts:
                 results["gemm"].append(gemm_gflops(512 if args.quick else 2048))
             for label, cmd in runs.items():
-                res = run_pair(cmd, label) if label == "2 trainers at once" else run_training(cmd, label)
+                res = run_pair(cmd, label) if label == PAIR else run_training(cmd, label)
                 for key, value in res.items():
                     results[f"{label} {key}"].append(value)
             print(f"round {r + 1}/{args.rounds} done", flush=True)
@@ -535,13 +535,13 @@ def report(results: dict[str, list[float]], steps: dict, runs: dict, args: argpa
                 for other in ("torch 2 threads", "torch DDP 2x1"):
                     goal = "(goal >= 1.3x)" if other == "torch 2 threads" else ""
                     pairs += [(label, other, "epoch", goal), (label, other, "e2e", "")]
-                pairs.append((label, "2 trainers at once", "epoch", ""))
+                pairs.append((label, PAIR, "epoch", ""))
             if label.startswith("service 8w"):
                 two = label.replace("service 8w", "service 2w")
                 pairs.append((label, two, "epoch", "(goal >= 0.85x)"))
             if label.endswith(" delay"):
                 pairs.append((label, label.removesuffix(" delay"), "epoch", ""))
-        pairs.append(("2 trainers at once", "trainer", "epoch", "(the machine's ceiling for 2 workers)"))
+        pairs.append((PAIR, "trainer", "epoch", "(the machine's ceiling for 2 workers)"))
         pairs.append(("trainer", "torch 1 thread", "epoch", ""))
         for a, b, what, goal in pairs:
             if a in runs and b in runs:
