@@ -123,6 +123,13 @@ def test_a_step_completed_by_answers_judged_early_starts_its_critical_path_at_co
     assert times.critical == pytest.approx(0.002) and times.between == pytest.approx(0.002)
 
 
+def _answer(times, clock, after, computing, unit):
+    """`after` seconds later a turn reads an answer for `unit` whose worker says it computed `computing` s."""
+    clock.now += after
+    times.receiving()
+    times.computed(computing, unit=unit)
+
+
 def _step_before_ends(times, clock):
     """The step before ends: its last result read now, this step's work sent 2 ms later."""
     times.receiving()
@@ -139,12 +146,8 @@ def test_a_synchronous_step_is_its_critical_path_a_unit_computing_its_round_trip
     _step_before_ends(times, clock)
     times.step_done(0.010)  # its own units went out before anything was timed: no round trip
     assert times.timed_steps == 0
-    clock.now += 0.008  # a unit back after 8 ms of which 6 computing, the other after 10 ms, 7 computing
-    times.receiving()
-    times.computed(0.006, unit=0)
-    clock.now += 0.002
-    times.receiving()
-    times.computed(0.007, unit=32)
+    _answer(times, clock, 0.008, 0.006, unit=0)  # a unit back after 8 ms of which 6 computing
+    _answer(times, clock, 0.002, 0.007, unit=32)  # the other after 10 ms, 7 computing
     times.completed()
     clock.now += 0.002  # its critical path: 2 ms
     times.dispatched()
@@ -162,12 +165,8 @@ def test_a_unit_s_round_trip_is_its_first_answer_and_never_shorter_than_the_comp
     clock = Clock()
     times = StepTimes(clock=clock, cpu=Clock())
     _step_before_ends(times, clock)
-    clock.now += 0.008
-    times.receiving()
-    times.computed(5.0, unit=0)  # a worker claiming more computing than the round trip took
-    clock.now += 0.009
-    times.receiving()
-    times.computed(0.006, unit=0)  # a second answer for the same unit: not its round trip
+    _answer(times, clock, 0.008, 5.0, unit=0)  # a worker claiming more computing than the round trip took
+    _answer(times, clock, 0.009, 0.006, unit=0)  # a second answer for the same unit: not its round trip
     times.step_done(0.020)
     assert times.timed_steps == 1
     assert times.beyond_compute == 0.0 and times.slowest_lead == 0.0
@@ -179,19 +178,13 @@ def test_a_step_whose_units_were_handed_out_again_or_that_was_given_up_is_not_ti
     clock = Clock()
     times = StepTimes(clock=clock, cpu=Clock())
     _step_before_ends(times, clock)
-    clock.now += 0.008
-    times.receiving()
-    times.computed(0.006, unit=0)
+    _answer(times, clock, 0.008, 0.006, unit=0)
     times.step_done(0.010, regular=False)  # a backup, a second opinion or a unit taken back
     assert times.timed_steps == 0
     _step_before_ends(times, clock)
-    clock.now += 0.008
-    times.receiving()
-    times.computed(0.006, unit=0)
+    _answer(times, clock, 0.008, 0.006, unit=0)
     times.dropped()  # a rewind: the step is done again, its work sent anew
-    clock.now += 0.050
-    times.receiving()
-    times.computed(0.006, unit=0)
+    _answer(times, clock, 0.050, 0.006, unit=0)
     times.step_done(0.060)
     assert times.timed_steps == 0
     assert "round trip" not in times.line()
@@ -203,9 +196,7 @@ def test_no_round_trip_is_timed_when_a_step_s_work_went_out_before_the_step_befo
     clock = Clock()
     times = StepTimes(clock=clock, cpu=Clock())
     for _ in range(2):  # with a gradient delay: each step's work is out while the one before is open
-        clock.now += 0.005
-        times.receiving()
-        times.computed(0.004, unit=0)
+        _answer(times, clock, 0.005, 0.004, unit=0)
         times.completed()
         times.dispatched(early=True)
         times.step_done(0.005)
