@@ -72,7 +72,7 @@ FLOP_PER_SAMPLE = 2 * (FORWARD_MACS + BACKWARD_MACS)  # 2,263,920: products only
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+):.*?([\d,]+) samples/s")
 # The coordinator's last line about its loop (coordinator/phases.py `StepTimes.line`): "time per step (ms): step 10.85
-# coordinator cpu 3.84  worker compute 14.66  coordinator busy 4.46: receive 0.68  checks 0.52 ... idle 8.17
+# coordinator cpu 3.84 (loop thread 2.31  evaluation thread 1.30  other threads 0.23)  worker compute 14.66  coordinator busy 4.46: receive 0.68  checks 0.52 ... idle 8.17
 # critical path 1.34: receive 0.16  checks 0.11 ...": the phases after "critical path" are read as "critical <phase>".
 BREAKDOWN_LINE = re.compile(r"time per step \(ms\): (.*) \(\d+ steps\)")
 BREAKDOWN_ITEM = re.compile(r"([a-z][a-z ]*?) (\d+\.\d+)")
@@ -456,8 +456,9 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
         return
     print("\nPer-step breakdown of the service, ms per step (medians over the rounds; worker figures are per "
           "computing worker, at most one per core; between steps: from a step's last result to the next step's work sent, what the workers "
-          "wait for the coordinator; coordinator phases are wall time in its loop, cpu is its process's CPU time, evaluation "
-          "thread included; the critical path: the loop's phases from reading a step's last result to the next step's "
+          "wait for the coordinator; coordinator phases are wall time in its loop, cpu is its process's CPU time, split into its loop's "
+          "thread (the work per step), the test-set evaluations' thread and the rest (ZeroMQ's I/O thread, the "
+          "metrics server); the critical path: the loop's phases from reading a step's last result to the next step's "
           "work sent; a synchronous step is about its critical path + a unit's computing + the unit's round trip beyond "
           "it (transfer both ways, the worker decoding and encoding, the result waiting to be read) + the wait for the "
           "slowest unit, those two over the steps whose units each went out once; with the delay no round trip is "
@@ -482,6 +483,8 @@ def breakdown(results: dict[str, list[float]], runs: dict) -> None:
     line("  waiting for the slowest", [med(label, "waiting for the slowest") for label in services])
     line("between steps", [med(label, "between steps") for label in services])
     line("coordinator cpu", [med(label, "coordinator cpu") for label in services])
+    for thread in ("loop thread", "evaluation thread", "other threads"):
+        line(f"  {thread}", [med(label, thread) for label in services])
     line("coordinator busy (wall)", [med(label, "coordinator busy") for label in services])
     for phase in ("receive", "checks", "recompute", "reduce", "optimizer", "plan", "send", "evaluation", "checkpoint"):
         line(f"  {phase}", [med(label, phase) for label in services])

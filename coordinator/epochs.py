@@ -22,6 +22,7 @@ from coordinator.metrics import Metrics
 from coordinator.phases import StepTimes
 from coordinator.training import ClosedEpoch, Training
 from lenet.cli import counted
+from lenet.params import Params
 
 log = logging.getLogger("coordinator")
 
@@ -30,12 +31,15 @@ class Epochs:
     """The epoch under way's clock, and the closed epoch being evaluated (at most one).
 
     `workers()` is the number of workers, for the epoch's line; `times` takes the
-    time the loop waits for an evaluation (phase "evaluation").
+    time the loop waits for an evaluation (phase "evaluation") and the CPU each
+    evaluation took in its thread (`thread_cpu`, read there).
     """
 
     def __init__(self, training: Training, metrics: Metrics, times: StepTimes, workers: Callable[[], int],
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 thread_cpu: Callable[[], float] = time.thread_time) -> None:
         self.training, self.metrics, self.times, self.workers, self.clock = training, metrics, times, workers, clock
+        self.thread_cpu = thread_cpu
         self.started = clock()  # the epoch under way's
         self.evaluator = ThreadPoolExecutor(max_workers=1, thread_name_prefix="evaluation")
         self.evaluating: tuple[ClosedEpoch, Future[float]] | None = None
@@ -56,7 +60,15 @@ class Epochs:
         self.started = self.clock()
         self.metrics.epoch.set(self.training.epoch)
         self.metrics.epoch_samples.set(0)
-        self.evaluating = (closed, self.evaluator.submit(self.training.test_accuracy, closed.params))
+        self.evaluating = (closed, self.evaluator.submit(self._test_accuracy, closed.params))
+
+    def _test_accuracy(self, params: Params) -> float:
+        """In the evaluation thread: the test accuracy, and the CPU it took told to `times`."""
+        started = self.thread_cpu()
+        try:
+            return self.training.test_accuracy(params)
+        finally:
+            self.times.evaluated(self.thread_cpu() - started)
 
     def settle(self, wait: bool) -> None:
         """Record the evaluated epoch (history, metrics, log line) once its accuracy is known, or now if `wait`."""

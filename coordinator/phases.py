@@ -75,15 +75,22 @@ class StepTimes:
     wait for the slowest.  Only steps whose units were each handed out once count (`step_done`); with a
     gradient delay a step's work goes out before the step before ends, and no round trip is timed.
 
+    The coordinator's CPU (`cpu`, the whole process's) is split by thread: the loop's own (`thread_cpu`, read
+    in the loop's thread: StepTimes is made and `line()` called there), the test-set evaluations' (their
+    thread says what each took, `evaluated`), and the rest (ZeroMQ's I/O thread, the metrics server).  Only
+    the loop's is work per step; an evaluation is work per epoch, and in a short run a large part of the CPU.
+
     `publish(phase, seconds)` is told each phase's new seconds after every step (the metric); `line()` is
     the end-of-run summary that bench/compare.py reads.
     """
 
     def __init__(self, publish: Callable[[str, float], None] = lambda phase, seconds: None,
                  clock: Callable[[], float] = time.perf_counter,
-                 cpu: Callable[[], float] = time.process_time) -> None:
+                 cpu: Callable[[], float] = time.process_time,
+                 thread_cpu: Callable[[], float] = time.thread_time) -> None:
         self.phases = Phases(clock)
-        self.publish, self.clock, self.cpu = publish, clock, cpu
+        self.publish, self.clock, self.cpu, self.thread_cpu = publish, clock, cpu, thread_cpu
+        self.evaluation_cpu = 0.0  # CPU seconds the test-set evaluations took in their thread
         self.steps = 0
         self.step_seconds = 0.0
         self.worker_compute = 0.0  # seconds workers spent computing accepted units
@@ -99,10 +106,15 @@ class StepTimes:
         self._turn: tuple[float, dict[str, float]] | None = None  # when the last read began; the totals then
         self._critical_from: tuple[float, dict[str, float]] | None = None
         self._cpu_started = cpu()
+        self._loop_cpu_started = thread_cpu()
         self._published = dict(self.phases.totals)
 
     def timed(self, name: str) -> AbstractContextManager[None]:
         return self.phases.timed(name)
+
+    def evaluated(self, cpu_seconds: float) -> None:
+        """A test-set evaluation took `cpu_seconds` of its thread's CPU (told from that thread; only it adds)."""
+        self.evaluation_cpu += cpu_seconds
 
     def computed(self, seconds: float, unit: int) -> None:
         """An answer for `unit` (its first shard) was accepted in the turn `receiving` began; its worker says it
@@ -169,10 +181,13 @@ class StepTimes:
         def per_timed_step(seconds: float) -> str:
             return f"{1000 * seconds / max(1, self.timed_steps):.2f}"
 
+        cpu, loop = self.cpu() - self._cpu_started, self.thread_cpu() - self._loop_cpu_started
+        threads = (f"(loop thread {ms(loop)}  evaluation thread {ms(self.evaluation_cpu)}  other threads "
+                   f"{ms(cpu - loop - self.evaluation_cpu)})")
         trips = (f"  round trip beyond compute {per_timed_step(self.beyond_compute)}  waiting for the slowest "
                  f"{per_timed_step(self.slowest_lead)}") if self.timed_steps else ""
-        return (f"time per step (ms): step {ms(self.step_seconds)}  coordinator cpu "
-                f"{ms(self.cpu() - self._cpu_started)}  worker compute {ms(self.worker_compute)}{trips}  between steps "
+        return (f"time per step (ms): step {ms(self.step_seconds)}  coordinator cpu {ms(cpu)} {threads}  "
+                f"worker compute {ms(self.worker_compute)}{trips}  between steps "
                 f"{ms(self.between)}  coordinator busy {ms(self.phases.busy())}: {busy(self.phases.totals)}  idle "
                 f"{ms(self.phases.totals['idle'])}  critical path {ms(self.critical)}: "
                 f"{busy(self.critical_phases)}  ({self.steps} steps)")

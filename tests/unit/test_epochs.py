@@ -74,6 +74,29 @@ def test_an_epoch_is_recorded_once_its_accuracy_is_known_and_training_goes_on_me
     assert len(records) == 1  # recorded once
 
 
+def test_the_cpu_an_evaluation_takes_in_its_thread_is_told_to_the_step_times(mnist):
+    training = Training(TrainConfig(epochs=2, batch_size=64, train_subset=128, seed=3), num_shards=4, data=mnist)
+    thread_cpu, threads = Clock(), set()
+
+    def accuracy(params) -> float:  # a thread's CPU clock: it moves only while this evaluation computes
+        threads.add(threading.get_ident())
+        thread_cpu.now += 0.25
+        return 0.5
+
+    training.test_accuracy = accuracy
+    times = StepTimes()
+    epochs = Epochs(training, Metrics(CollectorRegistry()), times, workers=lambda: 1, clock=Clock(),
+                    thread_cpu=thread_cpu)
+    try:
+        run_steps(training, 2)
+        epochs.end()
+        epochs.settle(wait=True)
+    finally:
+        epochs.close()
+    assert times.evaluation_cpu == pytest.approx(0.25)
+    assert threading.get_ident() not in threads  # computed in the evaluation thread, not the loop's
+
+
 def test_waiting_records_the_epoch_at_once_with_its_line(run, caplog):
     training, records, _, metrics, epochs = run
     run_steps(training, 2)

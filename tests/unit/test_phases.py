@@ -60,9 +60,10 @@ def test_an_unknown_phase_is_refused():
 def test_step_times_publish_each_phase_once_and_sum_a_run_per_step():
     from coordinator.phases import StepTimes
 
-    clock, cpu = Clock(), Clock()
+    clock, cpu, loop_cpu = Clock(), Clock(), Clock()
     published: list[tuple[str, float]] = []
-    times = StepTimes(publish=lambda phase, seconds: published.append((phase, seconds)), clock=clock, cpu=cpu)
+    times = StepTimes(publish=lambda phase, seconds: published.append((phase, seconds)), clock=clock, cpu=cpu,
+                      thread_cpu=loop_cpu)
     for _ in range(2):  # two steps of 10 ms: 2 ms reducing, the workers waiting 3 ms between steps
         with times.timed("reduce"):
             clock.now += 0.002
@@ -71,13 +72,29 @@ def test_step_times_publish_each_phase_once_and_sum_a_run_per_step():
         clock.now += 0.003
         times.dispatched()
         cpu.now += 0.004
+        loop_cpu.now += 0.003
         times.step_done(0.010)
     assert [p for p, _ in published] == ["reduce", "reduce"]  # each second published once, after its step
     assert [s for _, s in published] == pytest.approx([0.002, 0.002])
     line = times.line()
-    assert line.startswith("time per step (ms): step 10.00  coordinator cpu 4.00  worker compute 6.00  "
-                           "between steps 3.00  coordinator busy 2.00: ")
+    assert line.startswith("time per step (ms): step 10.00  coordinator cpu 4.00 (loop thread 3.00  evaluation thread "
+                           "0.00  other threads 1.00)  worker compute 6.00  between steps 3.00  coordinator busy 2.00: ")
     assert "reduce 2.00" in line and line.endswith("(2 steps)")
+
+
+def test_the_coordinator_cpu_is_split_into_its_loop_s_the_evaluations_and_the_other_threads():
+    from coordinator.phases import StepTimes
+
+    cpu, loop_cpu = Clock(), Clock()
+    cpu.now = loop_cpu.now = 7.0  # whatever the threads took before the run started is not counted
+    times = StepTimes(clock=Clock(), cpu=cpu, thread_cpu=loop_cpu)
+    for _ in range(4):
+        loop_cpu.now += 0.002
+        cpu.now += 0.0025  # the loop's and ZeroMQ's I/O thread's
+        times.step_done(0.010)
+    times.evaluated(0.030)  # one evaluation, told from its thread
+    cpu.now += 0.030
+    assert "coordinator cpu 10.00 (loop thread 2.00  evaluation thread 7.50  other threads 0.50)  " in times.line()
 
 
 def test_the_critical_path_runs_from_reading_the_last_result_to_the_next_work_sent():
