@@ -173,6 +173,11 @@ class Step:
     @property
     def bounds(self) -> dict[str, float]:
         """The largest gradient and factor elements one honest sample can give with the step's parameters."""
+        return self.prepare_checks()
+
+    def prepare_checks(self) -> dict[str, float]:
+        """The bounds, computed now if they are not yet: the loop asks while the workers compute, so that a
+        step's last result (with one worker, its only one) does not wait for them."""
         if self._bounds is None:
             self._bounds = self.model.per_sample_bounds(self.params)
         return self._bounds
