@@ -389,10 +389,13 @@ class Coordinator:
                 continue  # rewound: the replay starts with a new step
             with self.times.timed("plan"):  # the step after the last one out
                 training.plan_ahead(self._capacities(now), (self.ahead or self.step).number + 1)
-            with self.times.timed("checks"):  # the steps' bounds while the workers compute, not when results are in
-                for out in (self.step, self.ahead):
-                    if out is not None:
-                        out.prepare_checks()
+            alone = len(self.members.eligible(now)) == 1  # nobody could check its answers: the coordinator will
+            for out in (self.step, self.ahead):  # while the workers compute, not once their results are in:
+                if out is not None:
+                    with self.times.timed("checks"):
+                        out.prepare_checks()  # the bounds
+                    if alone:
+                        self.verdicts.prepare(out)  # the units chosen for verification, computed here
             deadline = self.step.scheduler.next_deadline()
             wait = 0.1 if deadline is None else min(0.1, max(0.0, deadline - now))
             if self.step.scheduler.complete:  # its results all came early: only a look at what has come since

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Hashable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import accumulate
 
 import numpy as np
@@ -149,6 +149,7 @@ class Step:
     params: Params  # the parameters every unit of the step is computed with
     started: float
     model: type[Model]  # the run's model: its parameters, bounds and the Params message's name
+    own: dict[int, P.Result] = field(default_factory=dict)  # units the coordinator computed itself (Verdicts)
     _bounds: dict[str, float] | None = None
 
     @classmethod

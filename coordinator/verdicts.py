@@ -8,7 +8,8 @@ it acts through the hub; the clock is passed in.
   - `Vouch`: a suspect member has shown it computes; `SecondOpinion`: another
     member is to compute the unit;
   - `Recompute`: the unit computed here with the step's parameters, the reference
-    every doubt is settled by, and fed back to the rules;
+    every doubt is settled by, and fed back to the rules (computed once a step;
+    `prepare` computes it ahead when no other member could check the unit);
   - `Ban`: out for the run; its answers of this step are discarded and computed
     again, or, when answers of it were accepted in earlier steps, the run is
     rewound (the caller then drops the step: what else was decided for it is moot);
@@ -60,7 +61,7 @@ class Verdicts:
             elif isinstance(d, trust.SecondOpinion):
                 step.scheduler.second_opinion(step.plan.units[d.unit][0], d.exclude)  # another worker computes it
             elif isinstance(d, trust.Recompute):
-                own = self._compute(step, d.unit)
+                own = self._own(step, d.unit)
                 queue[:0] = step.verification.own(d.unit, own, P.finite(own))
             elif isinstance(d, trust.Ban):
                 if not self._ban(step, d):
@@ -71,8 +72,22 @@ class Verdicts:
                                        f"{lo}-{hi - 1} is not finite either")
         return True
 
+    def prepare(self, step: Step) -> None:
+        """Compute here now the step's units chosen for verification that are not accepted yet.  The loop asks
+        while the one member that may compute them does, so no other can check its answer: the coordinator's
+        own is needed, and is then ready when that answer comes instead of keeping the step waiting for it."""
+        for unit in sorted(step.verification.verify):
+            if unit not in step.scheduler.results:
+                self._own(step, unit)
+
+    def _own(self, step: Step, unit: int) -> P.Result:
+        """The unit computed here, once a step, with the step's parameters: the reference every doubt is
+        settled by."""
+        if unit not in step.own:
+            step.own[unit] = self._compute(step, unit)
+        return step.own[unit]
+
     def _compute(self, step: Step, unit: int) -> P.Result:
-        """The unit computed here, with the step's parameters: the reference every doubt is settled by."""
         task = step.task(unit)
         self.local_model.params = step.params
         start = time.perf_counter()

@@ -158,3 +158,34 @@ def test_a_second_opinion_keeps_the_first_answerer_from_the_unit_and_a_vouch_res
     assert run.verdicts.carry_out(step, [trust.SecondOpinion(0, exclude=b"a"), trust.Vouch(b"b")])
     assert step.scheduler.excluded == {0: b"a"}
     assert run.members.eligible(100.0) == [b"a", b"b"]
+
+
+def alone_answers(run: Run, unit: int, result: P.Result) -> bool:
+    """`a`'s answer to `unit` when no other member may check it (what the loop tells the rules then)."""
+    decisions = run.step.verification.answer(b"a", unit, result, None, f"unit {unit}", False)
+    return run.verdicts.carry_out(run.step, decisions)
+
+
+def test_a_verified_unit_nobody_else_can_check_is_computed_here_ahead_once_and_settles_its_answer(run):
+    step = run.start()
+    step.verification.verify.update({0, 1})
+    step.scheduler.next_unit(b"a", 100.0)
+    run.verdicts.prepare(step)  # while a computes
+    assert run.counted("lenet_units_recomputed_locally_total") == 2
+    assert alone_answers(run, 0, run.honest(0))
+    assert same(step.scheduler.results[0], run.honest(0)) and b"a" in run.members
+    run.verdicts.prepare(step)  # asked again each turn: unit 1 is computed already, unit 0 accepted
+    assert run.counted("lenet_units_recomputed_locally_total") == 2
+    assert alone_answers(run, 1, poisoned(run.honest(1)))  # a lie, judged against the answer computed ahead
+    assert b"a" in run.members.banned and same(step.scheduler.results[1], run.honest(1))  # the coordinator's own
+    assert 0 not in step.scheduler.results  # the liar's earlier answer of the step: computed again
+    assert run.counted("lenet_units_recomputed_locally_total") == 2  # nothing computed twice
+
+
+def test_a_unit_already_accepted_or_not_chosen_for_verification_is_not_computed_ahead(run):
+    step = run.start()
+    step.verification.verify.add(1)
+    step.scheduler.next_unit(b"a", 100.0)
+    step.scheduler.accept(step.plan.units[1][0], run.honest(1), by=b"b")
+    run.verdicts.prepare(step)
+    assert run.counted("lenet_units_recomputed_locally_total") == 0 and step.own == {}
